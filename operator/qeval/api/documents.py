@@ -1,0 +1,94 @@
+"""Reading QuantizedModel and EvalRun objects from YAML, with errors a person can act on."""
+
+from __future__ import annotations
+
+from difflib import get_close_matches
+from pathlib import Path
+from typing import Any, get_args
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from qeval.api.common import Resource
+from qeval.api.evalrun import EvalRun
+from qeval.api.quantizedmodel import QuantizedModel
+
+KINDS: dict[str, type[Resource]] = {"QuantizedModel": QuantizedModel, "EvalRun": EvalRun}
+
+
+class SpecError(ValueError):
+    """An invalid spec: the message names the file, the object, the field and the fix."""
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _field_names(model: type[BaseModel], out: set[str] | None = None) -> set[str]:
+    """Every camelCase field name of a model and the models it contains."""
+    out = set() if out is None else out
+    for name, info in model.model_fields.items():
+        out.add(info.alias or name)
+        for arg in (info.annotation, *get_args(info.annotation)):
+            for inner in (arg, *get_args(arg)):
+                if isinstance(inner, type) and issubclass(inner, BaseModel) and inner is not model:
+                    _field_names(inner, out)
+    return out
+
+
+def _message(err: Any, kind: str) -> str:
+    # Errors raised inside model validators carry "Value error, " before our message.
+    msg = err["msg"].removeprefix("Value error, ")
+    got = err.get("input")
+    field = _where(err["loc"]).rsplit(".", 1)[-1]
+    if err["type"] == "missing":
+        return f"required; add it (kubectl explain {kind.lower()}.{_where(err['loc'])})"
+    if err["type"] == "extra_forbidden":
+        close = get_close_matches(field, sorted(_field_names(KINDS[kind])), n=1)
+        return f"unknown field{f'; did you mean {close[0]!r}?' if close else '; remove it'}"
+    if err["type"] != "value_error" and not isinstance(got, dict | list):
+        return f"{msg} (got {got!r})"
+    return msg
+
+
+def explain(error: ValidationError, source: str, kind: str) -> str:
+    """Turn a pydantic error into one line per problem: ``source: field.path: message``."""
+    lines = []
+    for err in error.errors():
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        lines.append(f"{source}: {_where(loc) or '(object)'}: {_message(err, kind)}")
+    return "\n".join(lines)
+
+
+def parse(doc: dict[str, Any], source: str) -> Resource:
+    """Validate one YAML document as a qeval resource."""
+    if not isinstance(doc, dict):
+        raise SpecError(f"{source}: expected a mapping with apiVersion, kind, metadata and spec")
+    kind = doc.get("kind")
+    if kind not in KINDS:
+        raise SpecError(f"{source}: kind {kind!r} is not a qeval kind; use one of {sorted(KINDS)}")
+    name = (doc.get("metadata") or {}).get("name", "?")
+    try:
+        return KINDS[kind].model_validate(doc)
+    except ValidationError as e:
+        raise SpecError(explain(e, f"{source}: {kind} {name}", kind)) from None
+
+
+def load_documents(path: Path) -> list[Resource]:
+    """Every qeval object in a YAML file (multi-document) or in the YAML files of a folder."""
+    files = sorted([*path.glob("*.yaml"), *path.glob("*.yml")]) if path.is_dir() else [path]
+    if not files:
+        raise SpecError(f"{path}: no YAML files")
+    out: list[Resource] = []
+    for file in files:
+        try:
+            docs = list(yaml.safe_load_all(file.read_text()))
+        except OSError as e:
+            raise SpecError(f"{file}: cannot read: {e.strerror}") from None
+        except yaml.YAMLError as e:
+            raise SpecError(f"{file}: not valid YAML: {e}") from None
+        out += [parse(d, str(file)) for d in docs if d is not None]
+    return out
