@@ -1,0 +1,181 @@
+"""The plan: an EvalRun (and the QuantizedModels it names) -> an ordered DAG of stages.
+
+Pure functions, no I/O. Both executors run the same plan: the local one as processes,
+the operator as Jobs. Where files go is the executor's choice, passed in as a Layout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from graphlib import TopologicalSorter
+from pathlib import PurePosixPath
+from typing import Any
+
+from qeval.api.common import ApiModel, ModelSource, Scheduling, model_kind, volume_path
+from qeval.api.evalrun import EvalRun
+from qeval.api.quantizedmodel import Calibration, QuantizedModel
+from qeval.recipes import build_recipe, needs_calibration, scheme_label
+from qeval.stages.aggregate import AggregateInput, ModelResults
+from qeval.stages.demo_model import DemoModelInput
+from qeval.stages.evaluate import EvaluateInput
+from qeval.stages.quantize import QuantizeInput
+
+DEMO_STAGE = "demo-model"
+AGGREGATE_STAGE = "aggregate"
+
+
+class PlanError(ValueError):
+    """The objects cannot be planned (e.g. a QuantizedModel that does not exist)."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where stage documents and quantized models live, as the stage processes see it."""
+
+    run_root: PurePosixPath
+    models_root: PurePosixPath
+
+    def stage_dir(self, stage: str) -> PurePosixPath:
+        return self.run_root / "stages" / stage
+
+    def result_path(self, stage: str) -> PurePosixPath:
+        return self.stage_dir(stage) / "result.json"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One unit of work: a ``qeval <kind>`` command on one input document."""
+
+    name: str
+    kind: str
+    input: dict[str, Any]
+    needs: tuple[str, ...] = ()
+    scheduling: Scheduling | None = None  # None: a light CPU-only stage
+    always: bool = False  # runs even when a dependency failed (to report what did not)
+    produces: str | None = field(default=None)  # a QuantizedModel this stage makes
+
+    def argv(self, input_path: str, output_path: str) -> list[str]:
+        """The command, as an argument list (never a shell string with spec values in it)."""
+        return ["qeval", self.kind, "--input", input_path, "--output", output_path]
+
+
+def _doc(model: ApiModel) -> dict[str, Any]:
+    return model.dump()
+
+
+def quantized_model_dir(qm: QuantizedModel, layout: Layout) -> PurePosixPath:
+    """Where a QuantizedModel's checkpoint is written (and read back by evaluations)."""
+    if qm.spec.output is None:
+        return layout.models_root / qm.name
+    uri = qm.spec.output.uri
+    if uri.startswith("pvc://"):
+        return volume_path(uri)
+    if model_kind(uri) != "local":
+        raise PlanError(f"QuantizedModel {qm.name}: spec.output.uri {uri!r}: write the model to "
+                        "a path or a volume (pvc://<claim>/<path>)")
+    return PurePosixPath(uri)
+
+
+def quantize_stage(qm: QuantizedModel, layout: Layout) -> Stage:
+    spec = qm.spec
+    calibration: Calibration | None = None
+    if needs_calibration(spec):
+        calibration = spec.calibration
+        if calibration.dataset is None and calibration.path is None:
+            default = "demo" if model_kind(spec.model.uri) == "demo" else "open_platypus"
+            calibration = calibration.model_copy(update={"dataset": default})
+    inp = QuantizeInput(
+        name=qm.name,
+        model=spec.model,
+        scheme=scheme_label(spec),
+        recipe=build_recipe(spec),
+        calibration=calibration,
+        output_dir=str(quantized_model_dir(qm, layout)),
+    )
+    needs = (DEMO_STAGE,) if model_kind(spec.model.uri) == "demo" else ()
+    return Stage(f"quantize-{qm.name}", "quantize", _doc(inp), needs, spec.scheduling,
+                 produces=qm.name)
+
+
+def build_plan(
+    run: EvalRun, models: Mapping[str, QuantizedModel], layout: Layout
+) -> list[Stage]:
+    """Every stage of ``run`` in an order that respects dependencies."""
+    spec = run.spec
+    missing = sorted(
+        {c.quantized_model for c in spec.candidates if c.quantized_model} - set(models)
+    )
+    if missing:
+        raise PlanError(
+            f"EvalRun {run.name}: spec.candidates name QuantizedModel(s) {missing} that do not "
+            "exist; create them (same file or folder, or kubectl apply) or fix the names"
+        )
+
+    stages: list[Stage] = []
+    uses_demo = False
+    targets: list[tuple[str, str | None, ModelSource, tuple[str, ...]]] = [
+        (spec.baseline.name, None, spec.baseline.model, ())
+    ]
+    for c in spec.candidates:
+        if c.quantized_model:
+            qm = models[c.quantized_model]
+            q = quantize_stage(qm, layout)
+            stages.append(q)
+            uses_demo |= DEMO_STAGE in q.needs
+            source = ModelSource(uri=str(quantized_model_dir(qm, layout)))
+            targets.append((c.label, c.scheme or scheme_label(qm.spec), source, (q.name,)))
+        else:
+            assert c.model is not None
+            targets.append((c.label, c.scheme, c.model, ()))
+
+    refs = []
+    for name, scheme, source, needs in targets:
+        stage = f"evaluate-{name}"
+        if model_kind(source.uri) == "demo":
+            needs, uses_demo = (*needs, DEMO_STAGE), True
+        inp = EvaluateInput(
+            model_name=name, model=source, tasks=spec.tasks, task_paths=spec.task_paths,
+            backend=spec.backend, batch_size=spec.batch_size, seed=spec.seed,
+            model_args=spec.model_args, output_dir=str(layout.stage_dir(stage)),
+        )
+        stages.append(Stage(stage, "evaluate", _doc(inp), needs, spec.scheduling))
+        refs.append(ModelResults(name=name, scheme=scheme, evaluate=str(layout.result_path(stage))))
+
+    aggregate = AggregateInput(baseline=refs[0], candidates=refs[1:],
+                               results_location=str(layout.run_root))
+    evaluations = tuple(s.name for s in stages if s.kind == "evaluate")
+    stages.append(Stage(AGGREGATE_STAGE, "aggregate", _doc(aggregate), evaluations, always=True))
+    if uses_demo:
+        stages.insert(0, Stage(DEMO_STAGE, "demo-model", _doc(DemoModelInput())))
+    return ordered(stages)
+
+
+def ordered(stages: list[Stage]) -> list[Stage]:
+    """Stages in dependency order (stable: ties keep their given order)."""
+    by_name = {s.name: s for s in stages}
+    if len(by_name) != len(stages):
+        raise PlanError("two stages have the same name; candidate names must be distinct")
+    unknown = sorted({n for s in stages for n in s.needs} - set(by_name))
+    if unknown:
+        raise PlanError(f"stages need {unknown}, which are not in the plan")
+    sorter = TopologicalSorter({s.name: s.needs for s in stages})
+    sorter.prepare()  # raises CycleError on a cycle
+    position = {s.name: i for i, s in enumerate(stages)}
+    out: list[Stage] = []
+    while sorter.is_active():
+        ready = sorted(sorter.get_ready(), key=position.__getitem__)
+        for name in ready:
+            out.append(by_name[name])
+            sorter.done(name)
+    return out
+
+
+def dependents(stages: list[Stage], failed: str) -> set[str]:
+    """Every stage that (transitively) needs ``failed``."""
+    out: set[str] = set()
+    frontier = {failed}
+    while frontier:
+        frontier = {s.name for s in stages if set(s.needs) & frontier} - out
+        out |= frontier
+    return out

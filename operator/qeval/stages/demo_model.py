@@ -1,0 +1,22 @@
+"""The demo-model stage: build (or find cached) the small model qeval trains for itself."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from qeval.api.common import DEMO_MODELS, ApiModel
+
+
+class DemoModelInput(ApiModel):
+    model: str = Field(default=DEMO_MODELS[0], description="Which demo model (demo://<name>).")
+
+
+class DemoModelResult(ApiModel):
+    path: str
+    recipe_hash: str
+
+
+def run(inp: DemoModelInput) -> DemoModelResult:
+    from qeval.demo.model import demo_model_path, recipe_hash
+
+    return DemoModelResult(path=str(demo_model_path()), recipe_hash=recipe_hash())

@@ -1,0 +1,116 @@
+"""The result document every stage writes, success or not, and the runner that guarantees it.
+
+A stage reads one input document and writes one result document. Whatever happens —
+bad input, a library error, an unexpected exception — ``execute`` writes a document
+saying Failed with a reason and a message, so nothing goes silently missing. (A process
+killed outright writes nothing; the executor then writes the Failed document itself.)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from collections.abc import Callable
+from datetime import UTC, datetime
+from enum import StrEnum
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
+
+from qeval.api.common import ApiModel
+
+LIBRARIES = ("qeval", "torch", "transformers", "llmcompressor", "compressed-tensors", "lm_eval")
+
+
+class StageStatus(StrEnum):
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SKIPPED = "Skipped"
+
+
+class StageError(Exception):
+    """An expected failure: ``reason`` is one CamelCase word, the message says what to do."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+class StageResult(ApiModel):
+    """What a stage did: its status, why, when, with which library versions, and its result."""
+
+    stage: str = Field(description="Stage name, e.g. quantize-w4a16.")
+    kind: str = Field(description="quantize, evaluate, aggregate or demo-model.")
+    status: StageStatus
+    reason: str | None = None
+    message: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    wall_seconds: float | None = None
+    versions: dict[str, str] = Field(default_factory=dict)
+    result: dict[str, Any] | None = None
+
+    def write(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.dump(), indent=2) + "\n")
+        tmp.replace(path)  # readers never see half a document
+
+    @classmethod
+    def read(cls, path: Path) -> StageResult:
+        return cls.model_validate_json(path.read_text())
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shape a result (those installed)."""
+    out = {}
+    for name in LIBRARIES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def failed(stage: str, kind: str, reason: str, message: str, **extra: Any) -> StageResult:
+    return StageResult(stage=stage, kind=kind, status=StageStatus.FAILED, reason=reason,
+                       message=message, finished_at=now(), **extra)
+
+
+def execute(
+    kind: str,
+    input_model: type[BaseModel],
+    run: Callable[[Any], BaseModel],
+    input_path: Path,
+    output_path: Path,
+) -> StageResult:
+    """Run one stage on ``input_path`` and write its result document to ``output_path``."""
+    stage = output_path.parent.name or kind
+    started, t0 = now(), time.monotonic()
+    try:
+        try:
+            raw = json.loads(input_path.read_text())
+            stage = raw.pop("stage", stage)
+            inp = input_model.model_validate(raw)
+        except (OSError, ValueError, ValidationError) as e:
+            raise StageError("InvalidInput", f"cannot read stage input {input_path}: {e}") from e
+        result = run(inp)
+        doc = StageResult(stage=stage, kind=kind, status=StageStatus.SUCCEEDED,
+                          result=result.model_dump(by_alias=True, exclude_none=True, mode="json"))
+    except StageError as e:
+        doc = failed(stage, kind, e.reason, str(e))
+    except Exception as e:  # noqa: BLE001 - the point is to record any failure
+        tb = traceback.format_exception(e)
+        doc = failed(stage, kind, "Crashed", f"{type(e).__name__}: {e}\n{''.join(tb[-3:])}")
+    doc.started_at, doc.finished_at = started, now()
+    doc.wall_seconds = round(time.monotonic() - t0, 3)
+    doc.versions = library_versions()
+    doc.write(output_path)
+    return doc

@@ -1,0 +1,89 @@
+"""Resource status derived from stage result documents (pure; shared by both executors).
+
+Conditions follow the Kubernetes API conventions; their reasons are defined here once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from qeval.api.common import Condition, ConditionStatus
+from qeval.api.evalrun import EvalRunStatus, StageFailure
+from qeval.api.quantizedmodel import QuantizedModelStatus
+from qeval.stages.envelope import StageResult, StageStatus
+from qeval.stages.quantize import QuantizeResult
+
+# Condition types
+ACCEPTED, READY, SUCCEEDED = "Accepted", "Ready", "Succeeded"
+# Reasons (one CamelCase word each)
+SPEC_VALID = "SpecValid"
+QUANTIZED = "Quantized"
+ALL_STAGES_SUCCEEDED = "AllStagesSucceeded"
+STAGE_FAILED = "StageFailed"
+
+
+def condition(type_: str, ok: bool | None, reason: str, message: str, when: str,
+              generation: int | None = None) -> Condition:
+    status = {True: ConditionStatus.TRUE, False: ConditionStatus.FALSE}.get(
+        ok, ConditionStatus.UNKNOWN)  # type: ignore[arg-type]
+    return Condition(type=type_, status=status, reason=reason, message=message,
+                     last_transition_time=when, observed_generation=generation)
+
+
+def quantized_model_status(doc: StageResult) -> QuantizedModelStatus:
+    """A QuantizedModel's status from its quantize stage's result document."""
+    when = doc.finished_at
+    if doc.status != StageStatus.SUCCEEDED or doc.result is None:
+        return QuantizedModelStatus(
+            phase="Failed",
+            conditions=[condition(READY, False, doc.reason or STAGE_FAILED, doc.message or "",
+                                  when or "")],
+            started_at=doc.started_at, completed_at=when, wall_seconds=doc.wall_seconds,
+        )
+    result = QuantizeResult.model_validate(doc.result)
+    return QuantizedModelStatus(
+        phase="Ready",
+        conditions=[condition(READY, True, QUANTIZED,
+                              f"{result.scheme}: {result.compression_ratio}x smaller", when or "")],
+        output=result.output_dir,
+        size_bytes=result.size_bytes,
+        base_size_bytes=result.base_size_bytes,
+        compression_ratio=result.compression_ratio,
+        applied_recipe=result.recipe,
+        started_at=doc.started_at,
+        completed_at=when,
+        wall_seconds=doc.wall_seconds,
+    )
+
+
+def failures(docs: Iterable[StageResult]) -> list[StageFailure]:
+    """Every stage that failed, first the root causes, then what they made skip."""
+    docs = list(docs)
+    failed = [d for d in docs if d.status == StageStatus.FAILED]
+    skipped = [d for d in docs if d.status == StageStatus.SKIPPED]
+    return [StageFailure(stage=d.stage, reason=d.reason or STAGE_FAILED, message=d.message or "")
+            for d in failed + skipped]
+
+
+def finish_evalrun(aggregate: EvalRunStatus | None, docs: list[StageResult], total: int,
+                   started: str, finished: str) -> EvalRunStatus:
+    """The final EvalRun status: the aggregate's results plus phase, progress and conditions."""
+    status = aggregate.model_copy() if aggregate else EvalRunStatus()
+    status.failures = failures(docs)
+    done = sum(d.status == StageStatus.SUCCEEDED for d in docs)
+    ok = not status.failures and done == total
+    status.phase = "Succeeded" if ok else "Failed"
+    status.progress = f"{done}/{total}"
+    status.started_at, status.completed_at = started, finished
+    if ok:
+        reason, message = ALL_STAGES_SUCCEEDED, "all stages succeeded"
+    elif status.failures:
+        first = status.failures[0]
+        reason, message = first.reason, f"{first.stage}: {first.message}"
+    else:
+        reason, message = STAGE_FAILED, "not every stage ran"
+    status.conditions = [
+        condition(ACCEPTED, True, SPEC_VALID, "spec is valid", started),
+        condition(SUCCEEDED, ok, reason, message, finished),
+    ]
+    return status

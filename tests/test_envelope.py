@@ -1,0 +1,64 @@
+"""Every stage leaves a result document, whatever happens to it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path, PurePosixPath
+
+from rich.console import Console
+
+from qeval.local.executor import run_stage
+from qeval.plan import Layout, Stage
+from qeval.stages.envelope import StageError, StageResult, execute
+from qeval.stages.models import size_on_disk
+from qeval.stages.quantize import QuantizeInput
+
+
+def _input(tmp_path: Path, doc: dict) -> Path:
+    path = tmp_path / "in.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_expected_failure_is_recorded(tmp_path):
+    def run(_):
+        raise StageError("ModelNotFound", "/nope: no such directory; fix spec.model.uri")
+
+    inp = _input(tmp_path, {"stage": "quantize-x", "name": "x", "model": {"uri": "/nope"},
+                            "scheme": "W4A16", "recipe": "a: 1", "outputDir": "/o"})
+    doc = execute("quantize", QuantizeInput, run, inp, tmp_path / "s" / "result.json")
+    assert (doc.status, doc.reason, doc.stage) == ("Failed", "ModelNotFound", "quantize-x")
+    assert StageResult.read(tmp_path / "s" / "result.json") == doc
+    assert doc.wall_seconds is not None and "qeval" in doc.versions
+
+
+def test_crash_is_recorded_with_its_traceback(tmp_path):
+    def run(_):
+        return {}["missing"]
+
+    inp = _input(tmp_path, {"name": "x", "model": {"uri": "/m"}, "scheme": "s", "recipe": "a: 1",
+                            "outputDir": "/o"})
+    doc = execute("quantize", QuantizeInput, run, inp, tmp_path / "result.json")
+    assert doc.status == "Failed" and doc.reason == "Crashed" and "KeyError" in doc.message
+
+
+def test_invalid_input_is_recorded(tmp_path):
+    doc = execute("quantize", QuantizeInput, lambda _: None, _input(tmp_path, {"name": 1}),
+                  tmp_path / "result.json")
+    assert doc.reason == "InvalidInput" and "model" in doc.message
+
+
+def test_a_process_that_dies_still_gets_a_result(tmp_path):
+    """A stage process that exits without writing (here: argparse refusing an unknown
+    stage kind, exit 2) is recorded by the executor as ProcessDied with the log's tail."""
+    layout = Layout(PurePosixPath(tmp_path), PurePosixPath(tmp_path / "models"))
+    doc = run_stage(Stage("broken", "no-such-kind", {}), layout, Console(quiet=True), "[1/1]")
+    assert doc.status == "Failed" and doc.reason == "ProcessDied"
+    assert "exit code 2" in doc.message and "invalid choice" in doc.message
+    assert StageResult.read(tmp_path / "stages" / "broken" / "result.json").reason == "ProcessDied"
+
+
+def test_size_on_disk_counts_weights_only(tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(b"x" * 100)
+    (tmp_path / "config.json").write_text("{}")
+    assert size_on_disk(tmp_path) == 100

@@ -1,0 +1,95 @@
+"""The plan: which stages, in which order, with which inputs (pure, no I/O)."""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+
+import pytest
+
+from qeval.api import EvalRun, QuantizedModel, load_documents
+from qeval.plan import Layout, PlanError, Stage, build_plan, dependents, ordered
+from tests.conftest import EXAMPLES
+
+LAYOUT = Layout(PurePosixPath("/w/runs/demo"), PurePosixPath("/w/models"))
+
+
+def demo_objects():
+    objs = load_documents(EXAMPLES / "evalrun.yaml")
+    run = next(o for o in objs if isinstance(o, EvalRun))
+    return run, {o.name: o for o in objs if isinstance(o, QuantizedModel)}
+
+
+def test_demo_plan_order_and_dependencies():
+    run, models = demo_objects()
+    stages = build_plan(run, models, LAYOUT)
+    names = [s.name for s in stages]
+    assert names[0] == "demo-model" and names[-1] == "aggregate"
+    assert len(names) == 1 + 4 + 5 + 1
+    position = {n: i for i, n in enumerate(names)}
+    for s in stages:
+        for need in s.needs:
+            assert position[need] < position[s.name], f"{s.name} runs before {need}"
+    by = {s.name: s for s in stages}
+    assert by["evaluate-w4a16"].needs == ("quantize-tiny-llama-w4a16",)
+    assert by["evaluate-fp32"].needs == ("demo-model",)
+    assert by["aggregate"].always and len(by["aggregate"].needs) == 5
+
+
+def test_stage_inputs():
+    run, models = demo_objects()
+    by = {s.name: s for s in build_plan(run, models, LAYOUT)}
+    q = by["quantize-tiny-llama-w4a16"].input
+    assert q["outputDir"] == "/w/models/tiny-llama-w4a16"
+    assert "GPTQModifier" in q["recipe"] and q["calibration"]["dataset"] == "demo"
+    assert "calibration" not in by["quantize-tiny-llama-fp8"].input  # data-free
+    e = by["evaluate-w4a16"].input
+    assert e["model"] == {"uri": "/w/models/tiny-llama-w4a16"}
+    assert e["batchSize"] == 64 and [t["name"] for t in e["tasks"]] == [
+        t.name for t in run.spec.tasks]
+    agg = by["aggregate"].input
+    assert agg["baseline"]["evaluate"] == "/w/runs/demo/stages/evaluate-fp32/result.json"
+    assert [c["scheme"] for c in agg["candidates"]] == ["W8A8-FP8", "W8A8-INT8", "W4A16",
+                                                        "W2A16-RTN"]
+
+
+def test_argv_is_a_list_without_a_shell():
+    run, models = demo_objects()
+    stage = build_plan(run, models, LAYOUT)[1]
+    assert stage.argv("/in.json", "/out.json") == ["qeval", "quantize", "--input", "/in.json",
+                                                   "--output", "/out.json"]
+
+
+def test_missing_quantized_model_is_named():
+    run, models = demo_objects()
+    del models["tiny-llama-w4a16"]
+    with pytest.raises(PlanError, match=r"\['tiny-llama-w4a16'\].*create them"):
+        build_plan(run, models, LAYOUT)
+
+
+def test_pvc_output_and_model_reference_candidates():
+    qm = QuantizedModel.model_validate({
+        "metadata": {"name": "q"}, "spec": {"model": {"uri": "org/m"}, "scheme": "W4A16",
+                                            "output": {"uri": "pvc://models/q"}}})
+    run = EvalRun.model_validate({"metadata": {"name": "r"}, "spec": {
+        "baseline": {"model": {"uri": "org/m"}},
+        "candidates": [{"quantizedModel": "q"}, {"name": "ext", "model": {"uri": "org/m-awq"},
+                                                  "scheme": "W4A16-AWQ"}],
+        "tasks": [{"name": "arc_easy"}]}})
+    by = {s.name: s for s in build_plan(run, {"q": qm}, LAYOUT)}
+    assert "demo-model" not in by
+    assert by["quantize-q"].input["outputDir"] == "/mnt/volumes/models/q"
+    assert by["quantize-q"].input["calibration"]["dataset"] == "open_platypus"
+    assert by["evaluate-ext"].needs == ()
+
+
+def test_ordering_is_stable_and_rejects_unknown_needs():
+    a, b, c = Stage("a", "x", {}), Stage("b", "x", {}, ("c",)), Stage("c", "x", {})
+    assert [s.name for s in ordered([a, b, c])] == ["a", "c", "b"]
+    with pytest.raises(PlanError):
+        ordered([Stage("a", "x", {}, ("nope",))])
+
+
+def test_dependents_are_transitive():
+    stages = [Stage("a", "x", {}), Stage("b", "x", {}, ("a",)), Stage("c", "x", {}, ("b",)),
+              Stage("d", "x", {})]
+    assert dependents(stages, "a") == {"b", "c"}
