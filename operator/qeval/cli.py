@@ -1,0 +1,114 @@
+"""``qeval``: run a study locally, run one stage, validate specs, generate CRDs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
+
+
+def _console() -> Console:
+    # Off a terminal (CI, logs) rich would wrap the results table at 80 columns.
+    return Console() if sys.stdout.isatty() else Console(width=200, highlight=False)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from qeval.api.documents import SpecError
+    from qeval.local.executor import run_file
+
+    console = _console()
+    try:
+        outcomes = run_file(args.path, args.workdir, console)
+    except SpecError as e:
+        console.print(f"[red]invalid spec[/red]\n{e}", highlight=False)
+        return EXIT_INVALID
+    return EXIT_OK if all(o.status.phase == "Succeeded" for o in outcomes) else EXIT_FAILED
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from qeval.api.documents import SpecError, load_documents
+
+    code = EXIT_OK
+    for path in args.paths:
+        try:
+            for obj in load_documents(path):
+                print(f"{path}: {obj.kind} {obj.name}: valid")  # type: ignore[attr-defined]
+        except SpecError as e:
+            print(e, file=sys.stderr)
+            code = EXIT_INVALID
+    return code
+
+
+def cmd_stage(args: argparse.Namespace) -> int:
+    from qeval.stages import KINDS
+    from qeval.stages.envelope import StageStatus, execute
+
+    input_model, run = KINDS[args.command].load()
+    doc = execute(args.command, input_model, run, args.input, args.output)
+    print(f"{doc.stage}: {doc.status}" + (f" ({doc.reason}): {doc.message}" if doc.reason else ""))
+    return EXIT_OK if doc.status == StageStatus.SUCCEEDED else EXIT_FAILED
+
+
+def cmd_demo_model(args: argparse.Namespace) -> int:
+    if args.input and args.output:
+        return cmd_stage(args)
+    from qeval.demo.model import demo_model_path
+
+    print(demo_model_path())
+    return EXIT_OK
+
+
+def cmd_crds(args: argparse.Namespace) -> int:
+    from qeval.api.crd import stale_crds, write_crds
+
+    if args.check:
+        stale = stale_crds(args.out)
+        for path in stale:
+            print(f"{path} differs from the models; run `make crds`", file=sys.stderr)
+        return EXIT_FAILED if stale else EXIT_OK
+    for path in write_crds(args.out):
+        print(path)
+    return EXIT_OK
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="qeval", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run an EvalRun (and its QuantizedModels) on this machine")
+    run.add_argument("path", type=Path, help="a YAML file or a folder of them")
+    run.add_argument("--workdir", type=Path, default=Path("qeval-runs"),
+                     help="where runs and quantized models go (default ./qeval-runs)")
+    run.set_defaults(func=cmd_run)
+
+    val = sub.add_parser("validate", help="check QuantizedModel/EvalRun YAML against the API")
+    val.add_argument("paths", type=Path, nargs="+")
+    val.set_defaults(func=cmd_validate)
+
+    for kind, text in (("quantize", "quantize a model with llm-compressor"),
+                       ("evaluate", "evaluate a model with lm-eval"),
+                       ("aggregate", "compute recovery from evaluate results")):
+        stage = sub.add_parser(kind, help=f"stage: {text}")
+        stage.add_argument("--input", type=Path, required=True, help="the stage input document")
+        stage.add_argument("--output", type=Path, required=True, help="the result document")
+        stage.set_defaults(func=cmd_stage)
+
+    demo = sub.add_parser("demo-model", help="build (or find cached) the demo model; print path")
+    demo.add_argument("--input", type=Path)
+    demo.add_argument("--output", type=Path)
+    demo.set_defaults(func=cmd_demo_model)
+
+    crds = sub.add_parser("crds", help="generate the CRDs from the API models")
+    crds.add_argument("--out", type=Path, default=Path("crds"))
+    crds.add_argument("--check", action="store_true", help="fail if the files are stale")
+    crds.set_defaults(func=cmd_crds)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return int(args.func(args))

@@ -1,0 +1,157 @@
+"""The local executor behind ``qeval run``: the plan's stages as processes, in order.
+
+Everything lands under ``<workdir>/runs/<evalrun>/``: the plan, each stage's input,
+result document and log, and the run's status (``status.json``, ``evalrun.yaml``).
+Quantized models go to ``<workdir>/models/<name>`` unless their spec says otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import yaml
+from rich.console import Console
+
+from qeval.api.common import Resource
+from qeval.api.documents import SpecError, load_documents
+from qeval.api.evalrun import EvalRun, EvalRunStatus
+from qeval.api.quantizedmodel import QuantizedModel
+from qeval.local.preflight import localize_evalrun, localize_quantized_model, preflight
+from qeval.local.report import print_summary
+from qeval.plan import AGGREGATE_STAGE, Layout, PlanError, Stage, build_plan, dependents
+from qeval.stages.envelope import StageResult, StageStatus, failed, now
+from qeval.status import finish_evalrun, quantized_model_status
+
+LOG_TAIL_LINES = 20
+
+
+@dataclass
+class RunOutcome:
+    run: EvalRun
+    status: EvalRunStatus
+    run_dir: Path
+
+
+def load(path: Path) -> tuple[list[EvalRun], dict[str, QuantizedModel]]:
+    """The EvalRuns and QuantizedModels in a file or folder, with local paths made absolute."""
+    objects: list[Resource] = load_documents(path)
+    base = path if path.is_dir() else path.parent
+    runs = [localize_evalrun(o, base) for o in objects if isinstance(o, EvalRun)]
+    models = {o.name: localize_quantized_model(o, base)
+              for o in objects if isinstance(o, QuantizedModel)}
+    if not runs:
+        raise SpecError(f"{path}: no EvalRun found; qeval run needs one (with the "
+                        "QuantizedModels it names in the same file or folder)")
+    return runs, models
+
+
+def stage_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    return env
+
+
+def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def run_stage(stage: Stage, layout: Layout, console: Console, label: str) -> StageResult:
+    """Run one stage as a process; return its result document (written here if it died)."""
+    stage_dir = Path(layout.stage_dir(stage.name))
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    input_path, result_path = stage_dir / "input.json", Path(layout.result_path(stage.name))
+    input_path.write_text(json.dumps({"stage": stage.name, **stage.input}, indent=2) + "\n")
+    result_path.unlink(missing_ok=True)
+    argv = [sys.executable, "-m", "qeval", *stage.argv(str(input_path), str(result_path))[1:]]
+    log_path = stage_dir / "log.txt"
+    t0 = time.monotonic()
+    with log_path.open("w") as log, console.status(f"{label} {stage.name}") as spinner:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=stage_env())
+        while proc.poll() is None:
+            spinner.update(f"{label} {stage.name}  {time.monotonic() - t0:5.0f} s  "
+                           f"[dim]{_tail(log_path, 1)[:80]}[/dim]")
+            time.sleep(0.5)
+    if result_path.exists():
+        return StageResult.read(result_path)
+    doc = failed(stage.name, stage.kind, "ProcessDied",
+                 f"exit code {proc.returncode} and no result document; log tail:\n"
+                 f"{_tail(log_path)}", wall_seconds=round(time.monotonic() - t0, 3))
+    doc.write(result_path)
+    return doc
+
+
+def skip(stage: Stage, layout: Layout, because: str) -> StageResult:
+    doc = StageResult(stage=stage.name, kind=stage.kind, status=StageStatus.SKIPPED,
+                      reason="DependencyFailed", message=f"not run: {because} failed",
+                      finished_at=now())
+    doc.write(Path(layout.result_path(stage.name)))
+    return doc
+
+
+def execute_run(run: EvalRun, models: dict[str, QuantizedModel], workdir: Path,
+                console: Console) -> RunOutcome:
+    """Plan and execute one EvalRun; write and return its status."""
+    preflight(run, models)
+    run_dir = (workdir / "runs" / run.name).resolve()
+    layout = Layout(PurePosixPath(run_dir), PurePosixPath((workdir / "models").resolve()))
+    try:
+        stages = build_plan(run, models, layout)
+    except PlanError as e:
+        raise SpecError(str(e)) from None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "plan.json").write_text(json.dumps(
+        [{"name": s.name, "kind": s.kind, "needs": list(s.needs)} for s in stages], indent=2))
+
+    started = now()
+    docs: dict[str, StageResult] = {}
+    blocked: dict[str, str] = {}  # stage -> the failed stage it depends on
+    for i, stage in enumerate(stages, 1):
+        label = f"[{i}/{len(stages)}]"
+        if stage.name in blocked and not stage.always:
+            docs[stage.name] = skip(stage, layout, blocked[stage.name])
+            console.print(f"{label} {stage.name}: skipped ({blocked[stage.name]} failed)")
+            continue
+        doc = run_stage(stage, layout, console, label)
+        docs[stage.name] = doc
+        took = f"{doc.wall_seconds:.1f} s" if doc.wall_seconds is not None else ""
+        if doc.status == StageStatus.SUCCEEDED:
+            console.print(f"{label} {stage.name}: [green]succeeded[/green] in {took}")
+        else:
+            console.print(f"{label} {stage.name}: [red]{doc.status}[/red] ({doc.reason}) "
+                          f"{took}\n    {doc.message}\n    log: {layout.stage_dir(stage.name)}/log.txt")
+            for name in dependents(stages, stage.name):
+                blocked.setdefault(name, stage.name)
+
+    agg = docs.get(AGGREGATE_STAGE)
+    aggregate = (EvalRunStatus.model_validate(agg.result)
+                 if agg and agg.status == StageStatus.SUCCEEDED and agg.result else None)
+    status = finish_evalrun(aggregate, list(docs.values()), len(stages), started, now())
+    made = [models[s.produces].model_copy(update={"status": quantized_model_status(docs[s.name])})
+            for s in stages if s.produces and docs[s.name].status != StageStatus.SKIPPED]
+    write_status(run.model_copy(update={"status": status}), made, run_dir)
+    print_summary(console, run, status, run_dir)
+    return RunOutcome(run, status, run_dir)
+
+
+def write_status(run: EvalRun, quantized: list[QuantizedModel], run_dir: Path) -> None:
+    """status.json (the EvalRun status) and every object with its status, as YAML."""
+    assert run.status is not None
+    (run_dir / "status.json").write_text(json.dumps(run.status.dump(), indent=2) + "\n")
+    objects = [run.dump(), *(qm.dump() for qm in quantized)]
+    (run_dir / "objects.yaml").write_text(yaml.safe_dump_all(objects, sort_keys=False))
+
+
+def run_file(path: Path, workdir: Path, console: Console) -> list[RunOutcome]:
+    """``qeval run PATH``: every EvalRun in the file or folder, one after the other."""
+    runs, models = load(path)
+    return [execute_run(run, models, workdir, console) for run in runs]

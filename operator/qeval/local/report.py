@@ -1,0 +1,60 @@
+"""The table ``qeval run`` prints: per model, size and per task score and recovery."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from qeval.api.evalrun import EvalRun, EvalRunStatus
+
+
+def _pm(value: float | None, stderr: float | None, percent: bool = False) -> str:
+    if value is None:
+        return "-"
+    scale, unit, digits = (100, " %", 1) if percent else (1, "", 3)
+    err = f" ± {stderr * scale:.{digits}f}" if stderr is not None else ""
+    return f"{value * scale:.{digits}f}{err}{unit}"
+
+
+def _size(size: int | None) -> str:
+    return f"{size / 2**20:.1f} MiB" if size else "-"
+
+
+def summary_table(run: EvalRun, status: EvalRunStatus) -> Table:
+    """Rows: baseline then candidates; per task, the primary metric's score and recovery."""
+    primary = [s for s in status.scores if s.primary]
+    tasks = list(dict.fromkeys((s.task, s.metric, s.filter) for s in primary))
+    table = Table(title=f"EvalRun {run.name}: {status.phase}", title_justify="left")
+    for header in ("model", "scheme", "size"):
+        table.add_column(header)
+    for task, metric, _ in tasks:
+        table.add_column(f"{task}\n{metric}", justify="right")
+        table.add_column("recovery", justify="right")
+    table.add_column("mean recovery", justify="right")
+
+    score = {(s.model, s.task, s.metric, s.filter): s for s in status.scores}
+    recovery = {(r.model, r.task, r.metric, r.filter): r for r in status.recovery}
+    baseline = run.spec.baseline.name
+    rows = [(baseline, "baseline", status.baseline_size_bytes, None, None)] + [
+        (c.name, c.scheme or "-", c.size_bytes, c.mean_recovery, c.mean_recovery_stderr)
+        for c in status.candidates
+    ]
+    for name, scheme, size, mean, mean_se in rows:
+        cells = [name, scheme, _size(size)]
+        for key in tasks:
+            s, r = score.get((name, *key)), recovery.get((name, *key))
+            cells.append(_pm(s.value, s.stderr) if s else "-")
+            cells.append("" if name == baseline else _pm(r.value, r.stderr, True) if r else "-")
+        cells.append("" if name == baseline else _pm(mean, mean_se, True))
+        table.add_row(*cells)
+    return table
+
+
+def print_summary(console: Console, run: EvalRun, status: EvalRunStatus, run_dir: Path) -> None:
+    console.print()
+    console.print(summary_table(run, status))
+    for f in status.failures:
+        console.print(f"[red]{f.stage}[/red]: {f.reason}: {f.message}")
+    console.print(f"results: {run_dir}  (status.json, objects.yaml, stages/*/result.json)")
