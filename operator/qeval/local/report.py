@@ -18,8 +18,10 @@ def _pm(value: float | None, stderr: float | None, percent: bool = False) -> str
     return f"{value * scale:.{digits}f}{err}{unit}"
 
 
-def _size(size: int | None) -> str:
-    return f"{size / 2**20:.1f} MiB" if size else "-"
+def _size(size: int | None, ratio: float | None = None) -> str:
+    if not size:
+        return "-"
+    return f"{size / 2**20:.1f} MiB" + (f" ({ratio:.1f}x)" if ratio else "")
 
 
 def summary_table(run: EvalRun, status: EvalRunStatus) -> Table:
@@ -37,12 +39,18 @@ def summary_table(run: EvalRun, status: EvalRunStatus) -> Table:
     score = {(s.model, s.task, s.metric, s.filter): s for s in status.scores}
     recovery = {(r.model, r.task, r.metric, r.filter): r for r in status.recovery}
     baseline = run.spec.baseline.name
-    rows = [(baseline, "baseline", status.baseline_size_bytes, None, None)] + [
-        (c.name, c.scheme or "-", c.size_bytes, c.mean_recovery, c.mean_recovery_stderr)
+    rows = [(baseline, "baseline", _size(status.baseline_size_bytes), None, None)] + [
+        (
+            c.name,
+            c.scheme or "-",
+            _size(c.size_bytes, c.compression_ratio),
+            c.mean_recovery,
+            c.mean_recovery_stderr,
+        )
         for c in status.candidates
     ]
     for name, scheme, size, mean, mean_se in rows:
-        cells = [name, scheme, _size(size)]
+        cells = [name, scheme, size]
         for key in tasks:
             s, r = score.get((name, *key)), recovery.get((name, *key))
             cells.append(_pm(s.value, s.stderr) if s else "-")
