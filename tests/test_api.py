@@ -33,16 +33,27 @@ def cel(rule: str, obj: dict, old: dict | None = None) -> bool:
 
 
 def qm(**spec) -> dict:
-    return {"apiVersion": "qeval.dev/v1alpha1", "kind": "QuantizedModel",
-            "metadata": {"name": "m"}, "spec": {"model": {"uri": "org/model"}, **spec}}
+    return {
+        "apiVersion": "qeval.dev/v1alpha1",
+        "kind": "QuantizedModel",
+        "metadata": {"name": "m"},
+        "spec": {"model": {"uri": "org/model"}, **spec},
+    }
 
 
 def er(**spec) -> dict:
-    base = {"baseline": {"model": {"uri": "org/model"}},
-            "candidates": [{"quantizedModel": "q"}], "tasks": [{"name": "arc_easy"}]}
+    base = {
+        "baseline": {"model": {"uri": "org/model"}},
+        "candidates": [{"quantizedModel": "q"}],
+        "tasks": [{"name": "arc_easy"}],
+    }
     merged = {k: v for k, v in {**base, **spec}.items() if v is not None}
-    return {"apiVersion": "qeval.dev/v1alpha1", "kind": "EvalRun",
-            "metadata": {"name": "r"}, "spec": merged}
+    return {
+        "apiVersion": "qeval.dev/v1alpha1",
+        "kind": "EvalRun",
+        "metadata": {"name": "r"},
+        "spec": merged,
+    }
 
 
 def test_examples_parse():
@@ -65,16 +76,25 @@ def test_examples_parse():
         (qm(scheme="W8A8-INT8", algorithm="AWQ"), "spec", "AWQ needs a weight-only"),
         (qm(scheme="W4A16", algorithm="RTN", dampeningFrac=0.1), "spec", "only to GPTQ"),
         (qm(scheme="W4A16", model={"uri": "ftp://x"}), "spec.model.uri", "unsupported scheme"),
-        (qm(scheme="W4A16", calibration={"dataset": "demo", "path": "/x"}), "spec.calibration",
-         "not both"),
+        (
+            qm(scheme="W4A16", calibration={"dataset": "demo", "path": "/x"}),
+            "spec.calibration",
+            "not both",
+        ),
         (qm(scheme="W4A16", gruopSize=4), "spec.gruopSize", "did you mean 'groupSize'"),
         (er(baseline=None), "spec.baseline", "required"),
         (er(candidates=[]), "spec.candidates", "at least 1"),
         (er(candidates=[{"model": {"uri": "a/b"}}]), "spec.candidates[0]", "needs a name"),
-        (er(candidates=[{"quantizedModel": "q", "model": {"uri": "a/b"}}]), "spec.candidates[0]",
-         "exactly one of model"),
-        (er(candidates=[{"quantizedModel": "q"}, {"quantizedModel": "q"}]), "spec",
-         "two candidates have the same name"),
+        (
+            er(candidates=[{"quantizedModel": "q", "model": {"uri": "a/b"}}]),
+            "spec.candidates[0]",
+            "exactly one of model",
+        ),
+        (
+            er(candidates=[{"quantizedModel": "q"}, {"quantizedModel": "q"}]),
+            "spec",
+            "two candidates have the same name",
+        ),
         (er(candidates=[{"quantizedModel": "baseline"}]), "spec", "same name as the baseline"),
         (er(tasks=[{"name": "a"}, {"name": "a"}]), "spec", "listed twice"),
         (er(batchSize=0), "spec.batchSize", "greater than or equal to 1"),
@@ -96,9 +116,16 @@ def test_wrong_kind_is_named():
 
 @pytest.mark.parametrize(
     ("uri", "kind"),
-    [("meta-llama/Llama-3.1-8B", "huggingface"), ("hf://org/m", "huggingface"),
-     ("gpt2", "huggingface"), ("/models/x", "local"), ("./m", "local"),
-     ("pvc://models/a/b", "pvc"), ("s3://b/k", "s3"), ("demo://tiny-llama", "demo")],
+    [
+        ("meta-llama/Llama-3.1-8B", "huggingface"),
+        ("hf://org/m", "huggingface"),
+        ("gpt2", "huggingface"),
+        ("/models/x", "local"),
+        ("./m", "local"),
+        ("pvc://models/a/b", "pvc"),
+        ("s3://b/k", "s3"),
+        ("demo://tiny-llama", "demo"),
+    ],
 )
 def test_model_uri_forms(uri, kind):
     assert model_kind(uri) == kind
@@ -123,8 +150,11 @@ QM_KNOBS = {
     "dampening_frac": [None, 0.02],
     "observer": [None, "mse"],
 }
-CAMEL = {"group_size": "groupSize", "smoothquant_strength": "smoothquantStrength",
-         "dampening_frac": "dampeningFrac"}
+CAMEL = {
+    "group_size": "groupSize",
+    "smoothquant_strength": "smoothquantStrength",
+    "dampening_frac": "dampeningFrac",
+}
 
 
 def test_quantizedmodel_cel_rules_agree_with_python():
@@ -149,17 +179,27 @@ def test_evalrun_cel_rules_agree_with_python():
         for n, q in ((c1n, c1q), (c2n, c2q)):
             wire = {"name": n, "quantizedModel": q, "model": None if q else {"uri": "o/m"}}
             cands.append({k: v for k, v in wire.items() if v is not None})
-        objs = [Candidate.model_construct(name=c.get("name"), quantized_model=c.get(
-            "quantizedModel"), model=c.get("model")) for c in cands]
+        objs = [
+            Candidate.model_construct(
+                name=c.get("name"), quantized_model=c.get("quantizedModel"), model=c.get("model")
+            )
+            for c in cands
+        ]
         for rule in CANDIDATE_RULES:
             for wire, obj in zip(cands, objs, strict=True):
                 assert cel(rule.cel, wire) == rule.check(obj), (rule.cel, wire)
         if not all(r.check(o) for r in CANDIDATE_RULES for o in objs):
             continue  # the spec rules assume valid candidates, as the API server does
-        spec = {"baseline": {"name": "baseline", "model": {"uri": "o/m"}}, "candidates": cands,
-                "tasks": [{"name": "t"}]}
-        obj = EvalRunSpec.model_construct(baseline=Baseline.model_construct(name="baseline"),
-                                          candidates=objs, tasks=[Task.model_construct(name="t")])
+        spec = {
+            "baseline": {"name": "baseline", "model": {"uri": "o/m"}},
+            "candidates": cands,
+            "tasks": [{"name": "t"}],
+        }
+        obj = EvalRunSpec.model_construct(
+            baseline=Baseline.model_construct(name="baseline"),
+            candidates=objs,
+            tasks=[Task.model_construct(name="t")],
+        )
         for rule in SPEC_RULES:
             assert cel(rule.cel, spec) == rule.check(obj), (rule.cel, spec)
 

@@ -36,7 +36,9 @@ def example_objects():
     for path in sorted(EXAMPLES.rglob("*.yaml")):
         for doc in yaml.safe_load_all(path.read_text()):
             if doc:
-                yield pytest.param(doc, id=f"{path.relative_to(EXAMPLES)}:{doc['metadata']['name']}")
+                yield pytest.param(
+                    doc, id=f"{path.relative_to(EXAMPLES)}:{doc['metadata']['name']}"
+                )
 
 
 @pytest.mark.parametrize("doc", list(example_objects()))

@@ -24,8 +24,17 @@ def test_expected_failure_is_recorded(tmp_path):
     def run(_):
         raise StageError("ModelNotFound", "/nope: no such directory; fix spec.model.uri")
 
-    inp = _input(tmp_path, {"stage": "quantize-x", "name": "x", "model": {"uri": "/nope"},
-                            "scheme": "W4A16", "recipe": "a: 1", "outputDir": "/o"})
+    inp = _input(
+        tmp_path,
+        {
+            "stage": "quantize-x",
+            "name": "x",
+            "model": {"uri": "/nope"},
+            "scheme": "W4A16",
+            "recipe": "a: 1",
+            "outputDir": "/o",
+        },
+    )
     doc = execute("quantize", QuantizeInput, run, inp, tmp_path / "s" / "result.json")
     assert (doc.status, doc.reason, doc.stage) == ("Failed", "ModelNotFound", "quantize-x")
     assert StageResult.read(tmp_path / "s" / "result.json") == doc
@@ -36,15 +45,22 @@ def test_crash_is_recorded_with_its_traceback(tmp_path):
     def run(_):
         return {}["missing"]
 
-    inp = _input(tmp_path, {"name": "x", "model": {"uri": "/m"}, "scheme": "s", "recipe": "a: 1",
-                            "outputDir": "/o"})
+    inp = _input(
+        tmp_path,
+        {"name": "x", "model": {"uri": "/m"}, "scheme": "s", "recipe": "a: 1", "outputDir": "/o"},
+    )
     doc = execute("quantize", QuantizeInput, run, inp, tmp_path / "result.json")
     assert doc.status == "Failed" and doc.reason == "Crashed" and "KeyError" in doc.message
 
 
 def test_invalid_input_is_recorded(tmp_path):
-    doc = execute("quantize", QuantizeInput, lambda _: None, _input(tmp_path, {"name": 1}),
-                  tmp_path / "result.json")
+    doc = execute(
+        "quantize",
+        QuantizeInput,
+        lambda _: None,
+        _input(tmp_path, {"name": 1}),
+        tmp_path / "result.json",
+    )
     assert doc.reason == "InvalidInput" and "model" in doc.message
 
 

@@ -9,19 +9,27 @@ from qeval.results.lmeval import harness_version, parse_scores, top_level_tasks
 # Shaped as lm-eval 0.4.13 writes it (keys "<metric>,<filter>", stderr "N/A" possible).
 RESULTS = {
     "results": {
-        "gsm8k": {"alias": "gsm8k", "exact_match,strict-match": 0.75,
-                  "exact_match_stderr,strict-match": 0.012,
-                  "exact_match,flexible-extract": 0.77,
-                  "exact_match_stderr,flexible-extract": 0.0118},
+        "gsm8k": {
+            "alias": "gsm8k",
+            "exact_match,strict-match": 0.75,
+            "exact_match_stderr,strict-match": 0.012,
+            "exact_match,flexible-extract": 0.77,
+            "exact_match_stderr,flexible-extract": 0.0118,
+        },
         "mmlu": {"alias": "mmlu", "acc,none": 0.68, "acc_stderr,none": 0.0037},
         "mmlu_anatomy": {"alias": " - anatomy", "acc,none": 0.6, "acc_stderr,none": 0.04},
-        "ifeval": {"alias": "ifeval", "prompt_level_strict_acc,none": 0.7,
-                   "prompt_level_strict_acc_stderr,none": "N/A"},
+        "ifeval": {
+            "alias": "ifeval",
+            "prompt_level_strict_acc,none": 0.7,
+            "prompt_level_strict_acc_stderr,none": "N/A",
+        },
     },
     "group_subtasks": {"gsm8k": [], "mmlu": ["mmlu_anatomy"], "ifeval": []},
     "n-shot": {"gsm8k": 5, "mmlu": 5, "mmlu_anatomy": 5, "ifeval": 0},
-    "n-samples": {"gsm8k": {"original": 1319, "effective": 1319},
-                  "ifeval": {"original": 541, "effective": 541}},
+    "n-samples": {
+        "gsm8k": {"original": 1319, "effective": 1319},
+        "ifeval": {"original": 541, "effective": 541},
+    },
     "higher_is_better": {"gsm8k": {"exact_match": True}, "mmlu": {"acc": True}},
     "lm_eval_version": "0.4.13",
 }

@@ -45,18 +45,29 @@ def test_stage_inputs():
     e = by["evaluate-w4a16"].input
     assert e["model"] == {"uri": "/w/models/tiny-llama-w4a16"}
     assert e["batchSize"] == 64 and [t["name"] for t in e["tasks"]] == [
-        t.name for t in run.spec.tasks]
+        t.name for t in run.spec.tasks
+    ]
     agg = by["aggregate"].input
     assert agg["baseline"]["evaluate"] == "/w/runs/demo/stages/evaluate-fp32/result.json"
-    assert [c["scheme"] for c in agg["candidates"]] == ["W8A8-FP8", "W8A8-INT8", "W4A16",
-                                                        "W2A16-RTN"]
+    assert [c["scheme"] for c in agg["candidates"]] == [
+        "W8A8-FP8",
+        "W8A8-INT8",
+        "W4A16",
+        "W2A16-RTN",
+    ]
 
 
 def test_argv_is_a_list_without_a_shell():
     run, models = demo_objects()
     stage = build_plan(run, models, LAYOUT)[1]
-    assert stage.argv("/in.json", "/out.json") == ["qeval", "quantize", "--input", "/in.json",
-                                                   "--output", "/out.json"]
+    assert stage.argv("/in.json", "/out.json") == [
+        "qeval",
+        "quantize",
+        "--input",
+        "/in.json",
+        "--output",
+        "/out.json",
+    ]
 
 
 def test_missing_quantized_model_is_named():
@@ -67,14 +78,29 @@ def test_missing_quantized_model_is_named():
 
 
 def test_pvc_output_and_model_reference_candidates():
-    qm = QuantizedModel.model_validate({
-        "metadata": {"name": "q"}, "spec": {"model": {"uri": "org/m"}, "scheme": "W4A16",
-                                            "output": {"uri": "pvc://models/q"}}})
-    run = EvalRun.model_validate({"metadata": {"name": "r"}, "spec": {
-        "baseline": {"model": {"uri": "org/m"}},
-        "candidates": [{"quantizedModel": "q"}, {"name": "ext", "model": {"uri": "org/m-awq"},
-                                                  "scheme": "W4A16-AWQ"}],
-        "tasks": [{"name": "arc_easy"}]}})
+    qm = QuantizedModel.model_validate(
+        {
+            "metadata": {"name": "q"},
+            "spec": {
+                "model": {"uri": "org/m"},
+                "scheme": "W4A16",
+                "output": {"uri": "pvc://models/q"},
+            },
+        }
+    )
+    run = EvalRun.model_validate(
+        {
+            "metadata": {"name": "r"},
+            "spec": {
+                "baseline": {"model": {"uri": "org/m"}},
+                "candidates": [
+                    {"quantizedModel": "q"},
+                    {"name": "ext", "model": {"uri": "org/m-awq"}, "scheme": "W4A16-AWQ"},
+                ],
+                "tasks": [{"name": "arc_easy"}],
+            },
+        }
+    )
     by = {s.name: s for s in build_plan(run, {"q": qm}, LAYOUT)}
     assert "demo-model" not in by
     assert by["quantize-q"].input["outputDir"] == "/mnt/volumes/models/q"
@@ -90,6 +116,10 @@ def test_ordering_is_stable_and_rejects_unknown_needs():
 
 
 def test_dependents_are_transitive():
-    stages = [Stage("a", "x", {}), Stage("b", "x", {}, ("a",)), Stage("c", "x", {}, ("b",)),
-              Stage("d", "x", {})]
+    stages = [
+        Stage("a", "x", {}),
+        Stage("b", "x", {}, ("a",)),
+        Stage("c", "x", {}, ("b",)),
+        Stage("d", "x", {}),
+    ]
     assert dependents(stages, "a") == {"b", "c"}

@@ -16,8 +16,11 @@ def spec(**kw) -> QuantizedModelSpec:
 CASES = [
     ({"scheme": "W8A8-FP8"}, ["QuantizationModifier"], False),
     ({"scheme": "W8A8-INT8"}, ["SmoothQuantModifier", "GPTQModifier"], True),
-    ({"scheme": "W8A8-INT8", "algorithm": "RTN"}, ["SmoothQuantModifier", "QuantizationModifier"],
-     True),
+    (
+        {"scheme": "W8A8-INT8", "algorithm": "RTN"},
+        ["SmoothQuantModifier", "QuantizationModifier"],
+        True,
+    ),
     ({"scheme": "W4A16"}, ["GPTQModifier"], True),
     ({"scheme": "W4A16", "algorithm": "AWQ"}, ["AWQModifier", "QuantizationModifier"], True),
     ({"scheme": "W3A16", "algorithm": "RTN", "groupSize": 64}, ["QuantizationModifier"], False),

@@ -39,10 +39,18 @@ def score(model, task, value, se, primary=True, metric="acc"):
 
 
 def test_table_uses_primary_metrics_only_for_the_mean():
-    base = [score("b", "t1", 0.8, 0.01), score("b", "t1", 0.7, 0.01, False, "acc_norm"),
-            score("b", "t2", 0.5, 0.02), score("b", "t3", 0.0, 0.0)]
-    cand = [score("c", "t1", 0.4, 0.01), score("c", "t1", 0.7, 0.01, False, "acc_norm"),
-            score("c", "t2", 0.5, 0.02), score("c", "t3", 0.1, 0.0)]
+    base = [
+        score("b", "t1", 0.8, 0.01),
+        score("b", "t1", 0.7, 0.01, False, "acc_norm"),
+        score("b", "t2", 0.5, 0.02),
+        score("b", "t3", 0.0, 0.0),
+    ]
+    cand = [
+        score("c", "t1", 0.4, 0.01),
+        score("c", "t1", 0.7, 0.01, False, "acc_norm"),
+        score("c", "t2", 0.5, 0.02),
+        score("c", "t3", 0.1, 0.0),
+    ]
     table = recovery_table(base, cand)
     assert [(r.task, r.metric) for r in table] == [("t1", "acc"), ("t1", "acc_norm"), ("t2", "acc")]
     mean, _ = mean_recovery(table, base)

@@ -81,17 +81,23 @@ def parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run an EvalRun (and its QuantizedModels) on this machine")
     run.add_argument("path", type=Path, help="a YAML file or a folder of them")
-    run.add_argument("--workdir", type=Path, default=Path("qeval-runs"),
-                     help="where runs and quantized models go (default ./qeval-runs)")
+    run.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("qeval-runs"),
+        help="where runs and quantized models go (default ./qeval-runs)",
+    )
     run.set_defaults(func=cmd_run)
 
     val = sub.add_parser("validate", help="check QuantizedModel/EvalRun YAML against the API")
     val.add_argument("paths", type=Path, nargs="+")
     val.set_defaults(func=cmd_validate)
 
-    for kind, text in (("quantize", "quantize a model with llm-compressor"),
-                       ("evaluate", "evaluate a model with lm-eval"),
-                       ("aggregate", "compute recovery from evaluate results")):
+    for kind, text in (
+        ("quantize", "quantize a model with llm-compressor"),
+        ("evaluate", "evaluate a model with lm-eval"),
+        ("aggregate", "compute recovery from evaluate results"),
+    ):
         stage = sub.add_parser(kind, help=f"stage: {text}")
         stage.add_argument("--input", type=Path, required=True, help="the stage input document")
         stage.add_argument("--output", type=Path, required=True, help="the result document")

@@ -72,8 +72,10 @@ def quantized_model_dir(qm: QuantizedModel, layout: Layout) -> PurePosixPath:
     if uri.startswith("pvc://"):
         return volume_path(uri)
     if model_kind(uri) != "local":
-        raise PlanError(f"QuantizedModel {qm.name}: spec.output.uri {uri!r}: write the model to "
-                        "a path or a volume (pvc://<claim>/<path>)")
+        raise PlanError(
+            f"QuantizedModel {qm.name}: spec.output.uri {uri!r}: write the model to "
+            "a path or a volume (pvc://<claim>/<path>)"
+        )
     return PurePosixPath(uri)
 
 
@@ -94,13 +96,12 @@ def quantize_stage(qm: QuantizedModel, layout: Layout) -> Stage:
         output_dir=str(quantized_model_dir(qm, layout)),
     )
     needs = (DEMO_STAGE,) if model_kind(spec.model.uri) == "demo" else ()
-    return Stage(f"quantize-{qm.name}", "quantize", _doc(inp), needs, spec.scheduling,
-                 produces=qm.name)
+    return Stage(
+        f"quantize-{qm.name}", "quantize", _doc(inp), needs, spec.scheduling, produces=qm.name
+    )
 
 
-def build_plan(
-    run: EvalRun, models: Mapping[str, QuantizedModel], layout: Layout
-) -> list[Stage]:
+def build_plan(run: EvalRun, models: Mapping[str, QuantizedModel], layout: Layout) -> list[Stage]:
     """Every stage of ``run`` in an order that respects dependencies."""
     spec = run.spec
     missing = sorted(
@@ -135,15 +136,22 @@ def build_plan(
         if model_kind(source.uri) == "demo":
             needs, uses_demo = (*needs, DEMO_STAGE), True
         inp = EvaluateInput(
-            model_name=name, model=source, tasks=spec.tasks, task_paths=spec.task_paths,
-            backend=spec.backend, batch_size=spec.batch_size, seed=spec.seed,
-            model_args=spec.model_args, output_dir=str(layout.stage_dir(stage)),
+            model_name=name,
+            model=source,
+            tasks=spec.tasks,
+            task_paths=spec.task_paths,
+            backend=spec.backend,
+            batch_size=spec.batch_size,
+            seed=spec.seed,
+            model_args=spec.model_args,
+            output_dir=str(layout.stage_dir(stage)),
         )
         stages.append(Stage(stage, "evaluate", _doc(inp), needs, spec.scheduling))
         refs.append(ModelResults(name=name, scheme=scheme, evaluate=str(layout.result_path(stage))))
 
-    aggregate = AggregateInput(baseline=refs[0], candidates=refs[1:],
-                               results_location=str(layout.run_root))
+    aggregate = AggregateInput(
+        baseline=refs[0], candidates=refs[1:], results_location=str(layout.run_root)
+    )
     evaluations = tuple(s.name for s in stages if s.kind == "evaluate")
     stages.append(Stage(AGGREGATE_STAGE, "aggregate", _doc(aggregate), evaluations, always=True))
     if uses_demo:

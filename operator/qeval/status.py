@@ -22,12 +22,24 @@ ALL_STAGES_SUCCEEDED = "AllStagesSucceeded"
 STAGE_FAILED = "StageFailed"
 
 
-def condition(type_: str, ok: bool | None, reason: str, message: str, when: str,
-              generation: int | None = None) -> Condition:
-    status = {True: ConditionStatus.TRUE, False: ConditionStatus.FALSE}.get(
-        ok, ConditionStatus.UNKNOWN)  # type: ignore[arg-type]
-    return Condition(type=type_, status=status, reason=reason, message=message,
-                     last_transition_time=when, observed_generation=generation)
+def condition(
+    type_: str, ok: bool | None, reason: str, message: str, when: str, generation: int | None = None
+) -> Condition:
+    status = (
+        ConditionStatus.UNKNOWN
+        if ok is None
+        else ConditionStatus.TRUE
+        if ok
+        else ConditionStatus.FALSE
+    )
+    return Condition(
+        type=type_,
+        status=status,
+        reason=reason,
+        message=message,
+        last_transition_time=when,
+        observed_generation=generation,
+    )
 
 
 def quantized_model_status(doc: StageResult) -> QuantizedModelStatus:
@@ -36,15 +48,25 @@ def quantized_model_status(doc: StageResult) -> QuantizedModelStatus:
     if doc.status != StageStatus.SUCCEEDED or doc.result is None:
         return QuantizedModelStatus(
             phase="Failed",
-            conditions=[condition(READY, False, doc.reason or STAGE_FAILED, doc.message or "",
-                                  when or "")],
-            started_at=doc.started_at, completed_at=when, wall_seconds=doc.wall_seconds,
+            conditions=[
+                condition(READY, False, doc.reason or STAGE_FAILED, doc.message or "", when or "")
+            ],
+            started_at=doc.started_at,
+            completed_at=when,
+            wall_seconds=doc.wall_seconds,
         )
     result = QuantizeResult.model_validate(doc.result)
     return QuantizedModelStatus(
         phase="Ready",
-        conditions=[condition(READY, True, QUANTIZED,
-                              f"{result.scheme}: {result.compression_ratio}x smaller", when or "")],
+        conditions=[
+            condition(
+                READY,
+                True,
+                QUANTIZED,
+                f"{result.scheme}: {result.compression_ratio}x smaller",
+                when or "",
+            )
+        ],
         output=result.output_dir,
         size_bytes=result.size_bytes,
         base_size_bytes=result.base_size_bytes,
@@ -61,12 +83,19 @@ def failures(docs: Iterable[StageResult]) -> list[StageFailure]:
     docs = list(docs)
     failed = [d for d in docs if d.status == StageStatus.FAILED]
     skipped = [d for d in docs if d.status == StageStatus.SKIPPED]
-    return [StageFailure(stage=d.stage, reason=d.reason or STAGE_FAILED, message=d.message or "")
-            for d in failed + skipped]
+    return [
+        StageFailure(stage=d.stage, reason=d.reason or STAGE_FAILED, message=d.message or "")
+        for d in failed + skipped
+    ]
 
 
-def finish_evalrun(aggregate: EvalRunStatus | None, docs: list[StageResult], total: int,
-                   started: str, finished: str) -> EvalRunStatus:
+def finish_evalrun(
+    aggregate: EvalRunStatus | None,
+    docs: list[StageResult],
+    total: int,
+    started: str,
+    finished: str,
+) -> EvalRunStatus:
     """The final EvalRun status: the aggregate's results plus phase, progress and conditions."""
     status = aggregate.model_copy() if aggregate else EvalRunStatus()
     status.failures = failures(docs)

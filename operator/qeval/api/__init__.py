@@ -16,8 +16,23 @@ from qeval.api.quantizedmodel import (
 )
 
 __all__ = [
-    "API_VERSION", "GROUP", "VERSION", "Algorithm", "Backend", "Candidate", "Condition",
-    "EvalRun", "EvalRunSpec", "EvalRunStatus", "ModelSource", "QuantizedModel",
-    "QuantizedModelSpec", "QuantizedModelStatus", "Scheduling", "Scheme", "SpecError", "Task",
+    "API_VERSION",
+    "GROUP",
+    "VERSION",
+    "Algorithm",
+    "Backend",
+    "Candidate",
+    "Condition",
+    "EvalRun",
+    "EvalRunSpec",
+    "EvalRunStatus",
+    "ModelSource",
+    "QuantizedModel",
+    "QuantizedModelSpec",
+    "QuantizedModelStatus",
+    "Scheduling",
+    "Scheme",
+    "SpecError",
+    "Task",
     "load_documents",
 ]

@@ -62,7 +62,10 @@ def immutable(what: str) -> dict[str, Any]:
     """Schema extra that makes a field immutable once set (a CEL transition rule)."""
     return {
         "x-kubernetes-validations": [
-            {"rule": "self == oldSelf", "message": f"{what} is immutable; create a new object instead"}
+            {
+                "rule": "self == oldSelf",
+                "message": f"{what} is immutable; create a new object instead",
+            }
         ]
     }
 
@@ -251,7 +254,7 @@ class ObjectMeta(BaseModel):
 class Resource(ApiModel):
     """Fields every top-level resource has."""
 
-    api_version: Literal["qeval.dev/v1alpha1"] = Field(default=API_VERSION)
+    api_version: Literal["qeval.dev/v1alpha1"] = "qeval.dev/v1alpha1"
     metadata: ObjectMeta
 
     @property

@@ -107,8 +107,7 @@ CRDS = (
             _column("Scheme", ".spec.scheme", description="Quantization preset"),
             _column("Phase", ".status.phase"),
             _column("Ready", '.status.conditions[?(@.type=="Ready")].status'),
-            _column("Ratio", ".status.compressionRatio", "number",
-                    "Base size / quantized size"),
+            _column("Ratio", ".status.compressionRatio", "number", "Base size / quantized size"),
             _column("Size", ".status.sizeBytes", "integer", "Bytes on disk", priority=1),
             AGE,
         ],
@@ -120,8 +119,12 @@ CRDS = (
         [
             _column("Phase", ".status.phase"),
             _column("Progress", ".status.progress", description="Stages done / total"),
-            _column("Recovery", ".status.meanRecovery", "number",
-                    "Lowest mean recovery among the candidates"),
+            _column(
+                "Recovery",
+                ".status.meanRecovery",
+                "number",
+                "Lowest mean recovery among the candidates",
+            ),
             _column("Succeeded", '.status.conditions[?(@.type=="Succeeded")].status', priority=1),
             AGE,
         ],
@@ -184,5 +187,6 @@ def stale_crds(out_dir: Path) -> list[Path]:
     return [
         out_dir / f"{GROUP}_{info.plural}.yaml"
         for info in CRDS
-        if not (p := out_dir / f"{GROUP}_{info.plural}.yaml").exists() or p.read_text() != render(info)
+        if not (p := out_dir / f"{GROUP}_{info.plural}.yaml").exists()
+        or p.read_text() != render(info)
     ]

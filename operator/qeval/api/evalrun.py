@@ -20,8 +20,6 @@ from qeval.api.common import (
     immutable,
 )
 
-LABEL_FIELD = {"pattern": DNS_LABEL, "min_length": 1, "max_length": 40}
-
 
 class Backend(StrEnum):
     """How lm-eval runs the model: in-process transformers (`hf`), in-process vLLM (`vllm`),
@@ -36,7 +34,11 @@ class Baseline(ApiModel):
     """The reference model, usually the unquantized BF16 original."""
 
     name: str = Field(
-        default="baseline", description="Label in results and child names.", **LABEL_FIELD
+        default="baseline",
+        description="Label in results and child names.",
+        pattern=DNS_LABEL,
+        min_length=1,
+        max_length=40,
     )
     model: ModelSource = Field(description="The baseline model.")
 
@@ -62,7 +64,9 @@ class Candidate(ApiModel):
     name: str | None = Field(
         default=None,
         description="Label in results and child names; default: the QuantizedModel's name.",
-        **LABEL_FIELD,
+        pattern=DNS_LABEL,
+        min_length=1,
+        max_length=40,
     )
     quantized_model: str | None = Field(
         default=None,
@@ -122,7 +126,8 @@ class Task(ApiModel):
 
 SPEC_RULES = (
     Rule(
-        cel="self.candidates.all(c, (has(c.name) ? c.name : c.quantizedModel) != self.baseline.name)",
+        cel="self.candidates.all(c, "
+        "(has(c.name) ? c.name : c.quantizedModel) != self.baseline.name)",
         message="a candidate has the same name as the baseline; rename one of them",
         check=lambda s: all(c.label != s.baseline.name for c in s.candidates),
     ),
@@ -178,7 +183,9 @@ class EvalRunSpec(ApiModel):
         json_schema_extra=immutable("spec.batchSize"),
     )
     seed: int = Field(
-        default=1234, ge=0, description="Random seed for lm-eval (few-shot sampling, generation).",
+        default=1234,
+        ge=0,
+        description="Random seed for lm-eval (few-shot sampling, generation).",
         json_schema_extra=immutable("spec.seed"),
     )
     model_args: dict[str, str] = Field(
@@ -223,8 +230,10 @@ class Recovery(ApiModel):
     task: str = Field(description="lm-eval task.")
     metric: str = Field(description="Metric name.")
     filter: str = Field(default="none", description="lm-eval filter.")
-    value: float = Field(description="candidate / baseline (baseline / candidate when lower is "
-                         "better); 1.0 = no loss.")
+    value: float = Field(
+        description="candidate / baseline (baseline / candidate when lower is "
+        "better); 1.0 = no loss."
+    )
     stderr: float | None = Field(default=None, description="Standard error (delta method).")
 
 

@@ -73,7 +73,10 @@ class Calibration(ApiModel):
         default=512, ge=1, le=100_000, description="Number of calibration samples."
     )
     max_seq_length: int = Field(
-        default=2048, ge=8, le=131_072, description="Calibration samples are cut to this many tokens."
+        default=2048,
+        ge=8,
+        le=131_072,
+        description="Calibration samples are cut to this many tokens.",
     )
 
     @model_validator(mode="after")
@@ -111,10 +114,18 @@ RULES: tuple[Rule, ...] = (
         "!has(self.dampeningFrac) && !has(self.smoothquantStrength) && !has(self.observer))",
         message="spec.recipe is used as written: remove algorithm, groupSize, dampeningFrac, "
         "smoothquantStrength and observer, or use spec.scheme instead of the recipe",
-        check=lambda s: not _has(s.recipe)
-        or not any(
-            _has(v)
-            for v in (s.algorithm, s.group_size, s.dampening_frac, s.smoothquant_strength, s.observer)
+        check=lambda s: (
+            not _has(s.recipe)
+            or not any(
+                _has(v)
+                for v in (
+                    s.algorithm,
+                    s.group_size,
+                    s.dampening_frac,
+                    s.smoothquant_strength,
+                    s.observer,
+                )
+            )
         ),
     ),
     Rule(
@@ -123,7 +134,8 @@ RULES: tuple[Rule, ...] = (
         check=lambda s: not _has(s.smoothquant_strength) or s.scheme == Scheme.W8A8_INT8,
     ),
     Rule(
-        cel="!has(self.groupSize) || (has(self.scheme) && self.scheme in ['W4A16', 'W3A16', 'W2A16'])",
+        cel="!has(self.groupSize) || "
+        "(has(self.scheme) && self.scheme in ['W4A16', 'W3A16', 'W2A16'])",
         message="spec.groupSize applies only to the weight-only schemes W4A16, W3A16 and W2A16 "
         "(W8A8 schemes quantize per channel); remove it",
         check=lambda s: not _has(s.group_size) or s.scheme in WEIGHT_ONLY,
@@ -144,11 +156,13 @@ RULES: tuple[Rule, ...] = (
         cel="!has(self.dampeningFrac) || (has(self.scheme) && self.scheme != 'W8A8-FP8' && "
         "(!has(self.algorithm) || self.algorithm == 'GPTQ'))",
         message="spec.dampeningFrac applies only to GPTQ; remove it or set algorithm GPTQ",
-        check=lambda s: not _has(s.dampening_frac)
-        or (
-            _has(s.scheme)
-            and s.scheme != Scheme.W8A8_FP8
-            and s.algorithm in (None, Algorithm.GPTQ)
+        check=lambda s: (
+            not _has(s.dampening_frac)
+            or (
+                _has(s.scheme)
+                and s.scheme != Scheme.W8A8_FP8
+                and s.algorithm in (None, Algorithm.GPTQ)
+            )
         ),
     ),
 )
@@ -218,7 +232,8 @@ class QuantizedModelSpec(ApiModel):
         json_schema_extra=immutable("spec.calibration"),
     )
     output: Output | None = Field(
-        default=None, description="Where the quantized model goes.",
+        default=None,
+        description="Where the quantized model goes.",
         json_schema_extra=immutable("spec.output"),
     )
     hf_token_secret: SecretKeyRef | None = Field(

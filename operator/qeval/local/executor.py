@@ -43,11 +43,14 @@ def load(path: Path) -> tuple[list[EvalRun], dict[str, QuantizedModel]]:
     objects: list[Resource] = load_documents(path)
     base = path if path.is_dir() else path.parent
     runs = [localize_evalrun(o, base) for o in objects if isinstance(o, EvalRun)]
-    models = {o.name: localize_quantized_model(o, base)
-              for o in objects if isinstance(o, QuantizedModel)}
+    models = {
+        o.name: localize_quantized_model(o, base) for o in objects if isinstance(o, QuantizedModel)
+    }
     if not runs:
-        raise SpecError(f"{path}: no EvalRun found; qeval run needs one (with the "
-                        "QuantizedModels it names in the same file or folder)")
+        raise SpecError(
+            f"{path}: no EvalRun found; qeval run needs one (with the "
+            "QuantizedModels it names in the same file or folder)"
+        )
     return runs, models
 
 
@@ -78,28 +81,40 @@ def run_stage(stage: Stage, layout: Layout, console: Console, label: str) -> Sta
     with log_path.open("w") as log, console.status(f"{label} {stage.name}") as spinner:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=stage_env())
         while proc.poll() is None:
-            spinner.update(f"{label} {stage.name}  {time.monotonic() - t0:5.0f} s  "
-                           f"[dim]{_tail(log_path, 1)[:80]}[/dim]")
+            spinner.update(
+                f"{label} {stage.name}  {time.monotonic() - t0:5.0f} s  "
+                f"[dim]{_tail(log_path, 1)[:80]}[/dim]"
+            )
             time.sleep(0.5)
     if result_path.exists():
         return StageResult.read(result_path)
-    doc = failed(stage.name, stage.kind, "ProcessDied",
-                 f"exit code {proc.returncode} and no result document; log tail:\n"
-                 f"{_tail(log_path)}", wall_seconds=round(time.monotonic() - t0, 3))
+    doc = failed(
+        stage.name,
+        stage.kind,
+        "ProcessDied",
+        f"exit code {proc.returncode} and no result document; log tail:\n{_tail(log_path)}",
+        wall_seconds=round(time.monotonic() - t0, 3),
+    )
     doc.write(result_path)
     return doc
 
 
 def skip(stage: Stage, layout: Layout, because: str) -> StageResult:
-    doc = StageResult(stage=stage.name, kind=stage.kind, status=StageStatus.SKIPPED,
-                      reason="DependencyFailed", message=f"not run: {because} failed",
-                      finished_at=now())
+    doc = StageResult(
+        stage=stage.name,
+        kind=stage.kind,
+        status=StageStatus.SKIPPED,
+        reason="DependencyFailed",
+        message=f"not run: {because} failed",
+        finished_at=now(),
+    )
     doc.write(Path(layout.result_path(stage.name)))
     return doc
 
 
-def execute_run(run: EvalRun, models: dict[str, QuantizedModel], workdir: Path,
-                console: Console) -> RunOutcome:
+def execute_run(
+    run: EvalRun, models: dict[str, QuantizedModel], workdir: Path, console: Console
+) -> RunOutcome:
     """Plan and execute one EvalRun; write and return its status."""
     preflight(run, models)
     run_dir = (workdir / "runs" / run.name).resolve()
@@ -109,8 +124,11 @@ def execute_run(run: EvalRun, models: dict[str, QuantizedModel], workdir: Path,
     except PlanError as e:
         raise SpecError(str(e)) from None
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "plan.json").write_text(json.dumps(
-        [{"name": s.name, "kind": s.kind, "needs": list(s.needs)} for s in stages], indent=2))
+    (run_dir / "plan.json").write_text(
+        json.dumps(
+            [{"name": s.name, "kind": s.kind, "needs": list(s.needs)} for s in stages], indent=2
+        )
+    )
 
     started = now()
     docs: dict[str, StageResult] = {}
@@ -127,17 +145,25 @@ def execute_run(run: EvalRun, models: dict[str, QuantizedModel], workdir: Path,
         if doc.status == StageStatus.SUCCEEDED:
             console.print(f"{label} {stage.name}: [green]succeeded[/green] in {took}")
         else:
-            console.print(f"{label} {stage.name}: [red]{doc.status}[/red] ({doc.reason}) "
-                          f"{took}\n    {doc.message}\n    log: {layout.stage_dir(stage.name)}/log.txt")
+            console.print(
+                f"{label} {stage.name}: [red]{doc.status}[/red] ({doc.reason}) "
+                f"{took}\n    {doc.message}\n    log: {layout.stage_dir(stage.name)}/log.txt"
+            )
             for name in dependents(stages, stage.name):
                 blocked.setdefault(name, stage.name)
 
     agg = docs.get(AGGREGATE_STAGE)
-    aggregate = (EvalRunStatus.model_validate(agg.result)
-                 if agg and agg.status == StageStatus.SUCCEEDED and agg.result else None)
+    aggregate = (
+        EvalRunStatus.model_validate(agg.result)
+        if agg and agg.status == StageStatus.SUCCEEDED and agg.result
+        else None
+    )
     status = finish_evalrun(aggregate, list(docs.values()), len(stages), started, now())
-    made = [models[s.produces].model_copy(update={"status": quantized_model_status(docs[s.name])})
-            for s in stages if s.produces and docs[s.name].status != StageStatus.SKIPPED]
+    made = [
+        models[s.produces].model_copy(update={"status": quantized_model_status(docs[s.name])})
+        for s in stages
+        if s.produces and docs[s.name].status != StageStatus.SKIPPED
+    ]
     write_status(run.model_copy(update={"status": status}), made, run_dir)
     print_summary(console, run, status, run_dir)
     return RunOutcome(run, status, run_dir)

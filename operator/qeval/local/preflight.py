@@ -38,10 +38,13 @@ def localize_evalrun(run: EvalRun, base: Path) -> EvalRun:
         c.model_copy(update={"model": _local_source(c.model, base)}) if c.model else c
         for c in spec.candidates
     ]
-    new = spec.model_copy(update={
-        "baseline": baseline, "candidates": candidates,
-        "task_paths": [_absolute(p, base) for p in spec.task_paths],
-    })
+    new = spec.model_copy(
+        update={
+            "baseline": baseline,
+            "candidates": candidates,
+            "task_paths": [_absolute(p, base) for p in spec.task_paths],
+        }
+    )
     return run.model_copy(update={"spec": new})
 
 
@@ -50,10 +53,10 @@ def localize_quantized_model(qm: QuantizedModel, base: Path) -> QuantizedModel:
     update: dict[str, object] = {"model": _local_source(spec.model, base)}
     if spec.calibration.path:
         update["calibration"] = spec.calibration.model_copy(
-            update={"path": _absolute(spec.calibration.path, base)})
+            update={"path": _absolute(spec.calibration.path, base)}
+        )
     if spec.output and model_kind(spec.output.uri) == "local":
-        update["output"] = spec.output.model_copy(
-            update={"uri": _absolute(spec.output.uri, base)})
+        update["output"] = spec.output.model_copy(update={"uri": _absolute(spec.output.uri, base)})
     return qm.model_copy(update={"spec": spec.model_copy(update=update)})
 
 
@@ -70,8 +73,9 @@ def _model_problem(source: ModelSource) -> str | None:
         from huggingface_hub import try_to_load_from_cache
 
         repo = source.uri.removeprefix("hf://")
-        if not isinstance(try_to_load_from_cache(repo, "config.json", revision=source.revision),
-                          str):
+        if not isinstance(
+            try_to_load_from_cache(repo, "config.json", revision=source.revision), str
+        ):
             return f"{repo}: not in the local Hugging Face cache and HF_HUB_OFFLINE=1"
     return None
 
@@ -81,7 +85,9 @@ def problems(run: EvalRun, models: dict[str, QuantizedModel]) -> Iterator[str]:
     where = f"EvalRun {run.name}"
     spec = run.spec
     sources = [("spec.baseline.model.uri", spec.baseline.model)] + [
-        (f"spec.candidates[{i}].model.uri", c.model) for i, c in enumerate(spec.candidates) if c.model
+        (f"spec.candidates[{i}].model.uri", c.model)
+        for i, c in enumerate(spec.candidates)
+        if c.model
     ]
     for field, source in sources:
         if problem := _model_problem(source):
@@ -98,8 +104,10 @@ def problems(run: EvalRun, models: dict[str, QuantizedModel]) -> Iterator[str]:
         if not Path(p).is_dir():
             yield f"{where}: spec.taskPaths[{i}]: {p}: no such directory"
     if spec.backend == Backend.VLLM_SERVER:
-        yield (f"{where}: spec.backend: vllm-server needs the serving stage, which runs in a "
-               "cluster; use backend hf (or vllm with a GPU) under qeval run")
+        yield (
+            f"{where}: spec.backend: vllm-server needs the serving stage, which runs in a "
+            "cluster; use backend hf (or vllm with a GPU) under qeval run"
+        )
     if spec.backend == Backend.VLLM and importlib.util.find_spec("vllm") is None:
         yield f"{where}: spec.backend: vllm is not installed here; use backend hf"
     yield from task_problems(run)
@@ -114,8 +122,10 @@ def task_problems(run: EvalRun) -> Iterator[str]:
     paths = [p for p in run.spec.task_paths if Path(p).is_dir()]
     for name in unknown_tasks([t.name for t in run.spec.tasks], paths):
         i = next(i for i, t in enumerate(run.spec.tasks) if t.name == name)
-        yield (f"EvalRun {run.name}: spec.tasks[{i}].name: lm-eval does not know task {name!r}; "
-               "check the spelling (lm-eval ls tasks) or add its folder to spec.taskPaths")
+        yield (
+            f"EvalRun {run.name}: spec.tasks[{i}].name: lm-eval does not know task {name!r}; "
+            "check the spelling (lm-eval ls tasks) or add its folder to spec.taskPaths"
+        )
 
 
 def preflight(run: EvalRun, models: dict[str, QuantizedModel]) -> None:

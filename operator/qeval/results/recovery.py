@@ -57,8 +57,11 @@ def recovery_table(baseline: Iterable[Score], candidate: Iterable[Score]) -> lis
         if b is None or b.value == 0:
             continue
         r, se = ratio(c.value, b.value, c.stderr, b.stderr, c.higher_is_better)
-        out.append(Recovery(model=c.model, task=c.task, metric=c.metric, filter=c.filter,
-                            value=r, stderr=se))
+        out.append(
+            Recovery(
+                model=c.model, task=c.task, metric=c.metric, filter=c.filter, value=r, stderr=se
+            )
+        )
     return out
 
 

@@ -36,8 +36,9 @@ def outcome(ref: ModelResults) -> ModelOutcome:
         return ModelOutcome(ref.name, ref.scheme, failure=failure)
     doc = StageResult.read(path)
     if doc.status != StageStatus.SUCCEEDED or doc.result is None:
-        failure = StageFailure(stage=doc.stage, reason=doc.reason or "Failed",
-                               message=doc.message or "")
+        failure = StageFailure(
+            stage=doc.stage, reason=doc.reason or "Failed", message=doc.message or ""
+        )
         return ModelOutcome(ref.name, ref.scheme, failure=failure)
     result = EvaluateResult.model_validate(doc.result)
     return ModelOutcome(ref.name, ref.scheme, tuple(result.scores), result.model_size_bytes)

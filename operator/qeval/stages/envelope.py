@@ -12,6 +12,7 @@ import json
 import time
 import traceback
 from collections.abc import Callable
+from contextlib import suppress
 from datetime import UTC, datetime
 from enum import StrEnum
 from importlib import metadata
@@ -72,16 +73,21 @@ def library_versions() -> dict[str, str]:
     """Versions of the libraries that shape a result (those installed)."""
     out = {}
     for name in LIBRARIES:
-        try:
+        with suppress(metadata.PackageNotFoundError):
             out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
     return out
 
 
 def failed(stage: str, kind: str, reason: str, message: str, **extra: Any) -> StageResult:
-    return StageResult(stage=stage, kind=kind, status=StageStatus.FAILED, reason=reason,
-                       message=message, finished_at=now(), **extra)
+    return StageResult(
+        stage=stage,
+        kind=kind,
+        status=StageStatus.FAILED,
+        reason=reason,
+        message=message,
+        finished_at=now(),
+        **extra,
+    )
 
 
 def execute(
@@ -102,8 +108,12 @@ def execute(
         except (OSError, ValueError, ValidationError) as e:
             raise StageError("InvalidInput", f"cannot read stage input {input_path}: {e}") from e
         result = run(inp)
-        doc = StageResult(stage=stage, kind=kind, status=StageStatus.SUCCEEDED,
-                          result=result.model_dump(by_alias=True, exclude_none=True, mode="json"))
+        doc = StageResult(
+            stage=stage,
+            kind=kind,
+            status=StageStatus.SUCCEEDED,
+            result=result.model_dump(by_alias=True, exclude_none=True, mode="json"),
+        )
     except StageError as e:
         doc = failed(stage, kind, e.reason, str(e))
     except Exception as e:  # noqa: BLE001 - the point is to record any failure

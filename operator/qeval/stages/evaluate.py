@@ -93,8 +93,12 @@ def _model_args(inp: EvaluateInput, path: Path) -> dict[str, Any]:
     if inp.backend == Backend.VLLM_SERVER:
         if not inp.base_url:
             raise StageError("NoServer", "backend vllm-server needs the server's base_url")
-        args = {"model": str(path), "tokenizer": str(path),
-                "base_url": f"{inp.base_url.rstrip('/')}/v1/completions", "num_concurrent": 8}
+        args = {
+            "model": str(path),
+            "tokenizer": str(path),
+            "base_url": f"{inp.base_url.rstrip('/')}/v1/completions",
+            "num_concurrent": 8,
+        }
     return args | dict(inp.model_args)
 
 
@@ -107,8 +111,11 @@ def run(inp: EvaluateInput) -> EvaluateResult:
     tm = task_manager(inp.task_paths)
     missing = [t.name for t in inp.tasks if t.name not in set(tm.all_tasks)]
     if missing:
-        raise StageError("UnknownTask", f"lm-eval does not know {missing}; check spec.tasks "
-                         "names (lm-eval --tasks list) or add their folder to spec.taskPaths")
+        raise StageError(
+            "UnknownTask",
+            f"lm-eval does not know {missing}; check spec.tasks "
+            "names (lm-eval --tasks list) or add their folder to spec.taskPaths",
+        )
 
     extra: dict[str, Any] = {"batch_size": inp.batch_size}
     if inp.backend == Backend.HF:
@@ -119,9 +126,16 @@ def run(inp: EvaluateInput) -> EvaluateResult:
     parts = []
     for (shots, limit), names in group_by_settings(inp.tasks).items():
         out = lm_eval.simple_evaluate(
-            model=lm, tasks=names, num_fewshot=shots, limit=limit, task_manager=tm,
-            log_samples=True, random_seed=inp.seed, numpy_random_seed=inp.seed,
-            torch_random_seed=inp.seed, fewshot_random_seed=inp.seed,
+            model=lm,
+            tasks=names,
+            num_fewshot=shots,
+            limit=limit,
+            task_manager=tm,
+            log_samples=True,
+            random_seed=inp.seed,
+            numpy_random_seed=inp.seed,
+            torch_random_seed=inp.seed,
+            fewshot_random_seed=inp.seed,
         )
         if out is None:  # only non-zero ranks of a distributed run return None
             raise StageError("EvaluationFailed", "lm-eval returned no results")

@@ -36,8 +36,10 @@ def resolve(source: ModelSource) -> Path:
                 "check the id, the revision and the token, or point spec.model.uri at a path",
             ) from e
     else:
-        raise StageError("UnsupportedModelSource",
-                         f"{source.uri}: {kind} models must be copied to a volume first")
+        raise StageError(
+            "UnsupportedModelSource",
+            f"{source.uri}: {kind} models must be copied to a volume first",
+        )
     check_model_dir(path)
     return path
 
@@ -47,8 +49,9 @@ def check_model_dir(path: Path) -> None:
     if not path.is_dir():
         raise StageError("ModelNotFound", f"{path}: no such directory; fix spec.model.uri")
     if not (path / "config.json").is_file():
-        raise StageError("ModelNotFound",
-                         f"{path}: no config.json, so not a Hugging Face model directory")
+        raise StageError(
+            "ModelNotFound", f"{path}: no config.json, so not a Hugging Face model directory"
+        )
     if not os.access(path / "config.json", os.R_OK):
         raise StageError("ModelNotFound", f"{path}/config.json is not readable")
 

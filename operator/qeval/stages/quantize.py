@@ -47,14 +47,16 @@ def load_texts(calibration: Calibration) -> list[str] | None:
         try:
             lines = [line for line in path.read_text().splitlines() if line.strip()]
         except OSError as e:
-            raise StageError("CalibrationNotFound",
-                             f"calibration.path {path}: {e.strerror}; fix the path") from e
+            raise StageError(
+                "CalibrationNotFound", f"calibration.path {path}: {e.strerror}; fix the path"
+            ) from e
         if path.suffix == ".jsonl":
             try:
                 return [json.loads(line)["text"] for line in lines][: calibration.num_samples]
             except (ValueError, KeyError) as e:
-                raise StageError("InvalidCalibration",
-                                 f"{path}: every line must be JSON with a 'text' field") from e
+                raise StageError(
+                    "InvalidCalibration", f"{path}: every line must be JSON with a 'text' field"
+                ) from e
         return lines[: calibration.num_samples]
     if calibration.dataset == "demo":
         from qeval.demo.data import calibration_texts
@@ -71,7 +73,9 @@ def calibration_dataset(calibration: Calibration, tokenizer):  # noqa: ANN001, A
     from datasets import Dataset
 
     enc = tokenizer(texts, truncation=True, max_length=calibration.max_seq_length)
-    return Dataset.from_dict({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
+    return Dataset.from_dict(
+        {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+    )
 
 
 def run(inp: QuantizeInput) -> QuantizeResult:
@@ -94,7 +98,7 @@ def run(inp: QuantizeInput) -> QuantizeResult:
         }
     t0 = time.monotonic()
     try:
-        oneshot(model=model, recipe=inp.recipe, processor=tokenizer, **kwargs)
+        oneshot(model=model, recipe=inp.recipe, processor=tokenizer, **kwargs)  # type: ignore[arg-type]
     except (ValueError, TypeError, KeyError) as e:
         raise StageError("QuantizationFailed", f"llm-compressor refused the recipe: {e}") from e
     seconds = time.monotonic() - t0

@@ -1,0 +1,51 @@
+# qeval: `make help` lists the targets. Everything runs from a local virtualenv (.venv)
+# that the targets create themselves.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# PyTorch first, pinned: here it is a CPU build from local disk; left to pip's resolver,
+# llm-compressor would pull a multi-GB CUDA build.
+TORCH := torch==2.13.0
+STAMP := $(VENV)/.installed
+# Nothing is downloaded from a model hub: the demo model and tasks are built locally.
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test test-fast crds verify lint typecheck clean
+
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[quantize,evaluate,dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv with torch (CPU), llm-compressor, lm-eval and the dev tools
+
+demo: $(STAMP) ## Run the demo study on this machine: qeval run examples/evalrun.yaml
+	$(OFFLINE) $(BIN)/qeval run examples/evalrun.yaml
+
+test: $(STAMP) ## Run every test, the real quantize/evaluate pipeline included
+	$(OFFLINE) $(BIN)/pytest -ra
+
+test-fast: $(STAMP) ## Run the tests that take seconds (no pipeline)
+	$(OFFLINE) $(BIN)/pytest -ra -m "not pipeline"
+
+crds: $(STAMP) ## Regenerate crds/ from the pydantic models
+	$(BIN)/qeval crds --out crds
+
+verify: $(STAMP) lint typecheck ## Fail if generated files are stale, or lint/types fail
+	$(BIN)/qeval crds --out crds --check
+
+lint: $(STAMP) ## ruff
+	$(BIN)/ruff check operator tests
+
+typecheck: $(STAMP) ## mypy on the package
+	$(BIN)/mypy
+
+clean: ## Remove the virtualenv, caches and local runs (not the demo model cache)
+	rm -rf $(VENV) qeval-runs .pytest_cache .ruff_cache .mypy_cache
