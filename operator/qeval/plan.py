@@ -7,7 +7,7 @@ the operator as Jobs. Where files go is the executor's choice, passed in as a La
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from graphlib import TopologicalSorter
 from pathlib import PurePosixPath
 from typing import Any
@@ -53,7 +53,7 @@ class Stage:
     needs: tuple[str, ...] = ()
     scheduling: Scheduling | None = None  # None: a light CPU-only stage
     always: bool = False  # runs even when a dependency failed (to report what did not)
-    produces: str | None = field(default=None)  # a QuantizedModel this stage makes
+    produces: str | None = None  # the QuantizedModel this stage makes, if any
 
     def argv(self, input_path: str, output_path: str) -> list[str]:
         """The command, as an argument list (never a shell string with spec values in it)."""
