@@ -41,8 +41,9 @@ crds: $(STAMP) ## Regenerate crds/ from the pydantic models
 verify: $(STAMP) lint typecheck ## Fail if generated files are stale, or lint/types fail
 	$(BIN)/qeval crds --out crds --check
 
-lint: $(STAMP) ## ruff
+lint: $(STAMP) ## ruff (lint and formatting)
 	$(BIN)/ruff check operator tests
+	$(BIN)/ruff format --check operator tests
 
 typecheck: $(STAMP) ## mypy on the package
 	$(BIN)/mypy
