@@ -116,7 +116,7 @@ def execute(
         )
     except StageError as e:
         doc = failed(stage, kind, e.reason, str(e))
-    except Exception as e:  # noqa: BLE001 - the point is to record any failure
+    except Exception as e:  # the point is to record any failure
         tb = traceback.format_exception(e)
         doc = failed(stage, kind, "Crashed", f"{type(e).__name__}: {e}\n{''.join(tb[-3:])}")
     doc.started_at, doc.finished_at = started, now()

@@ -55,7 +55,7 @@ class EvaluateResult(ApiModel):
     samples_dir: str = Field(description="Per-sample logs, one JSONL per task.")
 
 
-def task_manager(task_paths: list[str]):  # noqa: ANN201
+def task_manager(task_paths: list[str]) -> Any:
     from lm_eval.tasks import TaskManager
 
     return TaskManager(include_path=[str(builtin_task_dir()), *task_paths])

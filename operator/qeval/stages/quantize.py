@@ -6,6 +6,7 @@ import json
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field
 
@@ -65,7 +66,7 @@ def load_texts(calibration: Calibration) -> list[str] | None:
     return None
 
 
-def calibration_dataset(calibration: Calibration, tokenizer):  # noqa: ANN001, ANN201
+def calibration_dataset(calibration: Calibration, tokenizer: Any) -> Any:
     """A tokenized ``datasets.Dataset`` (offline sources) or a registered dataset name."""
     texts = load_texts(calibration)
     if texts is None:
