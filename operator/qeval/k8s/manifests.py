@@ -1,0 +1,270 @@
+"""Pure builders of the objects the operator creates: stage Jobs and their names and labels.
+
+Nothing here talks to the API. A stage's Job runs the same ``qeval <kind>`` command the
+local executor runs, with its input document in an environment variable and its result
+published as a ConfigMap (see ``publish``) that the operator watches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any
+
+from qeval.api.common import VOLUMES_ROOT, SecretKeyRef
+from qeval.k8s.settings import OperatorSettings
+from qeval.plan import Layout, Stage
+
+GROUP, VERSION = "qeval.dev", "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+# Labels and annotations (one place; the chart's RBAC and the dashboards rely on them)
+MANAGED_BY, MANAGER = "app.kubernetes.io/managed-by", "qeval"
+LABEL_RUN = "qeval.dev/run"  # children of an EvalRun
+LABEL_QUANTIZED_MODEL = "qeval.dev/quantizedmodel"  # children of a QuantizedModel
+LABEL_STAGE = "qeval.dev/stage"
+LABEL_STAGE_KIND = "qeval.dev/stage-kind"
+LABEL_OWNER_UID = "qeval.dev/owner-uid"
+LABEL_RESULT = "qeval.dev/result"  # on result ConfigMaps only
+LABEL_CACHE_KEY = "qeval.dev/cache-key"
+ANNOTATION_INPUT_DIGEST = "qeval.dev/input-digest"
+KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
+GPU = "nvidia.com/gpu"
+
+RESULT_KEY = "result.json"  # the ConfigMap data key holding the StageResult document
+INPUT_ENV = "QEVAL_STAGE_INPUT"
+NAME_LIMIT = 63  # a Job's name becomes its pods' job-name label value
+DIGEST_LENGTH = 8
+
+# Stage pods that are not given a spec's scheduling (aggregate, demo-model) run small.
+LIGHT_RESOURCES = {"requests": {"cpu": "500m", "memory": "2Gi"}, "limits": {"memory": "8Gi"}}
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The QuantizedModel or EvalRun a child belongs to."""
+
+    kind: str
+    name: str
+    namespace: str
+    uid: str
+
+    @classmethod
+    def of(cls, body: Any) -> Owner:
+        meta = body["metadata"]
+        return cls(body["kind"], meta["name"], meta["namespace"], meta["uid"])
+
+    @property
+    def label(self) -> str:
+        return LABEL_RUN if self.kind == "EvalRun" else LABEL_QUANTIZED_MODEL
+
+    def reference(self) -> dict[str, Any]:
+        return {
+            "apiVersion": API_VERSION,
+            "kind": self.kind,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+
+def digest(value: Any, length: int = 64) -> str:
+    """A stable hex digest of a JSON-able value."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def child_name(owner: str, stage: str) -> str:
+    """A deterministic, valid name of at most 63 characters for ``owner``'s ``stage``.
+
+    Readable prefix, then a hash of the full pair so truncation never makes two equal.
+    """
+    suffix = digest([owner, stage], DIGEST_LENGTH)
+    budget = NAME_LIMIT - len(suffix) - 1
+    base = re.sub(r"[^a-z0-9-]", "-", f"{owner}-{stage}".lower())[:budget].strip("-")
+    return f"{base}-{suffix}" if base else suffix
+
+
+def labels(owner: Owner, stage: Stage) -> dict[str, str]:
+    return {
+        MANAGED_BY: MANAGER,
+        owner.label: owner.name,
+        LABEL_STAGE: stage.name,
+        LABEL_STAGE_KIND: stage.kind,
+        LABEL_OWNER_UID: owner.uid,
+    }
+
+
+def cluster_layout(settings: OperatorSettings, namespace: str, run: str) -> Layout:
+    """Where runs and models live on the storage claim, as stage pods see it."""
+    root = storage_root(settings)
+    return Layout(run_root=root / "runs" / namespace / run, models_root=root / "models" / namespace)
+
+
+def storage_root(settings: OperatorSettings) -> PurePosixPath:
+    return VOLUMES_ROOT / settings.storage_claim
+
+
+def claims(doc: Any) -> set[str]:
+    """Every PVC a stage input refers to (``pvc://claim/...`` or a path under the volumes)."""
+    found: set[str] = set()
+    if isinstance(doc, dict):
+        for value in doc.values():
+            found |= claims(value)
+    elif isinstance(doc, list):
+        for value in doc:
+            found |= claims(value)
+    elif isinstance(doc, str):
+        if doc.startswith("pvc://"):
+            found.add(doc.removeprefix("pvc://").split("/")[0])
+        elif doc.startswith(f"{VOLUMES_ROOT}/"):
+            found.add(PurePosixPath(doc).relative_to(VOLUMES_ROOT).parts[0])
+    return found
+
+
+def _volume_name(claim: str) -> str:
+    """A claim name as a volume name (a DNS label: no dots, at most 63 characters)."""
+    if re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", claim):
+        return claim
+    return child_name("pvc", claim)
+
+
+def _resources(stage: Stage) -> dict[str, Any]:
+    if stage.scheduling is None:
+        return LIGHT_RESOURCES
+    spec = stage.scheduling.resources
+    requests, limits = dict(spec.requests), dict(spec.limits)
+    if stage.scheduling.gpus:
+        requests[GPU] = limits[GPU] = str(stage.scheduling.gpus)
+    out: dict[str, Any] = {}
+    if requests:
+        out["requests"] = {k: str(v) for k, v in requests.items()}
+    if limits:
+        out["limits"] = {k: str(v) for k, v in limits.items()}
+    return out
+
+
+def _env(
+    stage: Stage, owner: Owner, name: str, settings: OperatorSettings, token: SecretKeyRef | None
+) -> list[dict[str, Any]]:
+    root = storage_root(settings)
+    env: list[dict[str, Any]] = [
+        {"name": INPUT_ENV, "value": json.dumps(stage.input, sort_keys=True)},
+        {"name": "QEVAL_CACHE", "value": str(root / "cache")},
+        {"name": "HF_HOME", "value": str(root / "cache" / "huggingface")},
+        {"name": "QEVAL_RESULT_CONFIGMAP", "value": name},
+        {"name": "QEVAL_RESULT_LABELS", "value": json.dumps(labels(owner, stage), sort_keys=True)},
+        {"name": "QEVAL_RESULT_OWNER", "value": json.dumps(owner.reference(), sort_keys=True)},
+        {
+            "name": "QEVAL_RESULT_NAMESPACE",
+            "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
+        },
+    ]
+    if token is not None:
+        ref = {"name": token.name, "key": token.key}
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": ref}})
+    return env
+
+
+def build_job(
+    stage: Stage,
+    owner: Owner,
+    layout: Layout,
+    settings: OperatorSettings,
+    token: SecretKeyRef | None = None,
+) -> dict[str, Any]:
+    """The batch/v1 Job that runs ``stage`` for ``owner``."""
+    name = child_name(owner.name, stage.name)
+    result_path = str(layout.result_path(stage.name))
+    argv = stage.argv(f"env:{INPUT_ENV}", result_path)
+    image = settings.quantizer_image if stage.kind == "quantize" else settings.evaluator_image
+    scheduling = stage.scheduling
+    volumes = sorted(claims(stage.input) | {settings.storage_claim})
+
+    pod_labels = labels(owner, stage)
+    job_labels = dict(pod_labels)
+    if scheduling and scheduling.queue_name:
+        job_labels[KUEUE_QUEUE] = scheduling.queue_name
+
+    container: dict[str, Any] = {
+        "name": stage.kind,
+        "image": image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": argv,
+        "env": _env(stage, owner, name, settings, token),
+        "resources": _resources(stage),
+        "volumeMounts": [
+            {"name": _volume_name(c), "mountPath": str(VOLUMES_ROOT / c)} for c in volumes
+        ],
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    pod: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "serviceAccountName": settings.stage_service_account,
+        "containers": [container],
+        "volumes": [
+            {"name": _volume_name(c), "persistentVolumeClaim": {"claimName": c}} for c in volumes
+        ],
+    }
+    if settings.image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": s} for s in settings.image_pull_secrets]
+    if scheduling is not None:
+        if scheduling.node_selector:
+            pod["nodeSelector"] = dict(scheduling.node_selector)
+        if scheduling.tolerations:
+            pod["tolerations"] = [t.dump() for t in scheduling.tolerations]
+        if scheduling.affinity:
+            pod["affinity"] = scheduling.affinity
+        if scheduling.priority_class_name:
+            pod["priorityClassName"] = scheduling.priority_class_name
+
+    spec: dict[str, Any] = {
+        "backoffLimit": settings.job_backoff_limit,
+        "template": {"metadata": {"labels": pod_labels}, "spec": pod},
+    }
+    if scheduling and scheduling.queue_name:
+        spec["suspend"] = True  # Kueue admits (unsuspends) it
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": owner.namespace,
+            "labels": job_labels,
+            "annotations": {ANNOTATION_INPUT_DIGEST: digest(stage.input)},
+            "ownerReferences": [owner.reference()],
+        },
+        "spec": spec,
+    }
+
+
+def build_result_configmap(
+    name: str,
+    namespace: str,
+    document: dict[str, Any],
+    labels: dict[str, str],
+    owner: dict[str, Any] | None,
+    cache_key: str | None = None,
+) -> dict[str, Any]:
+    """The ConfigMap a stage publishes its result document in."""
+    meta: dict[str, Any] = {
+        "name": name,
+        "namespace": namespace,
+        "labels": {**labels, LABEL_RESULT: "true"}
+        | ({LABEL_CACHE_KEY: cache_key} if cache_key else {}),
+    }
+    if owner:
+        meta["ownerReferences"] = [owner]
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": meta,
+        "data": {RESULT_KEY: json.dumps(document, indent=1, sort_keys=True)},
+    }

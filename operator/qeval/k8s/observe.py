@@ -1,0 +1,120 @@
+"""What the operator sees of its children, reduced to facts (pure functions of API objects).
+
+A Job says whether its stage runs, finished or failed; a pod says why it cannot start
+(an image that cannot be pulled never fails the Job by itself); a result ConfigMap
+holds the stage's result document.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from qeval.k8s.manifests import (
+    ANNOTATION_INPUT_DIGEST,
+    LABEL_STAGE,
+    LABEL_STAGE_KIND,
+    RESULT_KEY,
+)
+from qeval.stages.envelope import StageResult, failed
+
+JobPhase = Literal["Pending", "Running", "Succeeded", "Failed"]
+
+# Container waiting reasons that never resolve by themselves: the stage has failed.
+FATAL_WAITING = frozenset(
+    {
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "ErrImageNeverPull",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+    }
+)
+
+
+@dataclass(frozen=True)
+class JobState:
+    """One stage Job, as observed."""
+
+    stage: str
+    name: str
+    phase: JobPhase
+    reason: str | None = None
+    message: str | None = None
+    created: str | None = None
+    input_digest: str | None = None
+
+
+@dataclass(frozen=True)
+class PodProblem:
+    """A stage pod that cannot start, and why."""
+
+    stage: str
+    reason: str
+    message: str
+
+
+def _true(conditions: list[dict[str, Any]], *types: str) -> dict[str, Any] | None:
+    for c in conditions:
+        if c.get("type") in types and c.get("status") == "True":
+            return c
+    return None
+
+
+def job_state(job: Mapping[str, Any]) -> JobState:
+    """A Job's phase from its conditions (Complete/SuccessCriteriaMet, Failed/FailureTarget)."""
+    meta, status = job.get("metadata", {}), job.get("status") or {}
+    conditions = status.get("conditions") or []
+    base = {
+        "stage": meta.get("labels", {}).get(LABEL_STAGE, ""),
+        "name": meta.get("name", ""),
+        "created": meta.get("creationTimestamp"),
+        "input_digest": (meta.get("annotations") or {}).get(ANNOTATION_INPUT_DIGEST),
+    }
+    if failed := _true(conditions, "Failed", "FailureTarget"):
+        return JobState(
+            phase="Failed",
+            reason=failed.get("reason") or "JobFailed",
+            message=failed.get("message") or "the stage's Job failed",
+            **base,
+        )
+    if _true(conditions, "Complete", "SuccessCriteriaMet"):
+        return JobState(phase="Succeeded", **base)
+    if status.get("active") or status.get("ready"):
+        return JobState(phase="Running", **base)
+    return JobState(phase="Pending", **base)
+
+
+def pod_problem(pod: Mapping[str, Any]) -> PodProblem | None:
+    """Why a stage pod cannot start, if it is stuck for good (e.g. ImagePullBackOff)."""
+    status = pod.get("status") or {}
+    stage = pod.get("metadata", {}).get("labels", {}).get(LABEL_STAGE, "")
+    for key in ("initContainerStatuses", "containerStatuses"):
+        for cs in status.get(key) or []:
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in FATAL_WAITING:
+                message = f"container {cs.get('name')}: {waiting.get('message') or ''}".strip()
+                return PodProblem(stage, waiting["reason"], message)
+    return None
+
+
+def result_document(configmap: Mapping[str, Any]) -> StageResult | None:
+    """The stage result document a ConfigMap holds (a Failed one if it is unreadable)."""
+    text = (configmap.get("data") or {}).get(RESULT_KEY)
+    if text is None:
+        return None
+    try:
+        return StageResult.model_validate(json.loads(text))
+    except (ValueError, ValidationError) as e:
+        labels = configmap.get("metadata", {}).get("labels", {})
+        return failed(
+            labels.get(LABEL_STAGE, ""),
+            labels.get(LABEL_STAGE_KIND, ""),
+            "UnreadableResult",
+            f"ConfigMap {configmap.get('metadata', {}).get('name')}: {e}",
+        )

@@ -1,0 +1,40 @@
+"""The stage side of the results path: publish a result document as a ConfigMap.
+
+A stage Job's environment says where (``QEVAL_RESULT_*``, set by ``manifests.build_job``);
+outside a cluster nothing is set and nothing is published.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from qeval.k8s.manifests import build_result_configmap
+from qeval.stages.envelope import StageResult
+
+
+def target(env: Mapping[str, str]) -> dict[str, Any] | None:
+    """The ConfigMap to publish to, from a stage pod's environment (None: not in a Job)."""
+    name = env.get("QEVAL_RESULT_CONFIGMAP")
+    if not name:
+        return None
+    return {
+        "name": name,
+        "namespace": env.get("QEVAL_RESULT_NAMESPACE") or "default",
+        "labels": json.loads(env.get("QEVAL_RESULT_LABELS") or "{}"),
+        "owner": json.loads(env.get("QEVAL_RESULT_OWNER") or "null"),
+    }
+
+
+def publish(doc: StageResult, env: Mapping[str, str] | None = None) -> str | None:
+    """Write ``doc`` to its ConfigMap if this runs as a stage Job; return the name."""
+    where = target(os.environ if env is None else env)
+    if where is None:
+        return None
+    from qeval.k8s.kube import Kube, api_client
+
+    manifest = build_result_configmap(document=doc.dump(), **where)
+    Kube(api_client()).put_configmap(manifest)
+    return str(where["name"])

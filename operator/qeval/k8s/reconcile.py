@@ -1,0 +1,441 @@
+"""Reconcile, as pure functions: a resource's spec and its observed children -> its status
+and the stage Jobs to create now.
+
+Level-based: nothing here remembers anything between calls. The same observations give
+the same decision, so a restarted operator picks up every run where it was.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from pydantic import ValidationError
+
+from qeval.api.common import Condition
+from qeval.api.evalrun import EvalRun, EvalRunStatus
+from qeval.api.quantizedmodel import QuantizedModel, QuantizedModelStatus
+from qeval.k8s.manifests import digest
+from qeval.k8s.observe import JobState, PodProblem
+from qeval.plan import Layout, PlanError, Stage, build_plan, quantize_stage
+from qeval.stages.envelope import StageResult, StageStatus, failed
+from qeval.status import (
+    ACCEPTED,
+    READY,
+    SPEC_VALID,
+    SUCCEEDED,
+    condition,
+    finish_evalrun,
+    quantized_model_status,
+)
+
+# Condition types and reasons the operator adds to those of ``qeval.status``
+WAITING_FOR_MODELS, QUANTIZING = "WaitingForModels", "Quantizing"
+MODELS_NOT_READY, MODELS_READY = "ModelsNotReady", "ModelsReady"
+STAGES_RUNNING, STAGES_PENDING = "StagesRunning", "StagesPending"
+INVALID_SPEC, SPEC_CHANGED = "InvalidSpec", "SpecChanged"
+QUANTIZED_MODEL_FAILED = "QuantizedModelFailed"
+DEPENDENCY_FAILED = "DependencyFailed"
+JOB_CREATED = "JobCreated"
+
+
+class StageState(StrEnum):
+    WAITING = "Waiting"  # for what it needs
+    READY = "Ready"  # to be created now
+    RUNNING = "Running"  # its Job exists
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SKIPPED = "Skipped"
+
+
+TERMINAL = frozenset({StageState.SUCCEEDED, StageState.FAILED, StageState.SKIPPED})
+
+
+@dataclass(frozen=True)
+class Observed:
+    """A resource's children, by stage name."""
+
+    jobs: Mapping[str, JobState] = field(default_factory=dict)
+    problems: Mapping[str, PodProblem] = field(default_factory=dict)
+    results: Mapping[str, StageResult] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Event:
+    """A Kubernetes Event to post on the resource."""
+
+    type: str  # Normal or Warning
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the operator should do now."""
+
+    status: dict[str, object]  # the status document to write (camelCase)
+    create: tuple[Stage, ...] = ()
+    events: tuple[Event, ...] = ()
+    done: bool = False  # nothing will change until the spec or a child does
+
+
+# --- stages -----------------------------------------------------------------------------
+
+
+def outcome(stage: Stage, observed: Observed) -> StageResult | None:
+    """The stage's result document: published by the stage, or derived from a failed Job/pod."""
+    if (doc := observed.results.get(stage.name)) is not None:
+        return doc
+    job = observed.jobs.get(stage.name)
+    if job is not None and job.phase == "Failed":
+        return failed(stage.name, stage.kind, job.reason or "JobFailed", job.message or "")
+    if job is not None and job.phase == "Succeeded":
+        return failed(
+            stage.name,
+            stage.kind,
+            "NoResult",
+            f"Job {job.name} succeeded but published no result ConfigMap",
+        )
+    if (problem := observed.problems.get(stage.name)) is not None:
+        return failed(stage.name, stage.kind, problem.reason, problem.message)
+    return None
+
+
+def stage_states(
+    stages: list[Stage], observed: Observed, external: Mapping[str, StageState]
+) -> tuple[dict[str, StageState], dict[str, StageResult]]:
+    """Every stage's state (in plan order) and the documents of those that ended.
+
+    ``external`` holds the states of stages run by someone else (a QuantizedModel's Job).
+    """
+    states: dict[str, StageState] = {}
+    docs: dict[str, StageResult] = {}
+    for stage in stages:
+        if stage.name in external:
+            states[stage.name] = external[stage.name]
+            continue
+        if (doc := outcome(stage, observed)) is not None:
+            states[stage.name] = StageState(str(doc.status))
+            docs[stage.name] = doc
+            continue
+        if stage.name in observed.jobs:
+            states[stage.name] = StageState.RUNNING
+            continue
+        needs = [states[n] for n in stage.needs]
+        broken = [n for n in stage.needs if states[n] in (StageState.FAILED, StageState.SKIPPED)]
+        if broken and not stage.always:
+            states[stage.name] = StageState.SKIPPED
+            docs[stage.name] = StageResult(
+                stage=stage.name,
+                kind=stage.kind,
+                status=StageStatus.SKIPPED,
+                reason=DEPENDENCY_FAILED,
+                message=f"not run: {', '.join(broken)} did not succeed",
+            )
+        elif all(s in (TERMINAL if stage.always else {StageState.SUCCEEDED}) for s in needs):
+            states[stage.name] = StageState.READY
+        else:
+            states[stage.name] = StageState.WAITING
+    return states, docs
+
+
+def carry_transition_times(old: list[Condition], new: list[Condition]) -> list[Condition]:
+    """Keep a condition's lastTransitionTime while its status has not changed."""
+    before = {c.type: c for c in old}
+    out = []
+    for c in new:
+        prev = before.get(c.type)
+        if prev is not None and prev.status == c.status and prev.last_transition_time:
+            c = c.model_copy(update={"last_transition_time": prev.last_transition_time})
+        out.append(c)
+    return out
+
+
+def _phase_event(old_phase: str | None, new_phase: str | None, message: str) -> list[Event]:
+    if new_phase is None or new_phase == old_phase:
+        return []
+    kind = "Warning" if new_phase == "Failed" else "Normal"
+    return [Event(kind, new_phase, message)]
+
+
+def _created_events(stages: list[Stage]) -> list[Event]:
+    return [Event("Normal", JOB_CREATED, f"created the Job of stage {s.name}") for s in stages]
+
+
+def invalid_spec(
+    kind: str,
+    message: str,
+    now: str,
+    generation: int | None,
+    old: QuantizedModelStatus | EvalRunStatus,
+) -> Decision:
+    """A spec the API server let through but qeval refuses (the CRD schema cannot say all)."""
+    final = READY if kind == "QuantizedModel" else SUCCEEDED
+    conditions = [
+        condition(ACCEPTED, False, INVALID_SPEC, message, now, generation),
+        condition(final, False, INVALID_SPEC, message, now, generation),
+    ]
+    new = type(old)(phase="Failed", conditions=conditions)
+    new.observed_generation = generation
+    new.conditions = carry_transition_times(old.conditions, new.conditions)
+    events = [Event("Warning", INVALID_SPEC, message)] if old.phase != "Failed" else []
+    return Decision(new.dump(), (), tuple(events), done=True)
+
+
+# --- QuantizedModel ---------------------------------------------------------------------
+
+
+def decide_quantized_model(
+    qm: QuantizedModel,
+    observed: Observed,
+    layout: Layout,
+    now: str,
+    generation: int | None = None,
+    old: QuantizedModelStatus | None = None,
+) -> Decision:
+    """A QuantizedModel's status, and its quantize Job if it has none yet."""
+    old = old or QuantizedModelStatus()
+    accepted = condition(ACCEPTED, True, SPEC_VALID, "spec is valid", now, generation)
+    create: list[Stage] = []
+    try:
+        # The Job builds the demo model itself when needed: no separate stage in a cluster.
+        stage = quantize_stage(qm, layout)
+        stage = Stage(stage.name, stage.kind, stage.input, (), stage.scheduling, False, qm.name)
+    except PlanError as e:
+        status = QuantizedModelStatus(
+            phase="Failed",
+            conditions=[
+                condition(ACCEPTED, False, INVALID_SPEC, str(e), now, generation),
+                condition(READY, False, INVALID_SPEC, str(e), now, generation),
+            ],
+        )
+        return _qm_decision(old, status, generation, [], done=True)
+
+    job = observed.jobs.get(stage.name)
+    doc = outcome(stage, observed)
+    drift = job is not None and job.input_digest not in (None, digest(stage.input))
+    if drift:
+        msg = "spec changed after quantization started; delete and recreate the QuantizedModel"
+        status = old.model_copy(deep=True)
+        status.conditions = [
+            condition(ACCEPTED, False, SPEC_CHANGED, msg, now, generation),
+            *[c for c in old.conditions if c.type != ACCEPTED],
+        ]
+        return _qm_decision(old, status, generation, [], done=doc is not None)
+    if doc is not None:
+        try:
+            status = quantized_model_status(doc)
+        except ValidationError as e:
+            doc = failed(stage.name, stage.kind, "UnreadableResult", str(e))
+            status = quantized_model_status(doc)
+        status.conditions = [
+            accepted,
+            condition(QUANTIZING, False, status.conditions[0].reason, "finished", now, generation),
+            *status.conditions,
+        ]
+        return _qm_decision(old, status, generation, [], done=True)
+    if job is None:
+        create.append(stage)
+    message = f"Job {job.name} is {job.phase.lower()}" if job else "creating the quantize Job"
+    status = QuantizedModelStatus(
+        phase="Quantizing",
+        conditions=[
+            accepted,
+            condition(QUANTIZING, True, STAGES_RUNNING, message, now, generation),
+            condition(READY, False, STAGES_RUNNING, message, now, generation),
+        ],
+        output=str(stage.input["outputDir"]),
+        started_at=job.created if job else None,
+    )
+    return _qm_decision(old, status, generation, create)
+
+
+def _qm_decision(
+    old: QuantizedModelStatus,
+    new: QuantizedModelStatus,
+    generation: int | None,
+    create: list[Stage],
+    done: bool = False,
+) -> Decision:
+    new.observed_generation = generation
+    new.conditions = carry_transition_times(old.conditions, new.conditions)
+    ready = next((c for c in new.conditions if c.type == READY), None)
+    events = _created_events(create) + _phase_event(
+        old.phase, new.phase, ready.message if ready else ""
+    )
+    return Decision(new.dump(), tuple(create), tuple(events), done)
+
+
+# --- EvalRun ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """A QuantizedModel an EvalRun names, as observed."""
+
+    model: QuantizedModel
+    phase: str | None
+    message: str = ""
+
+
+def _external(stages: list[Stage], models: Mapping[str, ModelState]) -> dict[str, StageState]:
+    """States of the quantize stages: those belong to the QuantizedModels' own Jobs."""
+    out = {}
+    for stage in stages:
+        if stage.produces is None:
+            continue
+        phase = models[stage.produces].phase
+        out[stage.name] = (
+            StageState.SUCCEEDED
+            if phase == "Ready"
+            else StageState.FAILED
+            if phase == "Failed"
+            else StageState.WAITING
+        )
+    return out
+
+
+def decide_evalrun(
+    run: EvalRun,
+    models: Mapping[str, ModelState],
+    observed: Observed,
+    layout: Layout,
+    now: str,
+    generation: int | None = None,
+    old: EvalRunStatus | None = None,
+) -> Decision:
+    """An EvalRun's status, and the stage Jobs whose turn has come."""
+    old = old or EvalRunStatus()
+    named = {c.quantized_model for c in run.spec.candidates if c.quantized_model}
+    if missing := sorted(named - set(models)):
+        message = f"waiting for QuantizedModel(s) {', '.join(missing)}, which do not exist yet"
+        return _waiting(old, message, generation, now)
+    try:
+        stages = build_plan(run, {n: m.model for n, m in models.items()}, layout)
+    except PlanError as e:
+        status = EvalRunStatus(
+            phase="Failed",
+            conditions=[
+                condition(ACCEPTED, False, INVALID_SPEC, str(e), now, generation),
+                condition(SUCCEEDED, False, INVALID_SPEC, str(e), now, generation),
+            ],
+        )
+        return _run_decision(old, status, generation, [], done=True)
+
+    external = _external(stages, models)
+    own = [s for s in stages if s.name not in external]
+    drifted = [
+        s.name
+        for s in own
+        if (job := observed.jobs.get(s.name)) is not None
+        and job.input_digest not in (None, digest(s.input))
+    ]
+    if drifted:
+        msg = (
+            f"spec changed after stages started ({', '.join(drifted)}); the run keeps its "
+            "original spec: revert the change, or delete and recreate the EvalRun"
+        )
+        status = old.model_copy(deep=True)
+        status.conditions = [
+            condition(ACCEPTED, False, SPEC_CHANGED, msg, now, generation),
+            *[c for c in old.conditions if c.type != ACCEPTED],
+        ]
+        return _run_decision(old, status, generation, [], done=True)
+
+    states, docs = stage_states(stages, observed, external)
+    for name, state in external.items():
+        if state == StageState.FAILED:
+            qm = next(s.produces for s in stages if s.name == name)
+            docs[name] = failed(
+                name,
+                "quantize",
+                QUANTIZED_MODEL_FAILED,
+                f"QuantizedModel {qm} failed: {models[str(qm)].message}",
+            )
+    own_docs = [docs[s.name] for s in own if s.name in docs]
+    created = [j.created for j in observed.jobs.values() if j.created]
+    started = min(created) if created else None
+    aggregate = next(s for s in own if s.kind == "aggregate")
+    agg_doc = docs.get(aggregate.name)
+
+    if agg_doc is not None:  # the run is over: its status is the aggregate's result
+        result = None
+        if agg_doc.status == StageStatus.SUCCEEDED and agg_doc.result:
+            try:
+                result = EvalRunStatus.model_validate(agg_doc.result)
+            except ValidationError as e:
+                agg_doc = failed(aggregate.name, "aggregate", "UnreadableResult", str(e))
+                own_docs = [agg_doc if d.stage == aggregate.name else d for d in own_docs]
+        all_docs = [d for n, d in docs.items() if n in external] + own_docs
+        status = finish_evalrun(
+            result, all_docs, len(own), started or now, agg_doc.finished_at or now
+        )
+        status.progress = f"{sum(d.status == StageStatus.SUCCEEDED for d in own_docs)}/{len(own)}"
+        for c in status.conditions:
+            c.observed_generation = generation
+        return _run_decision(old, status, generation, [], done=True)
+
+    create = [s for s in own if states[s.name] == StageState.READY]
+    waiting_models = sorted(
+        str(s.produces) for s in stages if external.get(s.name) == StageState.WAITING
+    )
+    running = [s.name for s in own if states[s.name] == StageState.RUNNING] + [
+        s.name for s in create
+    ]
+    done = sum(states[s.name] == StageState.SUCCEEDED for s in own)
+    if running:
+        phase, reason, message = "Running", STAGES_RUNNING, f"running: {', '.join(running)}"
+    elif waiting_models:
+        phase, reason = "WaitingForModels", MODELS_NOT_READY
+        message = f"waiting for QuantizedModel(s) {', '.join(waiting_models)} to be Ready"
+    else:
+        phase, reason, message = "Pending", STAGES_PENDING, "waiting for stages to start"
+    status = EvalRunStatus(
+        phase=phase,
+        progress=f"{done}/{len(own)}",
+        started_at=started,
+        failures=[],
+        conditions=[
+            condition(ACCEPTED, True, SPEC_VALID, "spec is valid", now, generation),
+            _models_condition(waiting_models, now, generation),
+            condition(SUCCEEDED, None, reason, message, now, generation),
+        ],
+    )
+    return _run_decision(old, status, generation, create)
+
+
+def _models_condition(waiting: list[str], now: str, generation: int | None) -> Condition:
+    if waiting:
+        message = f"QuantizedModel(s) not Ready yet: {', '.join(waiting)}"
+        return condition(WAITING_FOR_MODELS, True, MODELS_NOT_READY, message, now, generation)
+    message = "every model is ready"
+    return condition(WAITING_FOR_MODELS, False, MODELS_READY, message, now, generation)
+
+
+def _waiting(old: EvalRunStatus, message: str, generation: int | None, now: str) -> Decision:
+    status = EvalRunStatus(
+        phase="WaitingForModels",
+        conditions=[
+            condition(ACCEPTED, True, SPEC_VALID, "spec is valid", now, generation),
+            condition(WAITING_FOR_MODELS, True, MODELS_NOT_READY, message, now, generation),
+            condition(SUCCEEDED, None, MODELS_NOT_READY, message, now, generation),
+        ],
+    )
+    return _run_decision(old, status, generation, [])
+
+
+def _run_decision(
+    old: EvalRunStatus,
+    new: EvalRunStatus,
+    generation: int | None,
+    create: list[Stage],
+    done: bool = False,
+) -> Decision:
+    new.observed_generation = generation
+    new.conditions = carry_transition_times(old.conditions, new.conditions)
+    succeeded = next((c for c in new.conditions if c.type == SUCCEEDED), None)
+    events = _created_events(create) + _phase_event(
+        old.phase, new.phase, succeeded.message if succeeded else ""
+    )
+    return Decision(new.dump(), tuple(create), tuple(events), done)

@@ -1,0 +1,174 @@
+"""The stage Jobs the operator creates, tested as data (and against Kubernetes' own schemas)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import kubernetes_validate
+import pytest
+
+from qeval.api.documents import load_documents
+from qeval.api.quantizedmodel import QuantizedModel
+from qeval.k8s import manifests as m
+from qeval.k8s.publish import target
+from qeval.k8s.settings import OperatorSettings
+from qeval.plan import quantize_stage
+from tests.conftest import EXAMPLES
+
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+OWNER = m.Owner("QuantizedModel", "llama-3.1-8b-w4a16", "team-a", "1234-uid")
+
+
+def llama_w4a16() -> QuantizedModel:
+    docs = load_documents(EXAMPLES / "llama-3.1-8b" / "quantizedmodels.yaml")
+    return next(d for d in docs if d.name == "llama-3.1-8b-w4a16")  # type: ignore[return-value]
+
+
+def quantize_job(settings: OperatorSettings | None = None) -> dict:
+    settings = settings or OperatorSettings()
+    qm = llama_w4a16()
+    layout = m.cluster_layout(settings, "team-a", qm.name)
+    stage = quantize_stage(qm, layout)
+    return m.build_job(stage, OWNER, layout, settings, qm.spec.hf_token_secret)
+
+
+@pytest.mark.parametrize(
+    ("owner", "stage"),
+    [
+        ("demo", "evaluate-fp32"),
+        ("a" * 253, "evaluate-" + "b" * 60),
+        ("llama-3.1-70b-instruct-w4a16-gptq-mse", "quantize-llama-3.1-70b-instruct-w4a16"),
+    ],
+)
+def test_child_names_are_valid_labels_and_deterministic(owner: str, stage: str) -> None:
+    name = m.child_name(owner, stage)
+    assert len(name) <= m.NAME_LIMIT
+    assert DNS_LABEL.match(name), name
+    assert name == m.child_name(owner, stage)
+
+
+def test_truncated_child_names_stay_distinct() -> None:
+    long = "x" * 70
+    assert m.child_name(long, "evaluate-a") != m.child_name(long, "evaluate-b")
+
+
+def test_quantize_job_schedules_on_gpus_as_the_spec_says() -> None:
+    job = quantize_job()
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["resources"] == {
+        "requests": {"cpu": "8", "memory": "64Gi", "nvidia.com/gpu": "1"},
+        "limits": {"memory": "96Gi", "nvidia.com/gpu": "1"},
+    }
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    assert pod["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ]
+    assert pod["serviceAccountName"] == "qeval-stage"
+    assert pod["restartPolicy"] == "Never"
+    assert container["image"] == OperatorSettings().quantizer_image
+
+
+def test_quantize_job_command_is_an_argv_list_with_the_input_in_the_environment() -> None:
+    job = quantize_job()
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == [
+        "qeval",
+        "quantize",
+        "--input",
+        "env:QEVAL_STAGE_INPUT",
+        "--output",
+        "/mnt/volumes/qeval-data/runs/team-a/llama-3.1-8b-w4a16/stages/"
+        "quantize-llama-3.1-8b-w4a16/result.json",
+    ]
+    env = {e["name"]: e for e in container["env"]}
+    stage_input = json.loads(env[m.INPUT_ENV]["value"])
+    assert stage_input["model"]["uri"] == "meta-llama/Llama-3.1-8B-Instruct"
+    assert stage_input["outputDir"] == "/mnt/volumes/qeval-models/llama-3.1-8b-w4a16"
+    assert job["metadata"]["annotations"][m.ANNOTATION_INPUT_DIGEST] == m.digest(stage_input)
+    # The token by reference only: its value never appears in the manifest.
+    assert env["HF_TOKEN"] == {
+        "name": "HF_TOKEN",
+        "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token"}},
+    }
+    assert env["QEVAL_RESULT_CONFIGMAP"]["value"] == job["metadata"]["name"]
+
+
+def test_quantize_job_mounts_the_output_claim_and_the_storage_claim() -> None:
+    job = quantize_job()
+    pod = job["spec"]["template"]["spec"]
+    claims = {v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]}
+    assert claims == {"qeval-models", "qeval-data"}
+    mounts = {v["mountPath"] for v in pod["containers"][0]["volumeMounts"]}
+    assert mounts == {"/mnt/volumes/qeval-models", "/mnt/volumes/qeval-data"}
+
+
+def test_jobs_are_owned_by_their_resource_and_labelled() -> None:
+    job = quantize_job()
+    assert job["metadata"]["ownerReferences"] == [
+        {
+            "apiVersion": "qeval.dev/v1alpha1",
+            "kind": "QuantizedModel",
+            "name": "llama-3.1-8b-w4a16",
+            "uid": "1234-uid",
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
+    labels = job["spec"]["template"]["metadata"]["labels"]
+    assert labels[m.LABEL_QUANTIZED_MODEL] == "llama-3.1-8b-w4a16"
+    assert labels[m.LABEL_STAGE] == "quantize-llama-3.1-8b-w4a16"
+    assert labels[m.LABEL_OWNER_UID] == "1234-uid"
+    assert labels[m.MANAGED_BY] == "qeval"
+
+
+def test_a_kueue_queue_submits_the_job_suspended_with_the_queue_label() -> None:
+    qm = llama_w4a16()
+    qm.spec.scheduling.queue_name = "gpu-queue"
+    settings = OperatorSettings()
+    layout = m.cluster_layout(settings, "team-a", qm.name)
+    job = m.build_job(quantize_stage(qm, layout), OWNER, layout, settings)
+    assert job["metadata"]["labels"][m.KUEUE_QUEUE] == "gpu-queue"
+    assert job["spec"]["suspend"] is True
+    assert "suspend" not in quantize_job()["spec"]
+
+
+@pytest.mark.parametrize("version", ["1.29.0", "1.35.0"])
+def test_jobs_and_result_configmaps_pass_kubernetes_strict_schemas(version: str) -> None:
+    kubernetes_validate.validate(quantize_job(), version, strict=True)
+    cm = m.build_result_configmap(
+        "n", "team-a", {"stage": "s"}, {"a": "b"}, OWNER.reference(), "0" * 63
+    )
+    kubernetes_validate.validate(cm, version, strict=True)
+
+
+def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QEVAL_NAMESPACES", "team-a, team-b")
+    monkeypatch.setenv("QEVAL_EVALUATOR_IMAGE", "registry.local/evaluator:1")
+    monkeypatch.setenv("QEVAL_IMAGE_PULL_SECRETS", "regcred")
+    settings = OperatorSettings()
+    assert settings.namespaces == ["team-a", "team-b"] and not settings.clusterwide
+    assert settings.evaluator_image == "registry.local/evaluator:1"
+    pod = quantize_job(settings)["spec"]["template"]["spec"]
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+
+
+def test_claims_are_found_in_paths_and_uris() -> None:
+    doc = {"a": "pvc://models/x", "b": ["/mnt/volumes/data/runs/r"], "c": "/tmp/x"}
+    assert m.claims(doc) == {"models", "data"}
+
+
+def test_a_stage_pod_environment_names_its_result_configmap() -> None:
+    job = quantize_job()
+    env = {
+        e["name"]: e.get("value", "")
+        for e in job["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    env["QEVAL_RESULT_NAMESPACE"] = "team-a"  # the downward API fills it in a pod
+    where = target(env)
+    assert where is not None
+    assert where["name"] == job["metadata"]["name"]
+    assert where["owner"]["uid"] == "1234-uid"
+    assert where["labels"][m.LABEL_STAGE] == "quantize-llama-3.1-8b-w4a16"
+    assert target({}) is None

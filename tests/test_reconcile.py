@@ -1,0 +1,287 @@
+"""Reconcile decisions as pure functions: spec + observed children -> status and Jobs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qeval.api.documents import load_documents
+from qeval.api.evalrun import EvalRun, EvalRunStatus
+from qeval.api.quantizedmodel import QuantizedModel, QuantizedModelStatus
+from qeval.k8s import manifests as m
+from qeval.k8s.observe import JobState, PodProblem, job_state, pod_problem, result_document
+from qeval.k8s.reconcile import (
+    Decision,
+    ModelState,
+    Observed,
+    decide_evalrun,
+    decide_quantized_model,
+    invalid_spec,
+)
+from qeval.k8s.settings import OperatorSettings
+from qeval.stages.envelope import StageResult, StageStatus
+from tests.conftest import EXAMPLES
+
+T0, T1 = "2026-11-23T10:00:00Z", "2026-11-23T10:05:00Z"
+SETTINGS = OperatorSettings()
+
+
+def demo() -> tuple[EvalRun, dict[str, QuantizedModel]]:
+    docs = load_documents(EXAMPLES / "evalrun.yaml")
+    run = next(d for d in docs if isinstance(d, EvalRun))
+    return run, {d.name: d for d in docs if isinstance(d, QuantizedModel)}
+
+
+def layout(name: str) -> Any:
+    return m.cluster_layout(SETTINGS, "default", name)
+
+
+def ok(stage: str, kind: str, result: dict[str, Any] | None = None) -> StageResult:
+    return StageResult(
+        stage=stage,
+        kind=kind,
+        status=StageStatus.SUCCEEDED,
+        started_at=T0,
+        finished_at=T1,
+        result=result or {},
+    )
+
+
+def running(stage: str, phase: str = "Running") -> JobState:
+    return JobState(stage=stage, name=m.child_name("x", stage), phase=phase, created=T0)  # type: ignore[arg-type]
+
+
+def conditions(decision: Decision) -> dict[str, tuple[str, str]]:
+    return {c["type"]: (c["status"], c["reason"]) for c in decision.status["conditions"]}
+
+
+# --- QuantizedModel -----------------------------------------------------------------------
+
+
+def qm_decision(observed: Observed, old: QuantizedModelStatus | None = None) -> Decision:
+    _, models = demo()
+    qm = models["tiny-llama-w4a16"]
+    return decide_quantized_model(qm, observed, layout(qm.name), T1, 1, old)
+
+
+def test_a_new_quantized_model_gets_one_quantize_job() -> None:
+    d = qm_decision(Observed())
+    assert [s.name for s in d.create] == ["quantize-tiny-llama-w4a16"]
+    assert d.create[0].needs == ()  # the Job builds the demo model itself
+    assert d.status["phase"] == "Quantizing"
+    assert conditions(d)["Accepted"] == ("True", "SpecValid")
+    assert conditions(d)["Ready"] == ("False", "StagesRunning")
+    assert [e.reason for e in d.events] == ["JobCreated", "Quantizing"]
+
+
+def test_an_existing_job_is_not_created_again_and_status_is_stable() -> None:
+    observed = Observed(jobs={"quantize-tiny-llama-w4a16": running("quantize-tiny-llama-w4a16")})
+    first = qm_decision(observed)
+    assert first.create == ()
+    again = qm_decision(observed, QuantizedModelStatus.model_validate(first.status))
+    assert again.status == first.status  # nothing to write, no event
+    assert again.events == ()
+
+
+def test_a_published_result_makes_the_model_ready() -> None:
+    result = {
+        "name": "tiny-llama-w4a16",
+        "scheme": "W4A16",
+        "outputDir": "/mnt/volumes/qeval-data/models/default/tiny-llama-w4a16",
+        "sizeBytes": 1000,
+        "baseSizeBytes": 4000,
+        "compressionRatio": 4.0,
+        "recipe": "quant_stage: {}",
+        "quantizeSeconds": 3.0,
+    }
+    doc = ok("quantize-tiny-llama-w4a16", "quantize", result)
+    d = qm_decision(Observed(results={doc.stage: doc}))
+    assert d.done and d.create == ()
+    assert d.status["phase"] == "Ready"
+    assert d.status["compressionRatio"] == 4.0
+    assert d.status["output"] == result["outputDir"]
+    assert conditions(d)["Ready"] == ("True", "Quantized")
+    assert d.status["observedGeneration"] == 1
+
+
+def test_a_failed_job_fails_the_model_with_the_jobs_reason() -> None:
+    job = JobState(
+        "quantize-tiny-llama-w4a16",
+        "j",
+        "Failed",
+        "BackoffLimitExceeded",
+        "Job has reached the specified backoff limit",
+    )
+    d = qm_decision(Observed(jobs={job.stage: job}))
+    assert d.status["phase"] == "Failed"
+    assert conditions(d)["Ready"] == ("False", "BackoffLimitExceeded")
+    assert any(e.type == "Warning" and e.reason == "Failed" for e in d.events)
+
+
+def test_an_image_that_cannot_be_pulled_fails_the_model() -> None:
+    stage = "quantize-tiny-llama-w4a16"
+    problem = PodProblem(stage, "ImagePullBackOff", "container quantize: back-off pulling")
+    d = qm_decision(Observed(jobs={stage: running(stage, "Pending")}, problems={stage: problem}))
+    assert d.status["phase"] == "Failed"
+    assert conditions(d)["Ready"] == ("False", "ImagePullBackOff")
+
+
+def test_a_spec_changed_under_a_running_job_is_refused() -> None:
+    stage = "quantize-tiny-llama-w4a16"
+    job = JobState(stage, "j", "Running", created=T0, input_digest="not-the-same")
+    d = qm_decision(Observed(jobs={stage: job}))
+    assert d.create == ()
+    assert conditions(d)["Accepted"] == ("False", "SpecChanged")
+
+
+def test_an_invalid_spec_is_reported_not_retried() -> None:
+    d = invalid_spec("QuantizedModel", "spec.scheme: bad", T1, 2, QuantizedModelStatus())
+    assert d.done and d.status["phase"] == "Failed"
+    assert conditions(d)["Accepted"] == ("False", "InvalidSpec")
+    assert d.events[0].type == "Warning"
+
+
+# --- EvalRun --------------------------------------------------------------------------------
+
+
+def states(models: dict[str, QuantizedModel], phase: str | None) -> dict[str, ModelState]:
+    return {name: ModelState(qm, phase) for name, qm in models.items()}
+
+
+def run_decision(
+    models: dict[str, ModelState], observed: Observed, old: EvalRunStatus | None = None
+) -> Decision:
+    run, _ = demo()
+    return decide_evalrun(run, models, observed, layout(run.name), T1, 1, old)
+
+
+def test_an_evalrun_waits_for_quantized_models_that_do_not_exist() -> None:
+    d = run_decision({}, Observed())
+    assert d.create == ()
+    assert d.status["phase"] == "WaitingForModels"
+    assert conditions(d)["WaitingForModels"] == ("True", "ModelsNotReady")
+    assert "tiny-llama-fp8" in d.status["conditions"][1]["message"]
+
+
+def test_an_evalrun_starts_what_it_can_while_models_quantize() -> None:
+    _, models = demo()
+    d = run_decision(states(models, "Quantizing"), Observed())
+    # The demo model can be built now; the baseline evaluation needs it first.
+    assert [s.name for s in d.create] == ["demo-model"]
+    assert conditions(d)["WaitingForModels"] == ("True", "ModelsNotReady")
+    assert d.status["progress"] == "0/7"
+
+
+def test_ready_models_start_every_evaluation_at_once() -> None:
+    _, models = demo()
+    demo_doc = ok("demo-model", "demo-model")
+    d = run_decision(states(models, "Ready"), Observed(results={"demo-model": demo_doc}))
+    assert sorted(s.name for s in d.create) == [
+        "evaluate-fp32",
+        "evaluate-fp8",
+        "evaluate-int8",
+        "evaluate-w2a16-rtn",
+        "evaluate-w4a16",
+    ]
+    assert d.status["phase"] == "Running"
+    assert d.status["progress"] == "1/7"
+    assert conditions(d)["WaitingForModels"] == ("False", "ModelsReady")
+
+
+def evaluations() -> dict[str, StageResult]:
+    names = ["fp32", "fp8", "int8", "w4a16", "w2a16-rtn"]
+    docs = {f"evaluate-{n}": ok(f"evaluate-{n}", "evaluate") for n in names}
+    docs["demo-model"] = ok("demo-model", "demo-model")
+    return docs
+
+
+def test_the_aggregate_runs_last_and_its_result_is_the_status() -> None:
+    _, models = demo()
+    ready = states(models, "Ready")
+    d = run_decision(ready, Observed(results=evaluations()))
+    assert [s.name for s in d.create] == ["aggregate"]
+
+    aggregate = EvalRunStatus(mean_recovery=0.93, results_location="/mnt/volumes/qeval-data/x")
+    results = evaluations() | {"aggregate": ok("aggregate", "aggregate", aggregate.dump())}
+    d = run_decision(ready, Observed(results=results))
+    assert d.done and d.create == ()
+    assert d.status["phase"] == "Succeeded"
+    assert d.status["meanRecovery"] == 0.93
+    assert d.status["progress"] == "7/7"
+    assert d.status["completedAt"] == T1
+    assert conditions(d)["Succeeded"] == ("True", "AllStagesSucceeded")
+    assert all(c["observedGeneration"] == 1 for c in d.status["conditions"])
+
+
+def test_a_failed_model_skips_its_evaluation_and_fails_the_run_with_the_reason() -> None:
+    _, models = demo()
+    ready = states(models, "Ready")
+    ready["tiny-llama-int8"] = ModelState(models["tiny-llama-int8"], "Failed", "OOMKilled")
+    results = evaluations()
+    del results["evaluate-int8"]
+    d = run_decision(ready, Observed(results=results))
+    assert [s.name for s in d.create] == ["aggregate"]  # it still reports what ran
+
+    results["aggregate"] = ok("aggregate", "aggregate", EvalRunStatus().dump())
+    d = run_decision(ready, Observed(results=results))
+    assert d.status["phase"] == "Failed"
+    failures = {f["stage"]: f["reason"] for f in d.status["failures"]}
+    assert failures == {
+        "quantize-tiny-llama-int8": "QuantizedModelFailed",
+        "evaluate-int8": "DependencyFailed",
+    }
+    assert conditions(d)["Succeeded"][0] == "False"
+
+
+def test_reconcile_is_level_based_the_same_observations_give_the_same_decision() -> None:
+    _, models = demo()
+    observed = Observed(jobs={"demo-model": running("demo-model")})
+    first = run_decision(states(models, "Quantizing"), observed)
+    second = run_decision(
+        states(models, "Quantizing"), observed, EvalRunStatus.model_validate(first.status)
+    )
+    assert first.create == second.create == ()
+    assert second.status == first.status and second.events == ()
+
+
+# --- observing children ---------------------------------------------------------------------
+
+
+def test_job_states_from_job_conditions() -> None:
+    job: dict[str, Any] = {
+        "metadata": {"name": "j", "labels": {m.LABEL_STAGE: "s"}, "creationTimestamp": T0},
+        "status": {},
+    }
+    assert job_state(job).phase == "Pending"
+    job["status"] = {"active": 1, "ready": 1}
+    assert job_state(job).phase == "Running"
+    job["status"] = {"conditions": [{"type": "Complete", "status": "True"}], "succeeded": 1}
+    assert job_state(job).phase == "Succeeded"
+    job["status"] = {
+        "conditions": [
+            {"type": "FailureTarget", "status": "True", "reason": "BackoffLimitExceeded"}
+        ]
+    }
+    state = job_state(job)
+    assert (state.phase, state.reason, state.stage) == ("Failed", "BackoffLimitExceeded", "s")
+
+
+def test_pod_problems_that_never_resolve() -> None:
+    pod = {
+        "metadata": {"labels": {m.LABEL_STAGE: "s"}},
+        "status": {
+            "containerStatuses": [
+                {"name": "c", "state": {"waiting": {"reason": "ErrImagePull", "message": "nope"}}}
+            ]
+        },
+    }
+    assert pod_problem(pod) == PodProblem("s", "ErrImagePull", "container c: nope")
+    pod["status"]["containerStatuses"][0]["state"] = {"waiting": {"reason": "ContainerCreating"}}
+    assert pod_problem(pod) is None
+
+
+def test_an_unreadable_result_configmap_is_a_failed_stage() -> None:
+    cm = {"metadata": {"name": "x", "labels": {m.LABEL_STAGE: "s"}}, "data": {m.RESULT_KEY: "{"}}
+    doc = result_document(cm)
+    assert doc is not None and doc.status == StageStatus.FAILED
+    assert doc.reason == "UnreadableResult"
+    assert result_document({"metadata": {}, "data": {}}) is None
