@@ -331,17 +331,13 @@ def decide_evalrun(
         if (job := observed.jobs.get(s.name)) is not None
         and job.input_digest not in (None, digest(s.input))
     ]
-    if drifted:
+    accepted = condition(ACCEPTED, True, SPEC_VALID, "spec is valid", now, generation)
+    if drifted:  # the run goes on reporting, but starts nothing under a changed spec
         msg = (
             f"spec changed after stages started ({', '.join(drifted)}); the run keeps its "
             "original spec: revert the change, or delete and recreate the EvalRun"
         )
-        status = old.model_copy(deep=True)
-        status.conditions = [
-            condition(ACCEPTED, False, SPEC_CHANGED, msg, now, generation),
-            *[c for c in old.conditions if c.type != ACCEPTED],
-        ]
-        return _run_decision(old, status, generation, [], done=True)
+        accepted = condition(ACCEPTED, False, SPEC_CHANGED, msg, now, generation)
 
     states, docs = stage_states(stages, observed, external)
     for name, state in external.items():
@@ -372,11 +368,13 @@ def decide_evalrun(
             result, all_docs, len(own), started or now, agg_doc.finished_at or now
         )
         status.progress = f"{sum(d.status == StageStatus.SUCCEEDED for d in own_docs)}/{len(own)}"
+        if drifted:
+            status.conditions = [accepted if c.type == ACCEPTED else c for c in status.conditions]
         for c in status.conditions:
             c.observed_generation = generation
         return _run_decision(old, status, generation, [], done=True)
 
-    create = [s for s in own if states[s.name] == StageState.READY]
+    create = [s for s in own if states[s.name] == StageState.READY and not drifted]
     waiting_models = sorted(
         str(s.produces) for s in stages if external.get(s.name) == StageState.WAITING
     )
@@ -397,7 +395,7 @@ def decide_evalrun(
         started_at=started,
         failures=[],
         conditions=[
-            condition(ACCEPTED, True, SPEC_VALID, "spec is valid", now, generation),
+            accepted,
             _models_condition(waiting_models, now, generation),
             condition(SUCCEEDED, None, reason, message, now, generation),
         ],
