@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,13 @@ def qeval(*args: str | Path) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess[str], Path]:
     workdir = tmp_path_factory.mktemp("demo")
-    return qeval("run", EXAMPLES / "evalrun.yaml", "--workdir", workdir), workdir / "runs" / "demo"
+    t0 = time.monotonic()
+    proc = qeval("run", EXAMPLES / "evalrun.yaml", "--workdir", workdir)
+    FIRST_RUN_SECONDS.append(time.monotonic() - t0)
+    return proc, workdir / "runs" / "demo"
+
+
+FIRST_RUN_SECONDS: list[float] = []
 
 
 def test_demo_study_succeeds_and_prints_the_table(demo_run):
@@ -98,6 +105,38 @@ def test_evaluate_keeps_lmeval_results_and_samples(demo_run):
     assert facts["value"] == raw["results"]["qeval_demo_facts"]["acc,none"]
     first = json.loads((stage / "samples/qeval_demo_recall.jsonl").open().readline())
     assert {"doc_id", "doc_hash", "prompt_hash", "exact_match"} <= set(first)
+
+
+def test_statistics_verdicts_and_report(demo_run):
+    """Paired intervals and tests on the per-sample logs; the negative control is Degraded
+    and significantly worse on both tasks; the report is written with its figures."""
+    _, run_dir = demo_run
+    status = json.loads((run_dir / "status.json").read_text())
+    verdict = {c["name"]: c["verdict"] for c in status["candidates"]}
+    assert verdict == {"fp8": "Pass", "int8": "Pass", "w4a16": "Pass", "w2a16-rtn": "Degraded"}
+    primary = [r for r in status["recovery"] if r.get("test")]
+    assert len(primary) == 8 and all(r["test"] == "mcnemar" for r in primary)
+    assert all(r["ciLow"] <= r["value"] <= r["ciHigh"] for r in primary)
+    assert {r["model"] for r in primary if r["significant"]} == {"w2a16-rtn"}
+    report = run_dir / "report"
+    assert (report / "recovery.png").read_bytes().startswith(b"\x89PNG")
+    assert "Latency-bound single-stream use: w4a16" in (report / "report.md").read_text()
+
+
+def test_an_unchanged_study_runs_again_from_the_cache(demo_run):
+    """The same study again: every quantization and evaluation is reused (no process is
+    started for them), the scores are the same, and it takes a fraction of the time."""
+    _, run_dir = demo_run
+    before = json.loads((run_dir / "status.json").read_text())
+    t0 = time.monotonic()
+    proc = qeval("run", EXAMPLES / "evalrun.yaml", "--workdir", run_dir.parent.parent)
+    seconds = time.monotonic() - t0
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("reused (cached result)") == 10  # demo model, 4 quantize, 5 evaluate
+    after = json.loads((run_dir / "status.json").read_text())
+    assert len(after["cached"]) == 10 and after["scores"] == before["scores"]
+    assert seconds < FIRST_RUN_SECONDS[0] / 4, (seconds, FIRST_RUN_SECONDS)
+    assert "† reused from the result cache (10 of 10" in (run_dir / "report/report.md").read_text()
 
 
 def _write(path: Path, docs: list[dict]) -> Path:

@@ -23,11 +23,24 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     console = _console()
     try:
-        outcomes = run_file(args.path, args.workdir, console)
+        outcomes = run_file(args.path, args.workdir, console, use_cache=not args.no_cache)
     except SpecError as e:
         console.print(f"[red]invalid spec[/red]\n{e}", highlight=False)
         return EXIT_INVALID
     return EXIT_OK if all(o.status.phase == "Succeeded" for o in outcomes) else EXIT_FAILED
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from qeval.report import load_run, write_report
+
+    try:
+        run = load_run(args.run_dir)
+    except (OSError, ValueError) as e:
+        print(f"cannot read the run: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    for path in write_report(run, args.out or args.run_dir / "report"):
+        print(path)
+    return EXIT_OK
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -113,7 +126,17 @@ def parser() -> argparse.ArgumentParser:
         default=Path("qeval-runs"),
         help="where runs and quantized models go (default ./qeval-runs)",
     )
+    run.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="recompute every result instead of reusing cached ones (and refresh the cache)",
+    )
     run.set_defaults(func=cmd_run)
+
+    rep = sub.add_parser("report", help="write a run's report (Markdown, HTML, PNG figures)")
+    rep.add_argument("run_dir", type=Path, help="a run folder, e.g. qeval-runs/runs/demo")
+    rep.add_argument("--out", type=Path, help="where to write it (default RUN_DIR/report)")
+    rep.set_defaults(func=cmd_report)
 
     val = sub.add_parser("validate", help="check QuantizedModel/EvalRun YAML against the API")
     val.add_argument("paths", type=Path, nargs="+")

@@ -31,16 +31,24 @@ class PlanError(ValueError):
 
 @dataclass(frozen=True)
 class Layout:
-    """Where stage documents and quantized models live, as the stage processes see it."""
+    """Where stage documents, quantized models and the result cache live, as the stage
+    processes see them (no cache_root: no result cache)."""
 
     run_root: PurePosixPath
     models_root: PurePosixPath
+    cache_root: PurePosixPath | None = None
 
     def stage_dir(self, stage: str) -> PurePosixPath:
         return self.run_root / "stages" / stage
 
     def result_path(self, stage: str) -> PurePosixPath:
         return self.stage_dir(stage) / "result.json"
+
+    def report_dir(self) -> PurePosixPath:
+        return self.run_root / "report"
+
+    def cache_dir(self) -> str | None:
+        return str(self.cache_root) if self.cache_root is not None else None
 
 
 @dataclass(frozen=True)
@@ -79,7 +87,7 @@ def quantized_model_dir(qm: QuantizedModel, layout: Layout) -> PurePosixPath:
     return PurePosixPath(uri)
 
 
-def quantize_stage(qm: QuantizedModel, layout: Layout) -> Stage:
+def quantize_stage(qm: QuantizedModel, layout: Layout, reuse_cached: bool = True) -> Stage:
     spec = qm.spec
     calibration: Calibration | None = None
     if needs_calibration(spec):
@@ -94,6 +102,8 @@ def quantize_stage(qm: QuantizedModel, layout: Layout) -> Stage:
         recipe=build_recipe(spec),
         calibration=calibration,
         output_dir=str(quantized_model_dir(qm, layout)),
+        cache_dir=layout.cache_dir(),
+        reuse_cached=reuse_cached,
     )
     needs = (DEMO_STAGE,) if model_kind(spec.model.uri) == "demo" else ()
     return Stage(
@@ -121,7 +131,7 @@ def build_plan(run: EvalRun, models: Mapping[str, QuantizedModel], layout: Layou
     for c in spec.candidates:
         if c.quantized_model:
             qm = models[c.quantized_model]
-            q = quantize_stage(qm, layout)
+            q = quantize_stage(qm, layout, spec.cache)
             stages.append(q)
             uses_demo |= DEMO_STAGE in q.needs
             source = ModelSource(uri=str(quantized_model_dir(qm, layout)))
@@ -130,6 +140,7 @@ def build_plan(run: EvalRun, models: Mapping[str, QuantizedModel], layout: Layou
             assert c.model is not None
             targets.append((c.label, c.scheme, c.model, ()))
 
+    tasks = spec.all_tasks()  # suites expanded: both executors run the same tasks
     refs = []
     for name, scheme, source, needs in targets:
         stage = f"evaluate-{name}"
@@ -138,19 +149,28 @@ def build_plan(run: EvalRun, models: Mapping[str, QuantizedModel], layout: Layou
         inp = EvaluateInput(
             model_name=name,
             model=source,
-            tasks=spec.tasks,
+            tasks=tasks,
             task_paths=spec.task_paths,
             backend=spec.backend,
             batch_size=spec.batch_size,
             seed=spec.seed,
             model_args=spec.model_args,
+            allow_code_execution=spec.allow_code_execution,
+            cache_dir=layout.cache_dir(),
+            reuse_cached=spec.cache,
             output_dir=str(layout.stage_dir(stage)),
         )
         stages.append(Stage(stage, "evaluate", _doc(inp), needs, spec.scheduling))
         refs.append(ModelResults(name=name, scheme=scheme, evaluate=str(layout.result_path(stage))))
 
     aggregate = AggregateInput(
-        baseline=refs[0], candidates=refs[1:], results_location=str(layout.run_root)
+        baseline=refs[0],
+        candidates=refs[1:],
+        results_location=str(layout.run_root),
+        run_name=run.name,
+        suites=list(spec.suites),
+        recovery_threshold=spec.recovery_threshold,
+        report_dir=str(layout.report_dir()),
     )
     evaluations = tuple(s.name for s in stages if s.kind == "evaluate")
     stages.append(Stage(AGGREGATE_STAGE, "aggregate", _doc(aggregate), evaluations, always=True))

@@ -63,7 +63,8 @@ def quantized_model_status(doc: StageResult) -> QuantizedModelStatus:
                 READY,
                 True,
                 QUANTIZED,
-                f"{result.scheme}: {result.compression_ratio}x smaller",
+                f"{result.scheme}: {result.compression_ratio}x smaller"
+                + (" (reused from the result cache)" if result.cached else ""),
                 when or "",
             )
         ],

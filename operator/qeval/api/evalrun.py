@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Literal
 
@@ -19,6 +20,7 @@ from qeval.api.common import (
     enforce,
     immutable,
 )
+from qeval.api.suites import CODE_SUITES, CODE_TASK_PATTERN, SuiteName
 
 
 class Backend(StrEnum):
@@ -119,10 +121,13 @@ class Task(ApiModel):
     metric: str | None = Field(
         default=None,
         max_length=64,
-        description="The metric recovery is computed on (e.g. acc_norm, exact_match); default: "
-        "the task's first metric.",
+        description="The metric recovery is computed on (e.g. acc_norm, exact_match, or "
+        "exact_match,strict-match to pick lm-eval's filter too); default: the task's first "
+        "metric.",
     )
 
+
+_CODE_SUITES_CEL = "[" + ", ".join(f"'{s}'" for s in CODE_SUITES) + "]"
 
 SPEC_RULES = (
     Rule(
@@ -138,9 +143,29 @@ SPEC_RULES = (
         check=lambda s: len({c.label for c in s.candidates}) == len(s.candidates),
     ),
     Rule(
-        cel="self.tasks.all(t, self.tasks.exists_one(u, u.name == t.name))",
+        cel="!has(self.tasks) || self.tasks.all(t, self.tasks.exists_one(u, u.name == t.name))",
         message="a task is listed twice; list each task once",
         check=lambda s: len({t.name for t in s.tasks}) == len(s.tasks),
+    ),
+    Rule(
+        cel="(has(self.tasks) && size(self.tasks) > 0) || "
+        "(has(self.suites) && size(self.suites) > 0)",
+        message="name what to evaluate: at least one task (spec.tasks) or suite (spec.suites)",
+        check=lambda s: bool(s.tasks) or bool(s.suites),
+    ),
+    Rule(
+        cel="(has(self.allowCodeExecution) && self.allowCodeExecution) || "
+        f"((!has(self.suites) || !self.suites.exists(s, s in {_CODE_SUITES_CEL})) && "
+        f"(!has(self.tasks) || self.tasks.all(t, !t.name.matches('{CODE_TASK_PATTERN}'))))",
+        message="code-generation tasks (suite code, humaneval*, mbpp*) run the code the model "
+        "writes; set spec.allowCodeExecution: true to allow that",
+        check=lambda s: (
+            s.allow_code_execution
+            or (
+                not any(str(x) in CODE_SUITES for x in s.suites)
+                and not any(re.match(CODE_TASK_PATTERN, t.name) for t in s.tasks)
+            )
+        ),
     ),
 )
 
@@ -157,11 +182,29 @@ class EvalRunSpec(ApiModel):
         description="Models compared with the baseline.",
         json_schema_extra=immutable("spec.candidates"),
     )
+    suites: list[SuiteName] = Field(
+        default_factory=list,
+        max_length=8,
+        description="Task suites with the shot counts the published studies used: openllm-v1 "
+        "(ARC-Challenge 25-shot, GSM8K 5, HellaSwag 10, MMLU 5, TruthfulQA mc2 0, Winogrande 5; "
+        "score: plain average), openllm-v2 (BBH 3-shot, GPQA 0, IFEval 0, MATH level 5 4, "
+        "MMLU-Pro 5, MuSR 0; score: the leaderboard's normalised average), code (HumanEval, "
+        "HumanEval+; needs allowCodeExecution) or demo (qeval's offline tasks). Mixable with "
+        "tasks: a task listed there replaces the suite's entry of the same name.",
+        json_schema_extra=immutable("spec.suites"),
+    )
     tasks: list[Task] = Field(
-        min_length=1,
+        default_factory=list,
         max_length=64,
-        description="lm-eval tasks; every model runs all of them with identical settings.",
+        description="lm-eval tasks (besides the suites'); every model runs all of them with "
+        "identical settings.",
         json_schema_extra=immutable("spec.tasks"),
+    )
+    allow_code_execution: bool = Field(
+        default=False,
+        description="Allow tasks whose scoring executes model-written code (suite code, "
+        "humaneval*, mbpp*). Off by default: run them only in a sandboxed namespace.",
+        json_schema_extra=immutable("spec.allowCodeExecution"),
     )
     task_paths: list[str] = Field(
         default_factory=list,
@@ -193,6 +236,19 @@ class EvalRunSpec(ApiModel):
         description="Extra lm-eval model_args for every model (e.g. dtype: bfloat16).",
         json_schema_extra=immutable("spec.modelArgs"),
     )
+    recovery_threshold: float = Field(
+        default=0.95,
+        gt=0,
+        le=2,
+        description="The accuracy gate: a candidate passes when its recovery (candidate / "
+        "baseline) is confidently at or above this (llm-compressor's own tests use 0.95).",
+    )
+    cache: bool = Field(
+        default=True,
+        description="Reuse results computed earlier under the same key (model weights or "
+        "revision, task and shots, limit, harness version, backend and its settings, seed); "
+        "false recomputes everything (and refreshes the cache).",
+    )
     scheduling: Scheduling = Field(
         default_factory=Scheduling, description="Resources and placement of evaluation Jobs."
     )
@@ -203,6 +259,12 @@ class EvalRunSpec(ApiModel):
     def _rules(self) -> EvalRunSpec:
         enforce(self, SPEC_RULES)
         return self
+
+    def all_tasks(self) -> list[Task]:
+        """The concrete tasks to evaluate: the suites' tasks, then those listed."""
+        from qeval.api.suites import expand_tasks
+
+        return expand_tasks(self.suites, self.tasks)
 
 
 EvalRunPhase = Literal["Pending", "WaitingForModels", "Running", "Succeeded", "Failed"]
@@ -234,11 +296,29 @@ class Recovery(ApiModel):
         description="candidate / baseline (baseline / candidate when lower is "
         "better); 1.0 = no loss."
     )
-    stderr: float | None = Field(default=None, description="Standard error (delta method).")
+    stderr: float | None = Field(
+        default=None,
+        description="Standard error (delta method; paired over the same items when the "
+        "per-sample logs allow it, else from the two scores' standard errors).",
+    )
+    ci_low: float | None = Field(default=None, description="95 % confidence interval, low end.")
+    ci_high: float | None = Field(default=None, description="95 % confidence interval, high end.")
+    test: Literal["mcnemar", "bootstrap"] | None = Field(
+        default=None,
+        description="Paired test of candidate vs baseline on the same items (primary metric): "
+        "McNemar for 0/1 metrics, a paired bootstrap otherwise.",
+    )
+    p_value: float | None = Field(default=None, description="Two-sided p-value of that test.")
+    significant: bool | None = Field(
+        default=None, description="True: the candidate is significantly worse (p < 0.05)."
+    )
+
+
+Verdict = Literal["Pass", "Degraded", "Inconclusive"]
 
 
 class CandidateSummary(ApiModel):
-    """Per candidate: what it is and how much it recovers overall."""
+    """Per candidate: what it is, how much it recovers overall, and the verdict."""
 
     name: str = Field(description="Candidate name.")
     scheme: str | None = Field(default=None, description="Quantization scheme.")
@@ -248,6 +328,30 @@ class CandidateSummary(ApiModel):
         default=None, description="Mean over tasks of the primary metric's recovery."
     )
     mean_recovery_stderr: float | None = Field(default=None, description="Its standard error.")
+    mean_recovery_ci_low: float | None = Field(default=None, description="95 % interval, low.")
+    mean_recovery_ci_high: float | None = Field(default=None, description="95 % interval, high.")
+    verdict: Verdict | None = Field(
+        default=None,
+        description="Against spec.recoveryThreshold: Pass (mean recovery's interval above it, "
+        "no task's interval below it), Degraded (the mean's or a task's interval wholly below "
+        "it), else Inconclusive (more items needed to tell).",
+    )
+    degraded_tasks: list[str] = Field(
+        default_factory=list,
+        description="Tasks on which the paired test finds the candidate significantly worse.",
+    )
+
+
+class SuiteScore(ApiModel):
+    """A model's score on a task suite (e.g. the Open LLM Leaderboard average)."""
+
+    model: str = Field(description="Baseline or candidate name.")
+    suite: str = Field(description="Suite name, e.g. openllm-v2.")
+    value: float = Field(
+        description="Fraction 0-1 (the leaderboards show it x100): the plain average, or for "
+        "openllm-v2 the average of scores rescaled between random guessing and 1."
+    )
+    recovery: float | None = Field(default=None, description="Candidate / baseline suite score.")
 
 
 class StageFailure(ApiModel):
@@ -280,6 +384,13 @@ class EvalRunStatus(ApiModel):
     recovery: list[Recovery] = Field(default_factory=list, description="Every candidate x task.")
     candidates: list[CandidateSummary] = Field(
         default_factory=list, description="Per-candidate summary."
+    )
+    suite_scores: list[SuiteScore] = Field(
+        default_factory=list, description="Per model and suite, the suite's score."
+    )
+    cached: list[str] = Field(
+        default_factory=list,
+        description="Results reused from the result cache instead of computed, as model/task.",
     )
     mean_recovery: float | None = Field(
         default=None, description="The lowest mean recovery among the candidates."

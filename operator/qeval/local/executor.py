@@ -1,8 +1,11 @@
 """The local executor behind ``qeval run``: the plan's stages as processes, in order.
 
 Everything lands under ``<workdir>/runs/<evalrun>/``: the plan, each stage's input,
-result document and log, and the run's status (``status.json``, ``evalrun.yaml``).
-Quantized models go to ``<workdir>/models/<name>`` unless their spec says otherwise.
+result document and log, the run's status (``status.json``, ``objects.yaml``) and its
+report (``report/``). Quantized models go to ``<workdir>/models/<name>`` unless their spec
+says otherwise; the result cache lives in ``<workdir>/cache``. A stage whose result is
+in the cache is not started as a process: its ``reuse`` runs here and its result
+document says so.
 """
 
 from __future__ import annotations
@@ -25,10 +28,12 @@ from qeval.api.quantizedmodel import QuantizedModel
 from qeval.local.preflight import localize_evalrun, localize_quantized_model, preflight
 from qeval.local.report import print_summary
 from qeval.plan import AGGREGATE_STAGE, Layout, PlanError, Stage, build_plan, dependents
-from qeval.stages.envelope import StageResult, StageStatus, failed, now
+from qeval.stages import KINDS
+from qeval.stages.envelope import StageResult, StageStatus, failed, library_versions, now
 from qeval.status import finish_evalrun, quantized_model_status
 
 LOG_TAIL_LINES = 20
+REUSED_MESSAGE = "reused a cached result: nothing to run"
 
 
 @dataclass
@@ -68,6 +73,39 @@ def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
         return ""
 
 
+def reuse_stage(stage: Stage, layout: Layout) -> StageResult | None:
+    """The stage's result document when its result can be reused (nothing to run), else
+    None. Written like a stage's own, with a message saying it was reused."""
+    kind = KINDS.get(stage.kind)
+    reuse = kind.load_reuse() if kind is not None else None
+    if kind is None or reuse is None:
+        return None
+    t0, started = time.monotonic(), now()
+    input_model, _ = kind.load()
+    result = reuse(input_model.model_validate(stage.input))
+    if result is None:
+        return None
+    stage_dir = Path(layout.stage_dir(stage.name))
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    (stage_dir / "input.json").write_text(
+        json.dumps({"stage": stage.name, **stage.input}, indent=2) + "\n"
+    )
+    (stage_dir / "log.txt").write_text("reused: nothing to run\n")
+    doc = StageResult(
+        stage=stage.name,
+        kind=stage.kind,
+        status=StageStatus.SUCCEEDED,
+        message=REUSED_MESSAGE,
+        started_at=started,
+        finished_at=now(),
+        wall_seconds=round(time.monotonic() - t0, 3),
+        versions=library_versions(),
+        result=result.model_dump(by_alias=True, exclude_none=True, mode="json"),
+    )
+    doc.write(Path(layout.result_path(stage.name)))
+    return doc
+
+
 def run_stage(stage: Stage, layout: Layout, console: Console, label: str) -> StageResult:
     """Run one stage as a process; return its result document (written here if it died)."""
     stage_dir = Path(layout.stage_dir(stage.name))
@@ -80,12 +118,15 @@ def run_stage(stage: Stage, layout: Layout, console: Console, label: str) -> Sta
     t0 = time.monotonic()
     with log_path.open("w") as log, console.status(f"{label} {stage.name}") as spinner:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=stage_env())
-        while proc.poll() is None:
-            spinner.update(
-                f"{label} {stage.name}  {time.monotonic() - t0:5.0f} s  "
-                f"[dim]{_tail(log_path, 1)[:80]}[/dim]"
-            )
-            time.sleep(0.5)
+        while True:
+            try:
+                proc.wait(timeout=0.5)  # returns as soon as the stage ends
+                break
+            except subprocess.TimeoutExpired:
+                spinner.update(
+                    f"{label} {stage.name}  {time.monotonic() - t0:5.0f} s  "
+                    f"[dim]{_tail(log_path, 1)[:80]}[/dim]"
+                )
     if result_path.exists():
         return StageResult.read(result_path)
     doc = failed(
@@ -113,12 +154,27 @@ def skip(stage: Stage, layout: Layout, because: str) -> StageResult:
 
 
 def execute_run(
-    run: EvalRun, models: dict[str, QuantizedModel], workdir: Path, console: Console
+    run: EvalRun,
+    models: dict[str, QuantizedModel],
+    workdir: Path,
+    console: Console,
+    use_cache: bool = True,
 ) -> RunOutcome:
-    """Plan and execute one EvalRun; write and return its status."""
+    """Plan and execute one EvalRun; write and return its status and report.
+
+    ``use_cache=False`` (``--no-cache``) recomputes every result, as ``spec.cache: false``
+    does, and refreshes the cache with the new results.
+    """
+    if not use_cache:
+        run = run.model_copy(update={"spec": run.spec.model_copy(update={"cache": False})})
     preflight(run, models)
+    cache_root = (workdir / "cache").resolve()
     run_dir = (workdir / "runs" / run.name).resolve()
-    layout = Layout(PurePosixPath(run_dir), PurePosixPath((workdir / "models").resolve()))
+    layout = Layout(
+        PurePosixPath(run_dir),
+        PurePosixPath((workdir / "models").resolve()),
+        PurePosixPath(cache_root),
+    )
     try:
         stages = build_plan(run, models, layout)
     except PlanError as e:
@@ -139,10 +195,13 @@ def execute_run(
             docs[stage.name] = skip(stage, layout, blocked[stage.name])
             console.print(f"{label} {stage.name}: skipped ({blocked[stage.name]} failed)")
             continue
-        doc = run_stage(stage, layout, console, label)
+        reused = reuse_stage(stage, layout)
+        doc = reused or run_stage(stage, layout, console, label)
         docs[stage.name] = doc
         took = f"{doc.wall_seconds:.1f} s" if doc.wall_seconds is not None else ""
-        if doc.status == StageStatus.SUCCEEDED:
+        if reused is not None:
+            console.print(f"{label} {stage.name}: [cyan]reused[/cyan] (cached result)")
+        elif doc.status == StageStatus.SUCCEEDED:
             console.print(f"{label} {stage.name}: [green]succeeded[/green] in {took}")
         else:
             console.print(
@@ -166,7 +225,30 @@ def execute_run(
     ]
     write_status(run.model_copy(update={"status": status}), made, run_dir)
     print_summary(console, run, status, run_dir)
+    try:
+        report = write_run_report(run, status, run_dir)
+    except Exception as e:  # the results stand without their report: say so, go on
+        console.print(f"[red]report not written[/red]: {type(e).__name__}: {e}")
+    else:
+        if report:
+            console.print(f"report: {report}")
     return RunOutcome(run, status, run_dir)
+
+
+def write_run_report(run: EvalRun, status: EvalRunStatus, run_dir: Path) -> Path | None:
+    """The report with the final status (the aggregate stage wrote one without the final
+    phase and the quantize failures); None when there are no results to report."""
+    if not status.scores:
+        return None
+    from qeval.report import Run, write_report
+
+    report = Run(
+        name=run.name,
+        baseline=run.spec.baseline.name,
+        status=status,
+        threshold=run.spec.recovery_threshold,
+    )
+    return write_report(report, run_dir / "report")[1]
 
 
 def write_status(run: EvalRun, quantized: list[QuantizedModel], run_dir: Path) -> None:
@@ -177,7 +259,9 @@ def write_status(run: EvalRun, quantized: list[QuantizedModel], run_dir: Path) -
     (run_dir / "objects.yaml").write_text(yaml.safe_dump_all(objects, sort_keys=False))
 
 
-def run_file(path: Path, workdir: Path, console: Console) -> list[RunOutcome]:
+def run_file(
+    path: Path, workdir: Path, console: Console, use_cache: bool = True
+) -> list[RunOutcome]:
     """``qeval run PATH``: every EvalRun in the file or folder, one after the other."""
     runs, models = load(path)
-    return [execute_run(run, models, workdir, console) for run in runs]
+    return [execute_run(run, models, workdir, console, use_cache) for run in runs]

@@ -114,16 +114,22 @@ def problems(run: EvalRun, models: dict[str, QuantizedModel]) -> Iterator[str]:
 
 
 def task_problems(run: EvalRun) -> Iterator[str]:
+    """Tasks (listed or from a suite) lm-eval does not know. The list of known tasks is
+    remembered in qeval's cache folder per lm-eval version and task folder contents
+    (lm-eval takes seconds to index them)."""
     if importlib.util.find_spec("lm_eval") is None:
         yield "lm-eval is not installed: pip install 'qeval[evaluate]' (or run `make demo`)"
         return
+    from qeval.demo.model import default_cache_root
     from qeval.stages.evaluate import unknown_tasks
 
     paths = [p for p in run.spec.task_paths if Path(p).is_dir()]
-    for name in unknown_tasks([t.name for t in run.spec.tasks], paths):
-        i = next(i for i, t in enumerate(run.spec.tasks) if t.name == name)
+    listed = [t.name for t in run.spec.tasks]
+    names = [t.name for t in run.spec.all_tasks()]
+    for name in unknown_tasks(names, paths, default_cache_root()):
+        where = f"spec.tasks[{listed.index(name)}].name" if name in listed else "spec.suites"
         yield (
-            f"EvalRun {run.name}: spec.tasks[{i}].name: lm-eval does not know task {name!r}; "
+            f"EvalRun {run.name}: {where}: lm-eval does not know task {name!r}; "
             "check the spelling (lm-eval ls tasks) or add its folder to spec.taskPaths"
         )
 

@@ -35,27 +35,30 @@ def summary_table(run: EvalRun, status: EvalRunStatus) -> Table:
         table.add_column(f"{task}\n{metric}", justify="right")
         table.add_column("recovery", justify="right")
     table.add_column("mean recovery", justify="right")
+    table.add_column("verdict")
 
     score = {(s.model, s.task, s.metric, s.filter): s for s in status.scores}
     recovery = {(r.model, r.task, r.metric, r.filter): r for r in status.recovery}
     baseline = run.spec.baseline.name
-    rows = [(baseline, "baseline", _size(status.baseline_size_bytes), None, None)] + [
+    rows = [(baseline, "baseline", _size(status.baseline_size_bytes), None, None, "")] + [
         (
             c.name,
             c.scheme or "-",
             _size(c.size_bytes, c.compression_ratio),
             c.mean_recovery,
             c.mean_recovery_stderr,
+            c.verdict or "-",
         )
         for c in status.candidates
     ]
-    for name, scheme, size, mean, mean_se in rows:
+    for name, scheme, size, mean, mean_se, verdict in rows:
         cells = [name, scheme, size]
         for key in tasks:
             s, r = score.get((name, *key)), recovery.get((name, *key))
             cells.append(_pm(s.value, s.stderr) if s else "-")
             cells.append("" if name == baseline else _pm(r.value, r.stderr, True) if r else "-")
         cells.append("" if name == baseline else _pm(mean, mean_se, True))
+        cells.append(verdict)
         table.add_row(*cells)
     return table
 
@@ -65,4 +68,7 @@ def print_summary(console: Console, run: EvalRun, status: EvalRunStatus, run_dir
     console.print(summary_table(run, status))
     for f in status.failures:
         console.print(f"[red]{f.stage}[/red]: {f.reason}: {f.message}")
+    if status.cached:
+        total = len({(s.model, s.task) for s in status.scores if s.primary})
+        console.print(f"reused from the result cache: {len(status.cached)} of {total} results")
     console.print(f"results: {run_dir}  (status.json, objects.yaml, stages/*/result.json)")

@@ -1,1 +1,3 @@
-"""Results: parsing lm-eval's output and the statistics built on it (recovery and its error)."""
+"""Results: parsing lm-eval's output (lmeval, samples), the statistics built on it (stats:
+recovery intervals, paired tests, verdicts; suites: suite scores), the run summary, and the
+result cache (cache)."""

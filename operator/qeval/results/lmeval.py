@@ -15,6 +15,12 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
+def _matches(score: Score, wanted: str) -> bool:
+    """``wanted`` names a metric (``acc``) or a metric and filter (``exact_match,strict-match``)."""
+    metric, _, filt = wanted.partition(",")
+    return score.metric == metric and (not filt or score.filter == filt)
+
+
 def top_level_tasks(results: Mapping[str, Any]) -> list[str]:
     """Tasks and groups that were asked for, i.e. not merely members of a group."""
     members = {t for subs in results.get("group_subtasks", {}).values() for t in subs}
@@ -26,9 +32,9 @@ def parse_scores(
 ) -> list[Score]:
     """Every ``(task, metric, filter)`` value in an lm-eval results document, as Scores.
 
-    ``primary_metric`` maps a task to the metric recovery is computed on; a task not in
-    it uses its first metric (lm-eval keeps ``metric_list`` order). Exactly one Score per
-    top-level task is marked primary.
+    ``primary_metric`` maps a task to the metric recovery is computed on (``metric`` or
+    ``metric,filter``); a task not in it uses its first metric (lm-eval keeps
+    ``metric_list`` order). Exactly one Score per top-level task is marked primary.
     """
     primary_metric = primary_metric or {}
     top = set(top_level_tasks(results))
@@ -60,9 +66,9 @@ def parse_scores(
             )
         if task in top and task_scores:
             wanted = primary_metric.get(task)
-            chosen = next((s for s in task_scores if s.metric == wanted), None) if wanted else None
+            chosen = next((s for s in task_scores if _matches(s, wanted)), None) if wanted else None
             if wanted and chosen is None:
-                have = sorted({s.metric for s in task_scores})
+                have = sorted({f"{s.metric},{s.filter}" for s in task_scores})
                 raise ValueError(f"task {task} reports no metric {wanted!r}; it has {have}")
             (chosen or task_scores[0]).primary = True
         scores += task_scores

@@ -1,30 +1,154 @@
-"""From the evaluate (and quantize) results of a run to the EvalRun status: pure."""
+"""From the evaluate (and quantize) results of a run to the EvalRun status: pure.
+
+Per task: recovery with a 95 % interval (paired over the same items when both models'
+per-item values are at hand, else from the two standard errors) and, on the primary
+metric, a paired test that flags a significant degradation. Per candidate: mean recovery
+with its interval and a verdict against the recovery threshold. Per model: suite scores.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
-from qeval.api.evalrun import CandidateSummary, EvalRunStatus, Recovery, Score, StageFailure
-from qeval.results.recovery import mean_recovery, recovery_table
+import numpy as np
+
+from qeval.api.evalrun import (
+    CandidateSummary,
+    EvalRunStatus,
+    Recovery,
+    Score,
+    StageFailure,
+    SuiteScore,
+)
+from qeval.results import stats
+from qeval.results.samples import ItemKey, consistent, paired_vectors
+from qeval.results.suites import suite_score
+
+ScoreKey = tuple[str, str, str]  # task, metric, filter
+
+
+def score_key(s: Score | Recovery) -> ScoreKey:
+    return s.task, s.metric, s.filter
 
 
 @dataclass(frozen=True)
 class ModelOutcome:
-    """What one model of the run produced: its scores and size, or why it has none."""
+    """What one model of the run produced: its scores and size, or why it has none.
+
+    ``items`` holds per-item values of (some of) its scores, keyed like the scores, for
+    paired statistics; ``cached`` the tasks whose results came from the result cache.
+    """
 
     name: str
     scheme: str | None = None
     scores: tuple[Score, ...] | None = None
     size_bytes: int | None = None
     failure: StageFailure | None = None
+    items: Mapping[ScoreKey, Mapping[ItemKey, float]] = field(default_factory=dict)
+    cached: tuple[str, ...] = ()
 
 
-def summarize(baseline: ModelOutcome, candidates: list[ModelOutcome]) -> EvalRunStatus:
-    """Scores, recovery per task, mean recovery per candidate and the failures of a run."""
+def _paired(
+    baseline: ModelOutcome, candidate: ModelOutcome, b: Score, c: Score
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The two models' per-item vectors for one score, if they pair up and are plain means."""
+    key = score_key(b)
+    base, cand = baseline.items.get(key), candidate.items.get(key)
+    if base is None or cand is None:
+        return None
+    if not (consistent(base, b.value) and consistent(cand, c.value)):
+        return None
+    return paired_vectors(base, cand)
+
+
+def recovery_of(baseline: ModelOutcome, candidate: ModelOutcome, b: Score, c: Score) -> Recovery:
+    """One task metric's recovery, its interval and (with per-item data) the paired test."""
+    pair = _paired(baseline, candidate, b, c) if b.primary else None
+    rec = Recovery(model=c.model, task=c.task, metric=c.metric, filter=c.filter, value=0.0)
+    if pair is not None:
+        base, cand = pair
+        interval = stats.paired_recovery_interval(base, cand, c.higher_is_better)
+        test = stats.paired_test(base, cand)
+        rec.test, rec.p_value = test.test, test.p_value
+        rec.significant = stats.significantly_worse(test, c.higher_is_better)
+    else:
+        interval = stats.recovery_interval(c.value, b.value, c.stderr, b.stderr, c.higher_is_better)
+    rec.value, rec.stderr, rec.ci_low, rec.ci_high = (
+        interval.value,
+        interval.stderr,
+        interval.low,
+        interval.high,
+    )
+    return rec
+
+
+def candidate_recovery(baseline: ModelOutcome, candidate: ModelOutcome) -> list[Recovery]:
+    """Recovery for every task metric both models report (a baseline of 0 is skipped)."""
+    assert baseline.scores is not None and candidate.scores is not None
+    base = {score_key(s): s for s in baseline.scores}
+    out = []
+    for c in candidate.scores:
+        b = base.get(score_key(c))
+        if b is None or b.value == 0 or (not c.higher_is_better and c.value == 0):
+            continue
+        # The baseline decides which metric is primary, so both sides pair up.
+        out.append(recovery_of(baseline, candidate, b, c.model_copy(update={"primary": b.primary})))
+    return out
+
+
+def _interval(r: Recovery) -> stats.Interval:
+    return stats.Interval(r.value, r.stderr, r.ci_low, r.ci_high)
+
+
+def judge(
+    summary: CandidateSummary,
+    recoveries: Sequence[Recovery],
+    primary: set[ScoreKey],
+    threshold: float,
+) -> None:
+    """Fill in the candidate's mean recovery, its interval, the verdict and degraded tasks."""
+    chosen = [r for r in recoveries if score_key(r) in primary]
+    if not chosen:
+        return
+    tasks = [_interval(r) for r in chosen]
+    mean = stats.mean_interval(tasks)
+    summary.mean_recovery, summary.mean_recovery_stderr = mean.value, mean.stderr
+    summary.mean_recovery_ci_low, summary.mean_recovery_ci_high = mean.low, mean.high
+    summary.verdict = stats.verdict(mean, tasks, threshold)
+    summary.degraded_tasks = [r.task for r in chosen if r.significant]
+
+
+def suite_scores(
+    suites: Sequence[str], baseline: ModelOutcome, candidates: Sequence[ModelOutcome]
+) -> list[SuiteScore]:
+    """Every model's score on every suite it has all the scores for."""
+    out = []
+    for suite in suites:
+        base = suite_score(suite, baseline.scores) if baseline.scores else None
+        if base is not None:
+            out.append(SuiteScore(model=baseline.name, suite=suite, value=base))
+        for c in candidates:
+            value = suite_score(suite, c.scores) if c.scores else None
+            if value is not None:
+                recovery = value / base if base else None
+                out.append(SuiteScore(model=c.name, suite=suite, value=value, recovery=recovery))
+    return out
+
+
+def summarize(
+    baseline: ModelOutcome,
+    candidates: list[ModelOutcome],
+    threshold: float = 0.95,
+    suites: Sequence[str] = (),
+) -> EvalRunStatus:
+    """Scores, recovery per task, per-candidate summary and verdict, suite scores, the
+    results reused from the cache and the failures of a run."""
     scores: list[Score] = list(baseline.scores or ())
     recovery: list[Recovery] = []
     summaries: list[CandidateSummary] = []
     failures = [m.failure for m in (baseline, *candidates) if m.failure]
+    primary = {score_key(s) for s in baseline.scores or () if s.primary}
     for c in candidates:
         summary = CandidateSummary(name=c.name, scheme=c.scheme, size_bytes=c.size_bytes)
         if c.size_bytes and baseline.size_bytes:
@@ -32,11 +156,9 @@ def summarize(baseline: ModelOutcome, candidates: list[ModelOutcome]) -> EvalRun
         if c.scores is not None:
             scores += c.scores
         if c.scores is not None and baseline.scores is not None:
-            rec = recovery_table(baseline.scores, c.scores)
+            rec = candidate_recovery(baseline, c)
             recovery += rec
-            mean = mean_recovery(rec, baseline.scores)
-            if mean is not None:
-                summary.mean_recovery, summary.mean_recovery_stderr = mean
+            judge(summary, rec, primary, threshold)
         summaries.append(summary)
     means = [s.mean_recovery for s in summaries if s.mean_recovery is not None]
     return EvalRunStatus(
@@ -44,6 +166,8 @@ def summarize(baseline: ModelOutcome, candidates: list[ModelOutcome]) -> EvalRun
         scores=scores,
         recovery=recovery,
         candidates=summaries,
+        suite_scores=suite_scores(suites, baseline, candidates),
+        cached=[f"{m.name}/{t}" for m in (baseline, *candidates) for t in m.cached],
         mean_recovery=min(means) if means else None,
         failures=failures,
     )

@@ -2,7 +2,9 @@
 
 Each stage is ``qeval <kind> --input IN.json --output OUT.json``: it reads one input
 document and writes one result document (``envelope.StageResult``). Heavy libraries
-(torch, llm-compressor, lm-eval) are imported only inside ``run``.
+(torch, llm-compressor, lm-eval) are imported only inside ``run``. A stage module may also
+have ``reuse(input) -> result | None``: its result when there is nothing to do (found in
+the result cache), cheap enough for an executor to call in its own process.
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ class StageKind:
     def load(self) -> tuple[type[BaseModel], Callable[[Any], BaseModel]]:
         mod = import_module(f"qeval.stages.{self.module}")
         return getattr(mod, self.input_class), mod.run
+
+    def load_reuse(self) -> Callable[[Any], BaseModel | None] | None:
+        """The stage's ``reuse`` function, if it has one."""
+        return getattr(import_module(f"qeval.stages.{self.module}"), "reuse", None)
 
 
 KINDS = {

@@ -1,16 +1,28 @@
-"""The aggregate stage: read the run's evaluate/quantize results, write the EvalRun status."""
+"""The aggregate stage: read the run's evaluate results, write the EvalRun status (and the
+report, when asked).
+
+It works from the result documents alone: each evaluate result names lm-eval's results
+JSON and the per-sample logs, from which the paired statistics are computed; without
+those logs the intervals come from the reported standard errors.
+"""
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import Field
 
 from qeval.api.common import ApiModel
-from qeval.api.evalrun import EvalRunStatus, StageFailure
-from qeval.results.summary import ModelOutcome, summarize
+from qeval.api.evalrun import EvalRunStatus, Score, StageFailure
 from qeval.stages.envelope import StageResult, StageStatus
 from qeval.stages.evaluate import EvaluateResult
+
+if TYPE_CHECKING:
+    from qeval.results.samples import ItemKey
+    from qeval.results.summary import ModelOutcome, ScoreKey
 
 
 class ModelResults(ApiModel):
@@ -25,10 +37,38 @@ class AggregateInput(ApiModel):
     baseline: ModelResults
     candidates: list[ModelResults]
     results_location: str
+    run_name: str | None = None
+    suites: list[str] = Field(default_factory=list, description="Suites to score.")
+    recovery_threshold: float = Field(default=0.95, description="The verdicts' gate.")
+    report_dir: str | None = Field(default=None, description="Write the report here.")
+
+
+def item_values(
+    result: EvaluateResult, scores: list[Score]
+) -> dict[ScoreKey, dict[ItemKey, float]]:
+    """Per-item values of the primary scores, from the per-sample logs (those usable)."""
+    from qeval.results.samples import item_values as values_of
+    from qeval.results.samples import leaf_tasks
+
+    try:
+        results = json.loads(Path(result.results_path).read_text())
+    except (OSError, ValueError):
+        return {}
+    out = {}
+    for s in scores:
+        if not s.primary:
+            continue
+        tasks = leaf_tasks(results, s.task)
+        values = values_of(Path(result.samples_dir), tasks, s.metric, s.filter)
+        if values is not None:
+            out[(s.task, s.metric, s.filter)] = values
+    return out
 
 
 def outcome(ref: ModelResults) -> ModelOutcome:
     """A model's outcome from its evaluate result document (missing or failed included)."""
+    from qeval.results.summary import ModelOutcome
+
     path = Path(ref.evaluate)
     stage = path.parent.name
     if not path.exists():
@@ -41,10 +81,38 @@ def outcome(ref: ModelResults) -> ModelOutcome:
         )
         return ModelOutcome(ref.name, ref.scheme, failure=failure)
     result = EvaluateResult.model_validate(doc.result)
-    return ModelOutcome(ref.name, ref.scheme, tuple(result.scores), result.model_size_bytes)
+    return ModelOutcome(
+        ref.name,
+        ref.scheme,
+        tuple(result.scores),
+        result.model_size_bytes,
+        items=item_values(result, result.scores),
+        cached=tuple(result.cached_tasks),
+    )
 
 
 def run(inp: AggregateInput) -> EvalRunStatus:
-    status = summarize(outcome(inp.baseline), [outcome(c) for c in inp.candidates])
+    from qeval.results.summary import summarize
+
+    status = summarize(
+        outcome(inp.baseline),
+        [outcome(c) for c in inp.candidates],
+        threshold=inp.recovery_threshold,
+        suites=inp.suites,
+    )
     status.results_location = inp.results_location
+    if inp.report_dir:
+        from qeval.report import Run, write_report
+
+        run = Run(
+            name=inp.run_name or Path(inp.results_location).name,
+            baseline=inp.baseline.name,
+            baseline_scheme=inp.baseline.scheme,
+            threshold=inp.recovery_threshold,
+            status=status,
+        )
+        try:
+            write_report(run, Path(inp.report_dir))
+        except Exception as e:  # the status matters more than its report: keep it
+            print(f"report not written: {type(e).__name__}: {e}", file=sys.stderr)
     return status

@@ -16,6 +16,16 @@ class DemoModelResult(ApiModel):
     recipe_hash: str
 
 
+def reuse(inp: DemoModelInput) -> DemoModelResult | None:
+    """The demo model, if it is already built (it is cached by its recipe's hash)."""
+    from qeval.demo.model import demo_model_path, recipe_hash
+
+    try:
+        return DemoModelResult(path=str(demo_model_path(build=False)), recipe_hash=recipe_hash())
+    except FileNotFoundError:
+        return None
+
+
 def run(inp: DemoModelInput) -> DemoModelResult:
     from qeval.demo.model import demo_model_path, recipe_hash
 

@@ -3,12 +3,21 @@
 The model is loaded once and every task runs in the same process (most of an lm-eval
 run on a small model is import and load time). lm-eval's results JSON is written as it
 is, per-sample logs beside it, and the scores are parsed from that JSON.
+
+With a result cache (``cache_dir``), each task's result is stored under its key (see
+``qeval.results.cache``) and a task already computed under the same key is reused: only
+the missing tasks reach lm-eval, and a model whose every task is cached is not even
+loaded (``reuse``, which the local executor calls without starting a process).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from collections import defaultdict
+from contextlib import suppress
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -17,12 +26,29 @@ from pydantic import Field
 
 from qeval.api.common import ApiModel, ModelSource
 from qeval.api.evalrun import Backend, Score, Task
+from qeval.results.cache import (
+    CachedTask,
+    ResultCache,
+    evaluation_fields,
+    installed_version,
+    key_of,
+    model_identity,
+    task_config_digest,
+    task_slice,
+)
 from qeval.results.lmeval import harness_version, parse_scores
+from qeval.results.samples import leaf_tasks
 from qeval.stages.envelope import StageError
 from qeval.stages.models import resolve, size_on_disk
 
 # lm-eval model classes per backend (vllm-server talks to the server qeval starts).
 LM_EVAL_MODEL = {Backend.HF: "hf", Backend.VLLM: "vllm", Backend.VLLM_SERVER: "local-completions"}
+# Libraries whose version can change a backend's scores (part of the cache key).
+BACKEND_LIBRARIES = {
+    Backend.HF: ("torch", "transformers", "compressed-tensors"),
+    Backend.VLLM: ("vllm",),
+    Backend.VLLM_SERVER: (),
+}
 
 
 def builtin_task_dir() -> Path:
@@ -42,6 +68,13 @@ class EvaluateInput(ApiModel):
     seed: int = 1234
     model_args: dict[str, str] = Field(default_factory=dict)
     base_url: str | None = Field(default=None, description="Server URL for vllm-server.")
+    allow_code_execution: bool = Field(
+        default=False, description="Let lm-eval run tasks that execute model-written code."
+    )
+    cache_dir: str | None = Field(default=None, description="The result cache; None: none.")
+    reuse_cached: bool = Field(
+        default=True, description="False: recompute every task (and refresh the cache)."
+    )
     output_dir: str
 
 
@@ -53,6 +86,12 @@ class EvaluateResult(ApiModel):
     model_size_bytes: int | None = None
     results_path: str = Field(description="lm-eval's results JSON, as lm-eval wrote it.")
     samples_dir: str = Field(description="Per-sample logs, one JSONL per task.")
+    cached_tasks: list[str] = Field(
+        default_factory=list, description="Tasks whose results were reused from the cache."
+    )
+    cache_keys: dict[str, str] = Field(
+        default_factory=dict, description="Each task's result cache key."
+    )
 
 
 def task_manager(task_paths: list[str]) -> Any:
@@ -61,9 +100,35 @@ def task_manager(task_paths: list[str]) -> Any:
     return TaskManager(include_path=[str(builtin_task_dir()), *task_paths])
 
 
-def unknown_tasks(names: list[str], task_paths: list[str]) -> list[str]:
-    """The names lm-eval does not know (tasks, groups and tags), given the include paths."""
+def known_tasks(task_paths: list[str], cache_dir: Path | None = None) -> set[str]:
+    """Every task, group and tag lm-eval knows with these include paths.
+
+    Indexing them takes lm-eval seconds; with ``cache_dir`` the list is remembered under
+    the lm-eval version and the contents of the task folders.
+    """
+    memo = None
+    if cache_dir is not None:
+        folders = [builtin_task_dir(), *map(Path, task_paths)]
+        digest = key_of(
+            [installed_version("lm_eval"), task_config_digest(folders, cache_dir / "digests")]
+        )
+        memo = cache_dir / "lm-eval-tasks" / f"{digest}.json"
+        with suppress(OSError, ValueError):
+            return set(json.loads(memo.read_text()))
     known = set(task_manager(task_paths).all_tasks)
+    if memo is not None:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo.with_name(f".{memo.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(sorted(known)))
+        tmp.replace(memo)
+    return known
+
+
+def unknown_tasks(
+    names: list[str], task_paths: list[str], cache_dir: Path | None = None
+) -> list[str]:
+    """The names lm-eval does not know (tasks, groups and tags), given the include paths."""
+    known = known_tasks(task_paths, cache_dir)
     return [n for n in names if n not in known]
 
 
@@ -102,55 +167,123 @@ def _model_args(inp: EvaluateInput, path: Path) -> dict[str, Any]:
     return args | dict(inp.model_args)
 
 
-def run(inp: EvaluateInput) -> EvaluateResult:
-    import lm_eval
-    from lm_eval.api.registry import get_model
-    from lm_eval.utils import handle_non_serializable
+# --- the result cache ------------------------------------------------------------------
 
-    path = resolve(inp.model)
-    tm = task_manager(inp.task_paths)
-    missing = [t.name for t in inp.tasks if t.name not in set(tm.all_tasks)]
-    if missing:
-        raise StageError(
-            "UnknownTask",
-            f"lm-eval does not know {missing}; check spec.tasks "
-            "names (lm-eval --tasks list) or add their folder to spec.taskPaths",
+
+@dataclass
+class Lookup:
+    """Each task's cache key (and what it covers) and the tasks found in the cache."""
+
+    cache: ResultCache | None = None
+    fields: dict[str, dict[str, Any]] = field(default_factory=dict)
+    keys: dict[str, str] = field(default_factory=dict)
+    hits: dict[str, CachedTask] = field(default_factory=dict)
+
+
+def backend_config(inp: EvaluateInput) -> dict[str, Any]:
+    """The backend settings that can change scores (part of every task's cache key)."""
+    backend = Backend(inp.backend)
+    return {
+        "batchSize": inp.batch_size,
+        "modelArgs": dict(inp.model_args),
+        "libraries": {p: installed_version(p) for p in BACKEND_LIBRARIES[backend]},
+    }
+
+
+def lookup(inp: EvaluateInput, path: Path) -> Lookup:
+    """Keys for every task of ``inp`` on the model at ``path``, and the cached ones."""
+    if inp.cache_dir is None:
+        return Lookup()
+    cache = ResultCache(Path(inp.cache_dir))
+    identity = model_identity(inp.model.uri, inp.model.revision, path, cache.digests)
+    folders = [builtin_task_dir(), *map(Path, inp.task_paths)]
+    config = task_config_digest(folders, cache.digests)
+    harness, settings = installed_version("lm_eval"), backend_config(inp)
+    fields = {
+        t.name: evaluation_fields(
+            model=identity,
+            task=t.name,
+            num_fewshot=t.num_fewshot,
+            limit=t.limit,
+            task_config=config,
+            harness_version=harness,
+            backend=str(inp.backend),
+            backend_config=settings,
+            seed=inp.seed,
+        )
+        for t in inp.tasks
+    }
+    keys = {name: key_of(f) for name, f in fields.items()}
+    hits = {}
+    if inp.reuse_cached:
+        hits = {name: hit for name, key in keys.items() if (hit := cache.get_task(key))}
+    return Lookup(cache, fields, keys, hits)
+
+
+def reuse(inp: EvaluateInput) -> EvaluateResult | None:
+    """The stage's result when every task is in the cache (without loading lm-eval or the
+    model; a model that is not on this machine yet counts as not cached), else None."""
+    if inp.cache_dir is None or not inp.reuse_cached:
+        return None
+    try:
+        path = resolve(inp.model, local_only=True)
+    except StageError:
+        return None
+    found = lookup(inp, path)
+    if len(found.hits) != len(inp.tasks):
+        return None
+    try:
+        return finish(inp, path, found, {}, {})
+    except StageError:  # e.g. spec.tasks[].metric not in the results: the stage says why
+        return None
+
+
+def store(
+    inp: EvaluateInput, found: Lookup, tasks: list[Task], results: dict[str, Any], samples: Path
+) -> None:
+    """Put the freshly computed tasks into the cache."""
+    if found.cache is None:
+        return
+    for task in tasks:
+        files = {
+            leaf: samples / f"{leaf}.jsonl"
+            for leaf in leaf_tasks(results, task.name)
+            if (samples / f"{leaf}.jsonl").is_file()
+        }
+        found.cache.put_task(
+            found.keys[task.name],
+            task.name,
+            found.fields[task.name],
+            task_slice(results, task.name),
+            files,
+            source=f"{inp.output_dir} ({inp.model_name})",
         )
 
-    extra: dict[str, Any] = {"batch_size": inp.batch_size}
-    if inp.backend == Backend.HF:
-        extra["device"] = "cuda" if _has_gpu() else "cpu"
-    lm = get_model(LM_EVAL_MODEL[Backend(inp.backend)]).create_from_arg_obj(
-        _model_args(inp, path), extra
-    )
-    parts = []
-    for (shots, limit), names in group_by_settings(inp.tasks).items():
-        out = lm_eval.simple_evaluate(
-            model=lm,
-            tasks=names,
-            num_fewshot=shots,
-            limit=limit,
-            task_manager=tm,
-            log_samples=True,
-            random_seed=inp.seed,
-            numpy_random_seed=inp.seed,
-            torch_random_seed=inp.seed,
-            fewshot_random_seed=inp.seed,
-        )
-        if out is None:  # only non-zero ranks of a distributed run return None
-            raise StageError("EvaluationFailed", "lm-eval returned no results")
-        parts.append(dict(out))
-    results = merge_results(parts)
 
+def finish(
+    inp: EvaluateInput,
+    path: Path,
+    found: Lookup,
+    fresh: dict[str, Any],
+    fresh_samples: dict[str, list[Any]],
+) -> EvaluateResult:
+    """Write results.json and samples/ from fresh and cached results; parse the scores."""
     out_dir = Path(inp.output_dir)
     samples_dir = out_dir / "samples"
     samples_dir.mkdir(parents=True, exist_ok=True)
-    for task, samples in results.pop("samples", {}).items():
-        with (samples_dir / f"{task}.jsonl").open("w") as f:
+    for task, samples in fresh_samples.items():
+        target = samples_dir / f"{task}.jsonl"
+        target.unlink(missing_ok=True)  # never write through a link
+        with target.open("w") as f:
             for sample in samples:
-                f.write(json.dumps(sample, default=handle_non_serializable) + "\n")
+                f.write(json.dumps(sample, default=str) + "\n")
+    for hit in found.hits.values():
+        for leaf, cached in hit.samples.items():
+            shutil.copyfile(cached, samples_dir / f"{leaf}.jsonl")
+    results = merge_results(([fresh] if fresh else []) + [h.results for h in found.hits.values()])
     results_path = out_dir / "results.json"
-    results_path.write_text(json.dumps(results, indent=2, default=handle_non_serializable))
+    results_path.write_text(json.dumps(results, indent=2, default=str))
+    store(inp, found, [t for t in inp.tasks if t.name not in found.hits], fresh, samples_dir)
 
     primary = {t.name: t.metric for t in inp.tasks if t.metric}
     try:
@@ -165,7 +298,68 @@ def run(inp: EvaluateInput) -> EvaluateResult:
         model_size_bytes=size_on_disk(path),
         results_path=str(results_path),
         samples_dir=str(samples_dir),
+        cached_tasks=[t.name for t in inp.tasks if t.name in found.hits],
+        cache_keys=found.keys,
     )
+
+
+# --- lm-eval ---------------------------------------------------------------------------
+
+
+def evaluate(
+    inp: EvaluateInput, path: Path, tasks: list[Task]
+) -> tuple[dict[str, Any], dict[str, list[Any]]]:
+    """Run lm-eval on ``tasks``: its results document (without samples) and the samples."""
+    import lm_eval
+    from lm_eval.api.registry import get_model
+    from lm_eval.utils import handle_non_serializable
+
+    tm = task_manager(inp.task_paths)
+    missing = [t.name for t in tasks if t.name not in set(tm.all_tasks)]
+    if missing:
+        raise StageError(
+            "UnknownTask",
+            f"lm-eval does not know {missing}; check spec.tasks "
+            "names (lm-eval --tasks list) or add their folder to spec.taskPaths",
+        )
+    if inp.allow_code_execution:
+        os.environ["HF_ALLOW_CODE_EVAL"] = "1"  # HF evaluate's code_eval asks for it too
+
+    extra: dict[str, Any] = {"batch_size": inp.batch_size}
+    if inp.backend == Backend.HF:
+        extra["device"] = "cuda" if _has_gpu() else "cpu"
+    lm = get_model(LM_EVAL_MODEL[Backend(inp.backend)]).create_from_arg_obj(
+        _model_args(inp, path), extra
+    )
+    parts = []
+    for (shots, limit), names in group_by_settings(tasks).items():
+        out = lm_eval.simple_evaluate(
+            model=lm,
+            tasks=names,
+            num_fewshot=shots,
+            limit=limit,
+            task_manager=tm,
+            log_samples=True,
+            random_seed=inp.seed,
+            numpy_random_seed=inp.seed,
+            torch_random_seed=inp.seed,
+            fewshot_random_seed=inp.seed,
+            confirm_run_unsafe_code=inp.allow_code_execution,
+        )
+        if out is None:  # only non-zero ranks of a distributed run return None
+            raise StageError("EvaluationFailed", "lm-eval returned no results")
+        parts.append(dict(out))
+    # One JSON round trip makes everything plain data (lm-eval's own serializer).
+    results = json.loads(json.dumps(merge_results(parts), default=handle_non_serializable))
+    return results, results.pop("samples", {})
+
+
+def run(inp: EvaluateInput) -> EvaluateResult:
+    path = resolve(inp.model)
+    found = lookup(inp, path)
+    todo = [t for t in inp.tasks if t.name not in found.hits]
+    fresh, samples = evaluate(inp, path, todo) if todo else ({}, {})
+    return finish(inp, path, found, fresh, samples)
 
 
 def _has_gpu() -> bool:

@@ -11,13 +11,19 @@ from qeval.stages.envelope import StageError
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 
 
-def resolve(source: ModelSource) -> Path:
-    """A local directory holding the model, or StageError(ModelNotFound) saying why not."""
+def resolve(source: ModelSource, local_only: bool = False) -> Path:
+    """A local directory holding the model, or StageError(ModelNotFound) saying why not.
+
+    ``local_only``: never download or build; a model not already here is not found.
+    """
     kind = model_kind(source.uri)
     if kind == "demo":
         from qeval.demo.model import demo_model_path
 
-        return demo_model_path()
+        try:
+            return demo_model_path(build=not local_only)
+        except FileNotFoundError as e:
+            raise StageError("ModelNotFound", str(e)) from e
     if kind == "local":
         path = Path(source.uri).expanduser()
     elif kind == "pvc":
@@ -28,7 +34,9 @@ def resolve(source: ModelSource) -> Path:
 
         repo = source.uri.removeprefix("hf://")
         try:
-            return Path(snapshot_download(repo, revision=source.revision))
+            return Path(
+                snapshot_download(repo, revision=source.revision, local_files_only=local_only)
+            )
         except Exception as e:  # offline, gated, or missing
             raise StageError(
                 "ModelNotFound",

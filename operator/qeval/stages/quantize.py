@@ -1,4 +1,9 @@
-"""The quantize stage: llm-compressor ``oneshot`` on a base model, saved as compressed-tensors."""
+"""The quantize stage: llm-compressor ``oneshot`` on a base model, saved as compressed-tensors.
+
+With a result cache (``cache_dir``), a quantization already done under the same key (base
+model contents, recipe, calibration, output folder, library versions) whose output folder
+still holds exactly what was written is reused instead of redone (``reuse``).
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from qeval.api.common import ApiModel, ModelSource
 from qeval.api.quantizedmodel import Calibration
+from qeval.results.cache import (
+    ResultCache,
+    installed_version,
+    key_of,
+    model_identity,
+    quantization_fields,
+    tree_digest,
+)
 from qeval.stages.envelope import StageError
 from qeval.stages.models import resolve, size_on_disk
 
@@ -28,6 +41,8 @@ class QuantizeInput(ApiModel):
     )
     output_dir: str = Field(description="Directory the quantized model is written to.")
     seed: int = 0
+    cache_dir: str | None = Field(default=None, description="The result cache; None: none.")
+    reuse_cached: bool = Field(default=True, description="False: quantize again.")
 
 
 class QuantizeResult(ApiModel):
@@ -39,6 +54,7 @@ class QuantizeResult(ApiModel):
     base_size_bytes: int
     compression_ratio: float
     quantize_seconds: float = Field(description="Wall time of oneshot alone.")
+    cached: bool = Field(default=False, description="Reused from the result cache.")
 
 
 def load_texts(calibration: Calibration) -> list[str] | None:
@@ -79,7 +95,61 @@ def calibration_dataset(calibration: Calibration, tokenizer: Any) -> Any:
     )
 
 
+QUANTIZER_LIBRARIES = ("llmcompressor", "compressed-tensors", "transformers", "torch")
+
+
+def cache_key(inp: QuantizeInput, base: Path, cache: ResultCache) -> tuple[str, dict[str, Any]]:
+    """The quantization's cache key and the fields it covers."""
+    fields = quantization_fields(
+        model=model_identity(inp.model.uri, inp.model.revision, base, cache.digests),
+        recipe=inp.recipe,
+        scheme=inp.scheme,
+        calibration=inp.calibration.dump() if inp.calibration else None,
+        output_dir=inp.output_dir,
+        seed=inp.seed,
+        libraries={p: installed_version(p) for p in QUANTIZER_LIBRARIES},
+    )
+    return key_of(fields), fields
+
+
+def reuse(inp: QuantizeInput) -> QuantizeResult | None:
+    """The cached result, if this quantization was done under the same key and its output
+    folder still holds exactly what it wrote (without importing torch); else None."""
+    if inp.cache_dir is None or not inp.reuse_cached:
+        return None
+    try:
+        base = resolve(inp.model, local_only=True)
+    except StageError:
+        return None
+    cache = ResultCache(Path(inp.cache_dir))
+    key, _ = cache_key(inp, base, cache)
+    entry = cache.get_quantization(key)
+    out = Path(inp.output_dir)
+    if entry is None or not (out / "config.json").is_file():
+        return None
+    if tree_digest(out, cache.digests) != entry["outputDigest"]:
+        return None
+    try:
+        result = QuantizeResult.model_validate(entry.get("result"))
+    except ValidationError:  # a damaged entry is a miss
+        return None
+    return result.model_copy(update={"cached": True})
+
+
 def run(inp: QuantizeInput) -> QuantizeResult:
+    if (cached := reuse(inp)) is not None:
+        return cached
+    result = quantize(inp)
+    if inp.cache_dir is not None:
+        cache = ResultCache(Path(inp.cache_dir))
+        key, fields = cache_key(inp, resolve(inp.model, local_only=True), cache)
+        digest = tree_digest(Path(result.output_dir), cache.digests)
+        cache.put_quantization(key, fields, result.dump(), digest)
+    return result
+
+
+def quantize(inp: QuantizeInput) -> QuantizeResult:
+    """llm-compressor ``oneshot`` with the recipe; the compressed model saved to output_dir."""
     import torch
     from llmcompressor import oneshot
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -1,0 +1,205 @@
+"""The report as Markdown and as self-contained HTML (figures embedded), from one outline."""
+
+from __future__ import annotations
+
+import base64
+import html
+from dataclasses import dataclass
+from pathlib import Path
+
+from qeval.report.model import Run
+from qeval.report.plots import primary_tasks
+from qeval.report.recommend import pct, recommend
+
+CACHED_MARK = "†"
+SIGNIFICANT_MARK = "*"
+
+
+@dataclass(frozen=True)
+class Table:
+    headers: list[str]
+    rows: list[list[str]]
+
+
+@dataclass(frozen=True)
+class Image:
+    path: Path
+    alt: str
+
+
+Block = str | Table | Image | list[str]  # a paragraph, a table, a figure, a bullet list
+
+
+@dataclass(frozen=True)
+class Section:
+    title: str
+    blocks: list[Block]
+
+
+def _pm(value: float | None, stderr: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" + (f" ± {stderr:.3f}" if stderr is not None else "")
+
+
+def _interval(value: float | None, low: float | None, high: float | None) -> str:
+    if value is None:
+        return "-"
+    if low is None or high is None:
+        return pct(value)
+    return f"{100 * value:.1f} % [{100 * low:.1f}, {100 * high:.1f}]"
+
+
+def _size(size: int | None, ratio: float | None = None) -> str:
+    if not size:
+        return "-"
+    return f"{size / 2**20:.1f} MiB" + (f" ({ratio:.1f}x)" if ratio else "")
+
+
+def results_table(run: Run) -> Table:
+    """Per model: scheme, size, per task the primary score and recovery, mean, verdict."""
+    status = run.status
+    tasks = primary_tasks(run)
+    cached = set(status.cached)
+    score = {(s.model, s.task, s.metric, s.filter): s for s in status.scores}
+    recovery = {(r.model, r.task, r.metric, r.filter): r for r in status.recovery}
+    headers = ["model", "scheme", "size"]
+    for task, metric, _ in tasks:
+        headers += [f"{task} ({metric})", "recovery [95 % CI]"]
+    headers += ["mean recovery [95 % CI]", "verdict"]
+    rows = [[run.baseline, run.scheme(run.baseline), _size(status.baseline_size_bytes)]]
+    for task, metric, filt in tasks:
+        s = score.get((run.baseline, task, metric, filt))
+        mark = CACHED_MARK if f"{run.baseline}/{task}" in cached else ""
+        rows[0] += [(_pm(s.value, s.stderr) if s else "-") + mark, ""]
+    rows[0] += ["", ""]
+    for c in status.candidates:
+        row = [c.name, c.scheme or "-", _size(c.size_bytes, c.compression_ratio)]
+        for task, metric, filt in tasks:
+            s = score.get((c.name, task, metric, filt))
+            r = recovery.get((c.name, task, metric, filt))
+            mark = CACHED_MARK if f"{c.name}/{task}" in cached else ""
+            row.append((_pm(s.value, s.stderr) if s else "-") + mark)
+            cell = _interval(r.value, r.ci_low, r.ci_high) if r else "-"
+            if r and r.p_value is not None:
+                cell += f" p={r.p_value:.2g}" + (SIGNIFICANT_MARK if r.significant else "")
+            row.append(cell)
+        row.append(_interval(c.mean_recovery, c.mean_recovery_ci_low, c.mean_recovery_ci_high))
+        row.append(c.verdict or "-")
+        rows.append(row)
+    return Table(headers, rows)
+
+
+def suite_table(run: Run) -> Table | None:
+    if not run.status.suite_scores:
+        return None
+    rows = [
+        [s.model, s.suite, f"{100 * s.value:.2f}", pct(s.recovery) if s.recovery else ""]
+        for s in run.status.suite_scores
+    ]
+    return Table(["model", "suite", "score (x100)", "recovery"], rows)
+
+
+def outline(run: Run, figures: dict[str, Path | None]) -> tuple[str, list[Section]]:
+    """The report's title and sections."""
+    status = run.status
+    title = f"EvalRun {run.name}" + (f": {status.phase}" if status.phase else "")
+    n_results = len({(s.model, s.task) for s in status.scores if s.primary})
+    intro = (
+        f"Baseline {run.baseline}; {len(status.candidates)} candidates; recovery threshold "
+        f"{pct(run.threshold)}. Verdicts: Pass when the mean recovery's 95 % interval lies "
+        "at or above the threshold (and no task's below it), Degraded when the mean's or a "
+        "task's interval lies wholly below it, else Inconclusive."
+    )
+    notes = [
+        f"{SIGNIFICANT_MARK} the paired test on the same items (McNemar for 0/1 metrics, "
+        "paired bootstrap otherwise) finds the candidate significantly worse (p < 0.05)."
+    ]
+    if status.cached:
+        notes.append(
+            f"{CACHED_MARK} reused from the result cache ({len(status.cached)} of {n_results} "
+            "model/task results); nothing was recomputed for them."
+        )
+    sections = [Section("Results", [intro, results_table(run), notes])]
+    if (suites := suite_table(run)) is not None:
+        sections.append(Section("Suite scores", [suites]))
+    for key, heading, missing in (
+        ("recovery", "Recovery per task and scheme", "No recovery to plot."),
+        ("size", "Score against model size", "No sizes to plot."),
+        (
+            "performance",
+            "Latency against throughput",
+            "The serving stage did not run: no latency or throughput was measured.",
+        ),
+    ):
+        path = figures.get(key)
+        sections.append(Section(heading, [Image(path, heading) if path else missing]))
+    sections.append(Section("Recommendation", [recommend(run)]))
+    if status.failures:
+        sections.append(
+            Section("Failures", [[f"{f.stage}: {f.reason}: {f.message}" for f in status.failures]])
+        )
+    return title, sections
+
+
+def _md(text: str) -> str:
+    """Text safe in a Markdown paragraph, list item or table cell."""
+    return text.replace("*", "\\*").replace("|", "\\|").replace("\n", " ")
+
+
+def markdown(title: str, sections: list[Section]) -> str:
+    out = [f"# {title}", ""]
+    for section in sections:
+        out += [f"## {section.title}", ""]
+        for block in section.blocks:
+            if isinstance(block, Table):
+                out.append("| " + " | ".join(map(_md, block.headers)) + " |")
+                out.append("|" + "---|" * len(block.headers))
+                out += ["| " + " | ".join(map(_md, row)) + " |" for row in block.rows]
+            elif isinstance(block, Image):
+                out.append(f"![{block.alt}]({block.path.name})")
+            elif isinstance(block, list):
+                out += [f"- {_md(item)}" for item in block]
+            else:
+                out.append(_md(block))
+            out.append("")
+    return "\n".join(out)
+
+
+STYLE = (
+    "body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
+    "table{border-collapse:collapse;font-size:0.9em}"
+    "th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}"
+    "th:first-child,td:first-child,td:nth-child(2){text-align:left}"
+    "th{background:#f3f3f3}img{max-width:100%}"
+)
+
+
+def html_page(title: str, sections: list[Section]) -> str:
+    """A self-contained HTML page: the figures embedded as data: URIs."""
+    e = html.escape
+    out = [
+        "<!DOCTYPE html>",
+        f'<html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>',
+        f"<style>{STYLE}</style></head><body>",
+        f"<h1>{e(title)}</h1>",
+    ]
+    for section in sections:
+        out.append(f"<h2>{e(section.title)}</h2>")
+        for block in section.blocks:
+            if isinstance(block, Table):
+                out.append("<table><thead><tr>")
+                out += [f"<th>{e(h)}</th>" for h in block.headers]
+                out.append("</tr></thead><tbody>")
+                for row in block.rows:
+                    out.append("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>")
+                out.append("</tbody></table>")
+            elif isinstance(block, Image):
+                data = base64.b64encode(block.path.read_bytes()).decode()
+                out.append(f'<p><img alt="{e(block.alt)}" src="data:image/png;base64,{data}"></p>')
+            elif isinstance(block, list):
+                out.append("<ul>" + "".join(f"<li>{e(i)}</li>" for i in block) + "</ul>")
+            else:
+                out.append(f"<p>{e(block)}</p>")
+    out.append("</body></html>")
+    return "\n".join(out)

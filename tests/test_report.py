@@ -1,0 +1,227 @@
+"""The report: files written (Markdown, HTML with embedded PNGs), the recommendation follows
+the numbers, ``qeval report`` on a run folder, and the aggregate stage building the status
+and the report from result documents alone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from qeval.api.evalrun import CandidateSummary, EvalRunStatus, Recovery, Score
+from qeval.cli import main
+from qeval.report import PerfPoint, Run, load_run, write_report
+from qeval.report.recommend import latency_pick, recommend, throughput_pick
+from qeval.stages import aggregate
+from qeval.stages.envelope import StageResult, StageStatus
+
+PNG = b"\x89PNG\r\n\x1a\n"
+MIB = 2**20
+# name, scheme, size (MiB), score on t1 and t2, recovery, ci half-width, verdict
+MODELS = [
+    ("fp8", "W8A8-FP8", 8, 0.80, 0.60, 1.00, 0.01, "Pass"),
+    ("int8", "W8A8-INT8", 8, 0.79, 0.60, 0.99, 0.01, "Pass"),
+    ("w4a16", "W4A16", 4.5, 0.70, 0.50, 0.86, 0.02, "Degraded"),
+    ("w2a16", "W2A16", 2.5, 0.40, 0.30, 0.50, 0.03, "Degraded"),
+]
+
+
+def status(verdicts: dict[str, str] | None = None) -> EvalRunStatus:
+    scores = [
+        Score(model="bf16", task=t, metric="acc", value=v, stderr=0.01, primary=True)
+        for t, v in (("t1", 0.80), ("t2", 0.60))
+    ]
+    recovery, candidates = [], []
+    for name, scheme, mib, s1, s2, rec, half, verdict in MODELS:
+        verdict = (verdicts or {}).get(name, verdict)
+        for task, value in (("t1", s1), ("t2", s2)):
+            scores.append(
+                Score(model=name, task=task, metric="acc", value=value, stderr=0.01, primary=True)
+            )
+            recovery.append(
+                Recovery(
+                    model=name,
+                    task=task,
+                    metric="acc",
+                    value=rec,
+                    stderr=half / 2,
+                    ci_low=rec - half,
+                    ci_high=rec + half,
+                    test="mcnemar",
+                    p_value=0.5 if rec > 0.95 else 1e-5,
+                    significant=rec < 0.95,
+                )
+            )
+        candidates.append(
+            CandidateSummary(
+                name=name,
+                scheme=scheme,
+                size_bytes=int(mib * MIB),
+                compression_ratio=16 / mib,
+                mean_recovery=rec,
+                mean_recovery_stderr=half / 2,
+                mean_recovery_ci_low=rec - half,
+                mean_recovery_ci_high=rec + half,
+                verdict=verdict,
+            )
+        )
+    return EvalRunStatus(
+        phase="Succeeded",
+        baseline_size_bytes=16 * MIB,
+        scores=scores,
+        recovery=recovery,
+        candidates=candidates,
+        cached=["bf16/t1", "fp8/t1"],
+    )
+
+
+def test_report_files_and_contents(tmp_path):
+    run = Run(name="study", baseline="bf16", status=status())
+    paths = write_report(run, tmp_path)
+    names = sorted(p.name for p in paths)
+    assert names == ["recovery.png", "report.html", "report.md", "size.png"]
+    for png in ("recovery.png", "size.png"):
+        assert (tmp_path / png).read_bytes().startswith(PNG)
+    md = (tmp_path / "report.md").read_text()
+    assert "| fp8 | W8A8-FP8 | 8.0 MiB (2.0x) |" in md and "![Recovery per task" in md
+    assert (
+        "p=1e-05\\*" in md and "Degraded" in md and "† reused from the result cache (2 of 10" in md
+    )
+    assert "The serving stage did not run" in md
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 2 and "<table>" in page
+
+
+def test_recommendation_without_serving_measurements_says_where_it_disagrees():
+    run = Run(name="study", baseline="bf16", status=status())
+    latency = latency_pick(run)
+    # W4A16 is Degraded here, so the smallest passing candidate is a W8A8 one.
+    assert latency.basis == "size" and latency.model in ("fp8", "int8") and not latency.agrees
+    assert "differs from the studies' advice (W4A16)" in latency.text
+    assert "w4a16 (W4A16) is Degraded" in latency.text
+    throughput = throughput_pick(run)
+    assert throughput.model is None and "not measured" in throughput.text
+    assert "fp8 (W8A8-FP8" in throughput.text
+    notes = recommend(run)[2:]
+    assert any("Unlike in the studies" in n and "w4a16" in n for n in notes)
+
+
+def test_recommendation_follows_measured_latency_and_throughput():
+    perf = (
+        PerfPoint("bf16", "synchronous", 2.0, 100.0),
+        PerfPoint("fp8", "synchronous", 1.4, 140.0),
+        PerfPoint("w4a16", "synchronous", 1.0, 200.0),
+        PerfPoint("bf16", "throughput", 30.0, 4000.0),
+        PerfPoint("fp8", "throughput", 20.0, 7000.0),
+        PerfPoint("w4a16", "throughput", 25.0, 5000.0),
+    )
+    run = Run(name="s", baseline="bf16", status=status({"w4a16": "Pass"}), performance=perf)
+    latency, throughput = latency_pick(run), throughput_pick(run)
+    assert (latency.model, latency.basis, latency.agrees) == ("w4a16", "measured", True)
+    assert "2.00x the baseline's speed" in latency.text
+    assert (throughput.model, throughput.agrees) == ("fp8", True)
+    # The same numbers with W4A16 faster under load too: the measurements disagree.
+    faster = perf[:-1] + (PerfPoint("w4a16", "throughput", 10.0, 9000.0),)
+    run = Run(name="s", baseline="bf16", status=status({"w4a16": "Pass"}), performance=faster)
+    assert throughput_pick(run).model == "w4a16" and not throughput_pick(run).agrees
+    assert "differs from the studies' advice (W8A8)" in throughput_pick(run).text
+
+
+def test_performance_figure_when_serving_ran(tmp_path):
+    perf = (PerfPoint("bf16", "synchronous", 2.0, 100.0), PerfPoint("fp8", "throughput", 9, 999))
+    paths = write_report(
+        Run(name="s", baseline="bf16", status=status(), performance=perf), tmp_path
+    )
+    assert (tmp_path / "performance.png").read_bytes().startswith(PNG)
+    assert tmp_path / "performance.png" in paths
+
+
+def test_qeval_report_on_a_run_folder(tmp_path, capsys):
+    obj = {
+        "apiVersion": "qeval.dev/v1alpha1",
+        "kind": "EvalRun",
+        "metadata": {"name": "study"},
+        "spec": {"baseline": {"name": "bf16"}, "recoveryThreshold": 0.9},
+        "status": {
+            **status().dump(),
+            "performance": [
+                {
+                    "model": "fp8",
+                    "scenario": "synchronous",
+                    "latencySeconds": 1.0,
+                    "outputTokensPerSecond": 50.0,
+                }
+            ],
+        },
+    }
+    (tmp_path / "objects.yaml").write_text(yaml.safe_dump_all([obj]))
+    assert main(["report", str(tmp_path)]) == 0
+    assert "report.html" in capsys.readouterr().out
+    run = load_run(tmp_path)
+    assert run.threshold == 0.9 and run.performance[0].model == "fp8"
+    assert (tmp_path / "report" / "performance.png").is_file()
+    (tmp_path / "objects.yaml").unlink()
+    (tmp_path / "status.json").write_text(json.dumps(status().dump()))
+    assert load_run(tmp_path).baseline == "bf16"  # inferred from the scores
+
+
+# --- the aggregate stage: from result documents alone ---------------------------------
+
+
+def _evaluation(root: Path, model: str, answers: list[int]) -> Path:
+    """An evaluate stage's result document with lm-eval's results JSON and samples."""
+    stage = root / f"evaluate-{model}"
+    (stage / "samples").mkdir(parents=True)
+    value = sum(answers) / len(answers)
+    (stage / "results.json").write_text(
+        json.dumps({"results": {"t": {"acc,none": value}}, "group_subtasks": {}})
+    )
+    with (stage / "samples" / "t.jsonl").open("w") as f:
+        for i, a in enumerate(answers):
+            f.write(json.dumps({"doc_id": i, "filter": "none", "acc": float(a)}) + "\n")
+    result = {
+        "modelName": model,
+        "backend": "hf",
+        "harnessVersion": "0.4.13",
+        "scores": [
+            Score(
+                model=model, task="t", metric="acc", value=value, stderr=0.01, primary=True
+            ).dump()
+        ],
+        "modelSizeBytes": 1000 if model == "base" else 250,
+        "resultsPath": str(stage / "results.json"),
+        "samplesDir": str(stage / "samples"),
+        "cachedTasks": ["t"] if model == "base" else [],
+    }
+    doc = StageResult(
+        stage=stage.name, kind="evaluate", status=StageStatus.SUCCEEDED, result=result
+    )
+    doc.write(stage / "result.json")
+    return stage / "result.json"
+
+
+def test_aggregate_from_documents_with_paired_samples_and_report(tmp_path):
+    base = [1] * 180 + [0] * 20
+    worse = [1] * 140 + [0] * 60  # loses 40 answers the baseline had
+    inp = aggregate.AggregateInput(
+        baseline=aggregate.ModelResults(
+            name="base", evaluate=str(_evaluation(tmp_path, "base", base))
+        ),
+        candidates=[
+            aggregate.ModelResults(
+                name="q", scheme="W4A16", evaluate=str(_evaluation(tmp_path, "q", worse))
+            ),
+            aggregate.ModelResults(name="gone", evaluate=str(tmp_path / "nothing" / "result.json")),
+        ],
+        results_location=str(tmp_path),
+        run_name="r",
+        report_dir=str(tmp_path / "report"),
+    )
+    status = aggregate.run(inp)
+    (rec,) = status.recovery
+    assert rec.test == "mcnemar" and rec.significant and rec.p_value < 1e-9
+    assert rec.value == 0.7 / 0.9 and rec.ci_high < 0.85
+    assert status.candidates[0].verdict == "Degraded" and status.cached == ["base/t"]
+    assert [f.reason for f in status.failures] == ["NoResult"]
+    assert (tmp_path / "report" / "report.md").is_file()
