@@ -172,3 +172,12 @@ def test_a_stage_pod_environment_names_its_result_configmap() -> None:
     assert where["owner"]["uid"] == "1234-uid"
     assert where["labels"][m.LABEL_STAGE] == "quantize-llama-3.1-8b-w4a16"
     assert target({}) is None
+
+
+def test_the_spec_digest_covers_the_immutable_fields_only() -> None:
+    qm = llama_w4a16()
+    before = m.spec_digest(qm.spec)
+    qm.spec.scheduling.gpus = 8  # mutable: a new Job would get it, nothing was invalidated
+    assert m.spec_digest(qm.spec) == before
+    qm.spec.group_size = 64
+    assert m.spec_digest(qm.spec) != before

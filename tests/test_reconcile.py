@@ -127,7 +127,7 @@ def test_an_image_that_cannot_be_pulled_fails_the_model() -> None:
 
 def test_a_spec_changed_under_a_running_job_is_refused() -> None:
     stage = "quantize-tiny-llama-w4a16"
-    job = JobState(stage, "j", "Running", created=T0, input_digest="not-the-same")
+    job = JobState(stage, "j", "Running", created=T0, spec_digest="not-the-same")
     d = qm_decision(Observed(jobs={stage: job}))
     assert d.create == ()
     assert conditions(d)["Accepted"] == ("False", "SpecChanged")
@@ -251,6 +251,8 @@ def test_job_states_from_job_conditions() -> None:
         "metadata": {"name": "j", "labels": {m.LABEL_STAGE: "s"}, "creationTimestamp": T0},
         "status": {},
     }
+    assert job_state(job).phase == "Pending"
+    job["status"] = {"active": 1, "ready": 0}  # e.g. pulling its image
     assert job_state(job).phase == "Pending"
     job["status"] = {"active": 1, "ready": 1}
     assert job_state(job).phase == "Running"

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
-from qeval.api.common import VOLUMES_ROOT, SecretKeyRef
+from qeval.api.common import VOLUMES_ROOT, ApiModel, SecretKeyRef
 from qeval.k8s.settings import OperatorSettings
 from qeval.plan import Layout, Stage
 
@@ -31,6 +31,7 @@ LABEL_OWNER_UID = "qeval.dev/owner-uid"
 LABEL_RESULT = "qeval.dev/result"  # on result ConfigMaps only
 LABEL_CACHE_KEY = "qeval.dev/cache-key"
 ANNOTATION_INPUT_DIGEST = "qeval.dev/input-digest"
+ANNOTATION_SPEC_DIGEST = "qeval.dev/spec-digest"  # of the owner's immutable spec fields
 KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 GPU = "nvidia.com/gpu"
 
@@ -76,6 +77,27 @@ def digest(value: Any, length: int = 64) -> str:
     """A stable hex digest of a JSON-able value."""
     text = json.dumps(value, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def spec_digest(spec: ApiModel) -> str:
+    """A digest of the fields of ``spec`` that must not change (those with a CEL
+    ``self == oldSelf`` rule): a Job created under another value means the spec changed."""
+    fixed = {}
+    for name, info in type(spec).model_fields.items():
+        extra = info.json_schema_extra
+        if isinstance(extra, dict) and "x-kubernetes-validations" in extra:
+            fixed[info.alias or name] = getattr(spec, name)
+    return digest(_jsonable(fixed), 16)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, ApiModel):
+        return value.dump()
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
 
 
 def child_name(owner: str, stage: str) -> str:
@@ -176,8 +198,9 @@ def build_job(
     layout: Layout,
     settings: OperatorSettings,
     token: SecretKeyRef | None = None,
+    owner_spec: str | None = None,
 ) -> dict[str, Any]:
-    """The batch/v1 Job that runs ``stage`` for ``owner``."""
+    """The batch/v1 Job that runs ``stage`` for ``owner`` (``owner_spec``: its spec_digest)."""
     name = child_name(owner.name, stage.name)
     result_path = str(layout.result_path(stage.name))
     argv = stage.argv(f"env:{INPUT_ENV}", result_path)
@@ -238,7 +261,8 @@ def build_job(
             "name": name,
             "namespace": owner.namespace,
             "labels": job_labels,
-            "annotations": {ANNOTATION_INPUT_DIGEST: digest(stage.input)},
+            "annotations": {ANNOTATION_INPUT_DIGEST: digest(stage.input)}
+            | ({ANNOTATION_SPEC_DIGEST: owner_spec} if owner_spec else {}),
             "ownerReferences": [owner.reference()],
         },
         "spec": spec,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter as Tally
 from collections.abc import Iterator
 from contextlib import suppress
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -111,8 +112,9 @@ class Metrics:
         # Series each resource owns, so deleting the resource removes exactly those.
         self._series: dict[tuple[str, str, str], list[tuple[Gauge, tuple[str, ...]]]] = {}
 
-    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
-        start_http_server(port, addr=addr, registry=self.registry)
+    def serve(self, port: int, addr: str = "0.0.0.0") -> tuple[Any, Any]:
+        """Serve /metrics; returns (server, thread), so the server can be shut down."""
+        return start_http_server(port, addr=addr, registry=self.registry)
 
     def phase(self, kind: str, namespace: str, name: str, phase: str | None) -> None:
         if phase:

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from qeval.k8s.manifests import (
     ANNOTATION_INPUT_DIGEST,
+    ANNOTATION_SPEC_DIGEST,
     LABEL_STAGE,
     LABEL_STAGE_KIND,
     RESULT_KEY,
@@ -48,6 +49,8 @@ class JobState:
     message: str | None = None
     created: str | None = None
     input_digest: str | None = None
+    spec_digest: str | None = None  # of the owner's immutable fields when it was created
+    starting: bool = False  # it has a pod, none ready yet (pulling an image, or unscheduled)
 
 
 @dataclass(frozen=True)
@@ -70,11 +73,13 @@ def job_state(job: Mapping[str, Any]) -> JobState:
     """A Job's phase from its conditions (Complete/SuccessCriteriaMet, Failed/FailureTarget)."""
     meta, status = job.get("metadata", {}), job.get("status") or {}
     conditions = status.get("conditions") or []
+    annotations = meta.get("annotations") or {}
     base = {
         "stage": meta.get("labels", {}).get(LABEL_STAGE, ""),
         "name": meta.get("name", ""),
         "created": meta.get("creationTimestamp"),
-        "input_digest": (meta.get("annotations") or {}).get(ANNOTATION_INPUT_DIGEST),
+        "input_digest": annotations.get(ANNOTATION_INPUT_DIGEST),
+        "spec_digest": annotations.get(ANNOTATION_SPEC_DIGEST),
     }
     if failed := _true(conditions, "Failed", "FailureTarget"):
         return JobState(
@@ -85,9 +90,12 @@ def job_state(job: Mapping[str, Any]) -> JobState:
         )
     if _true(conditions, "Complete", "SuccessCriteriaMet"):
         return JobState(phase="Succeeded", **base)
-    if status.get("active") or status.get("ready"):
+    # A pod counts as running once it is ready (Kubernetes >= 1.24 reports `ready`); an
+    # active pod that is not ready may be stuck pulling its image, which only pods show.
+    ready = status["ready"] > 0 if "ready" in status else bool(status.get("active"))
+    if ready:
         return JobState(phase="Running", **base)
-    return JobState(phase="Pending", **base)
+    return JobState(phase="Pending", starting=bool(status.get("active")), **base)
 
 
 def pod_problem(pod: Mapping[str, Any]) -> PodProblem | None:

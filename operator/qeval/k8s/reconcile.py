@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from qeval.api.common import Condition
 from qeval.api.evalrun import EvalRun, EvalRunStatus
 from qeval.api.quantizedmodel import QuantizedModel, QuantizedModelStatus
-from qeval.k8s.manifests import digest
+from qeval.k8s.manifests import spec_digest
 from qeval.k8s.observe import JobState, PodProblem
 from qeval.plan import Layout, PlanError, Stage, build_plan, quantize_stage
 from qeval.stages.envelope import StageResult, StageStatus, failed
@@ -26,6 +26,7 @@ from qeval.status import (
     SPEC_VALID,
     SUCCEEDED,
     condition,
+    failures,
     finish_evalrun,
     quantized_model_status,
 )
@@ -78,6 +79,7 @@ class Decision:
     create: tuple[Stage, ...] = ()
     events: tuple[Event, ...] = ()
     done: bool = False  # nothing will change until the spec or a child does
+    spec_digest: str | None = None  # stamped on the Jobs created, to notice spec changes
 
 
 # --- stages -----------------------------------------------------------------------------
@@ -160,7 +162,10 @@ def _phase_event(old_phase: str | None, new_phase: str | None, message: str) -> 
 
 
 def _created_events(stages: list[Stage]) -> list[Event]:
-    return [Event("Normal", JOB_CREATED, f"created the Job of stage {s.name}") for s in stages]
+    if not stages:
+        return []
+    names = ", ".join(s.name for s in stages)
+    return [Event("Normal", JOB_CREATED, f"created the Jobs of stage(s) {names}")]
 
 
 def invalid_spec(
@@ -214,7 +219,8 @@ def decide_quantized_model(
 
     job = observed.jobs.get(stage.name)
     doc = outcome(stage, observed)
-    drift = job is not None and job.input_digest not in (None, digest(stage.input))
+    fixed = spec_digest(qm.spec)
+    drift = job is not None and job.spec_digest not in (None, fixed)
     if drift:
         msg = "spec changed after quantization started; delete and recreate the QuantizedModel"
         status = old.model_copy(deep=True)
@@ -222,7 +228,7 @@ def decide_quantized_model(
             condition(ACCEPTED, False, SPEC_CHANGED, msg, now, generation),
             *[c for c in old.conditions if c.type != ACCEPTED],
         ]
-        return _qm_decision(old, status, generation, [], done=doc is not None)
+        return _qm_decision(old, status, generation, [], done=doc is not None, spec=fixed)
     if doc is not None:
         try:
             status = quantized_model_status(doc)
@@ -234,7 +240,7 @@ def decide_quantized_model(
             condition(QUANTIZING, False, status.conditions[0].reason, "finished", now, generation),
             *status.conditions,
         ]
-        return _qm_decision(old, status, generation, [], done=True)
+        return _qm_decision(old, status, generation, [], done=True, spec=fixed)
     if job is None:
         create.append(stage)
     message = f"Job {job.name} is {job.phase.lower()}" if job else "creating the quantize Job"
@@ -248,7 +254,7 @@ def decide_quantized_model(
         output=str(stage.input["outputDir"]),
         started_at=job.created if job else None,
     )
-    return _qm_decision(old, status, generation, create)
+    return _qm_decision(old, status, generation, create, spec=fixed)
 
 
 def _qm_decision(
@@ -257,6 +263,7 @@ def _qm_decision(
     generation: int | None,
     create: list[Stage],
     done: bool = False,
+    spec: str | None = None,
 ) -> Decision:
     new.observed_generation = generation
     new.conditions = carry_transition_times(old.conditions, new.conditions)
@@ -264,7 +271,7 @@ def _qm_decision(
     events = _created_events(create) + _phase_event(
         old.phase, new.phase, ready.message if ready else ""
     )
-    return Decision(new.dump(), tuple(create), tuple(events), done)
+    return Decision(new.dump(), tuple(create), tuple(events), done, spec)
 
 
 # --- EvalRun ----------------------------------------------------------------------------
@@ -325,12 +332,8 @@ def decide_evalrun(
 
     external = _external(stages, models)
     own = [s for s in stages if s.name not in external]
-    drifted = [
-        s.name
-        for s in own
-        if (job := observed.jobs.get(s.name)) is not None
-        and job.input_digest not in (None, digest(s.input))
-    ]
+    fixed = spec_digest(run.spec)
+    drifted = sorted(j.stage for j in observed.jobs.values() if j.spec_digest not in (None, fixed))
     accepted = condition(ACCEPTED, True, SPEC_VALID, "spec is valid", now, generation)
     if drifted:  # the run goes on reporting, but starts nothing under a changed spec
         msg = (
@@ -372,7 +375,7 @@ def decide_evalrun(
             status.conditions = [accepted if c.type == ACCEPTED else c for c in status.conditions]
         for c in status.conditions:
             c.observed_generation = generation
-        return _run_decision(old, status, generation, [], done=True)
+        return _run_decision(old, status, generation, [], done=True, spec=fixed)
 
     create = [s for s in own if states[s.name] == StageState.READY and not drifted]
     waiting_models = sorted(
@@ -393,14 +396,14 @@ def decide_evalrun(
         phase=phase,
         progress=f"{done}/{len(own)}",
         started_at=started,
-        failures=[],
+        failures=failures([d for n, d in docs.items() if n in external] + own_docs),
         conditions=[
             accepted,
             _models_condition(waiting_models, now, generation),
             condition(SUCCEEDED, None, reason, message, now, generation),
         ],
     )
-    return _run_decision(old, status, generation, create)
+    return _run_decision(old, status, generation, create, spec=fixed)
 
 
 def _models_condition(waiting: list[str], now: str, generation: int | None) -> Condition:
@@ -429,6 +432,7 @@ def _run_decision(
     generation: int | None,
     create: list[Stage],
     done: bool = False,
+    spec: str | None = None,
 ) -> Decision:
     new.observed_generation = generation
     new.conditions = carry_transition_times(old.conditions, new.conditions)
@@ -436,4 +440,4 @@ def _run_decision(
     events = _created_events(create) + _phase_event(
         old.phase, new.phase, succeeded.message if succeeded else ""
     )
-    return Decision(new.dump(), tuple(create), tuple(events), done)
+    return Decision(new.dump(), tuple(create), tuple(events), done, spec)

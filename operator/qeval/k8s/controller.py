@@ -1,0 +1,264 @@
+"""The controller: one reconcile per resource at a time, from what the watches show.
+
+kopf's event handlers (``handlers``) call ``Controller.reconcile`` whenever a
+QuantizedModel or EvalRun changes, or one of its children does (a stage Job, a result
+ConfigMap, a QuantizedModel a run waits for). A resync loop reconciles every unfinished
+resource every ``resync_seconds`` as well, which catches what no watch shows (a pod stuck
+pulling its image) and retries a run waiting for its models with a delay, never in a busy
+loop. No per-object daemon and no finalizer: deleting a resource never waits for the
+operator, and idle resources cost nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from qeval.api.common import Resource, SecretKeyRef
+from qeval.api.documents import explain
+from qeval.api.evalrun import EvalRun, EvalRunStatus
+from qeval.api.quantizedmodel import QuantizedModel, QuantizedModelStatus
+from qeval.k8s import manifests as m
+from qeval.k8s.kube import Kube
+from qeval.k8s.metrics import Metrics
+from qeval.k8s.observe import JobState, pod_problem
+from qeval.k8s.reconcile import (
+    Decision,
+    ModelState,
+    Observed,
+    decide_evalrun,
+    decide_quantized_model,
+    invalid_spec,
+)
+from qeval.k8s.settings import OperatorSettings
+from qeval.plan import Layout
+from qeval.recipes import scheme_label
+from qeval.stages.envelope import StageResult
+
+log = logging.getLogger(__name__)
+
+ModelRecord = tuple[dict[str, Any], str | None, str]  # a QuantizedModel's spec, phase, message
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class Indexes:
+    """kopf's in-memory indexes of what the operator watches (rebuilt on every start)."""
+
+    jobs: Mapping[str, Collection[JobState]]  # owner uid -> its stage Jobs
+    results: Mapping[str, Collection[StageResult]]  # owner uid -> its result documents
+    models: Mapping[tuple[str, str], Collection[ModelRecord]]  # (namespace, name) -> QM
+    runs_by_model: Mapping[tuple[str, str], Collection[str]]  # (namespace, QM) -> run uids
+
+
+class Controller:
+    """Reconciles QuantizedModels and EvalRuns; holds no state a restart would miss."""
+
+    def __init__(self, config: OperatorSettings, kube: Kube, metrics: Metrics):
+        self.config, self.kube, self.metrics = config, kube, metrics
+        self.indexes: Indexes | None = None
+        self.objects: dict[str, kopf.Body] = {}  # uid -> the latest body seen
+        self.finished: set[str] = set()  # uids nothing will change until an event comes
+        # The status last written per uid: a child's event can arrive before our own status
+        # write comes back through the watch; this spares a duplicate write and Event.
+        self.written: dict[str, dict[str, Any]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._resync: asyncio.Task[None] | None = None
+
+    # -- what the handlers call ---------------------------------------------------------
+
+    def seen(self, body: kopf.Body, indexes: Indexes) -> None:
+        self.indexes = indexes
+        self.objects[body["metadata"]["uid"]] = body
+        if self._resync is None:  # started from a handler: its context can post Events
+            self._resync = asyncio.create_task(self._resync_loop())
+
+    def gone(self, kind: str, namespace: str, name: str, uid: str) -> None:
+        for table in (self.objects, self.written, self._locks):
+            table.pop(uid, None)  # type: ignore[attr-defined]
+        self.finished.discard(uid)
+        self.metrics.forget(kind, namespace, name)
+
+    async def reconcile(self, uid: str | None, fresh: bool = False) -> None:
+        """Reconcile the resource ``uid`` (if the operator has seen it), one at a time."""
+        body = self.objects.get(uid or "")
+        if uid is None or body is None or self.indexes is None:
+            return
+        lock = self._locks.setdefault(uid, asyncio.Lock())
+        async with lock:
+            body = self.objects.get(uid)
+            if body is None:  # deleted meanwhile
+                return
+            t0 = time.perf_counter()
+            if body["kind"] == "EvalRun":
+                decision = await self._evalrun(body, self.indexes, fresh)
+            else:
+                decision = await self._quantized_model(body, self.indexes, fresh)
+            if decision.done:
+                self.finished.add(uid)
+            else:
+                self.finished.discard(uid)
+            self.metrics.reconcile_seconds.labels(body["kind"]).observe(time.perf_counter() - t0)
+
+    async def stop(self) -> None:
+        if self._resync is not None:
+            self._resync.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._resync
+
+    async def _resync_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.resync_seconds)
+            for uid in [u for u in self.objects if u not in self.finished]:
+                try:
+                    await self.reconcile(uid, fresh=True)
+                except Exception:  # one bad resource must not stop the others
+                    log.exception("resync of %s failed", uid)
+
+    # -- the two kinds ------------------------------------------------------------------
+
+    def _old(self, model: type[Any], body: kopf.Body, fresh: bool) -> Any:
+        uid = body["metadata"]["uid"]
+        current = dict(body.get("status") or {})
+        source = current if fresh or uid not in self.written else self.written[uid]
+        try:
+            return model.model_validate(source)
+        except ValidationError:  # written by someone else: start afresh
+            return model()
+
+    async def _quantized_model(self, body: kopf.Body, idx: Indexes, fresh: bool) -> Decision:
+        owner = m.Owner.of(body)
+        old = self._old(QuantizedModelStatus, body, fresh)
+        generation = body["metadata"].get("generation")
+        qm = _parse(QuantizedModel, body)
+        layout = m.cluster_layout(self.config, owner.namespace, owner.name)
+        if isinstance(qm, str):
+            decision, scheme, token = invalid_spec(owner.kind, qm, now(), generation, old), "", None
+        else:
+            observed = await self._observe(owner, idx)
+            decision = decide_quantized_model(qm, observed, layout, now(), generation, old)
+            scheme, token = scheme_label(qm.spec), qm.spec.hf_token_secret
+        await self._apply(body, owner, decision, layout, token)
+        new = QuantizedModelStatus.model_validate(decision.status)
+        self.metrics.phase(owner.kind, owner.namespace, owner.name, new.phase)
+        if new.phase == "Ready":
+            self.metrics.quantized_model(owner.namespace, owner.name, scheme, new)
+        if new.phase == "Failed" and old.phase != "Failed":
+            self.metrics.jobs_failed.labels(owner.namespace, "quantize", _reason(new)).inc()
+        return decision
+
+    async def _evalrun(self, body: kopf.Body, idx: Indexes, fresh: bool) -> Decision:
+        owner = m.Owner.of(body)
+        old = self._old(EvalRunStatus, body, fresh)
+        generation = body["metadata"].get("generation")
+        run = _parse(EvalRun, body)
+        layout = m.cluster_layout(self.config, owner.namespace, owner.name)
+        if isinstance(run, str):
+            decision = invalid_spec(owner.kind, run, now(), generation, old)
+        else:
+            models = _models(run, owner.namespace, idx.models)
+            observed = await self._observe(owner, idx)
+            decision = decide_evalrun(run, models, observed, layout, now(), generation, old)
+        await self._apply(body, owner, decision, layout, None)
+        new = EvalRunStatus.model_validate(decision.status)
+        self.metrics.phase(owner.kind, owner.namespace, owner.name, new.phase)
+        if new.phase in ("Succeeded", "Failed"):
+            self.metrics.evalrun_results(owner.namespace, owner.name, new)
+        before = {f.stage for f in old.failures}
+        for f in new.failures:
+            if f.stage not in before and f.reason != "DependencyFailed":
+                kind = f.stage.split("-", 1)[0]
+                self.metrics.jobs_failed.labels(owner.namespace, kind, f.reason).inc()
+        return decision
+
+    # -- observing and acting -------------------------------------------------------------
+
+    async def _observe(self, owner: m.Owner, idx: Indexes) -> Observed:
+        by_stage = {j.stage: j for j in idx.jobs.get(owner.uid, [])}
+        docs = {d.stage: d for d in idx.results.get(owner.uid, [])}
+        problems = {}
+        # A pod that cannot pull its image never fails its Job: look at the pods of Jobs
+        # that have a pod but none ready yet (one label-selected list, only while that lasts).
+        if any(j.starting and j.stage not in docs for j in by_stage.values()):
+            selector = f"{m.LABEL_OWNER_UID}={owner.uid}"
+            pods = await asyncio.to_thread(self.kube.pods, owner.namespace, selector)
+            for pod in pods:
+                if (problem := pod_problem(pod)) is not None:
+                    problems[problem.stage] = problem
+        return Observed(jobs=by_stage, problems=problems, results=docs)
+
+    async def _apply(
+        self,
+        body: kopf.Body,
+        owner: m.Owner,
+        decision: Decision,
+        layout: Layout,
+        token: SecretKeyRef | None,
+    ) -> None:
+        jobs = [
+            m.build_job(stage, owner, layout, self.config, token, decision.spec_digest)
+            for stage in decision.create
+        ]
+        created = await asyncio.gather(*(asyncio.to_thread(self.kube.create_job, j) for j in jobs))
+        for stage, new in zip(decision.create, created, strict=True):
+            if new:
+                self.metrics.jobs_created.labels(owner.namespace, stage.kind).inc()
+        current = dict(body.get("status") or {})
+        if decision.status not in (current, self.written.get(owner.uid)):
+            patch = {**{k: None for k in current if k not in decision.status}, **decision.status}
+            await asyncio.to_thread(
+                self.kube.patch_status, owner.kind, owner.namespace, owner.name, patch
+            )
+        self.written[owner.uid] = decision.status
+        for event in decision.events:
+            kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+
+
+def _parse(model: type[Resource], body: kopf.Body) -> Any:
+    """The resource as its pydantic model, or the explanation of why it is invalid."""
+    meta = body["metadata"]
+    doc = {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": {"name": meta["name"], "namespace": meta.get("namespace")},
+        "spec": dict(body.get("spec") or {}),
+    }
+    try:
+        return model.model_validate(doc)
+    except ValidationError as e:
+        return explain(e, f"{body.get('kind')} {meta['name']}", str(body.get("kind")))
+
+
+def _reason(status: QuantizedModelStatus) -> str:
+    ready = next((c for c in status.conditions if c.type == "Ready"), None)
+    return ready.reason if ready else "Failed"
+
+
+def _models(
+    run: EvalRun, namespace: str, index: Mapping[tuple[str, str], Collection[ModelRecord]]
+) -> dict[str, ModelState]:
+    """The QuantizedModels the run names that exist, as observed."""
+    out = {}
+    for c in run.spec.candidates:
+        if not c.quantized_model or not (found := index.get((namespace, c.quantized_model))):
+            continue
+        spec, phase, message = next(iter(found))
+        doc = {"kind": "QuantizedModel", "metadata": {"name": c.quantized_model}, "spec": spec}
+        try:
+            qm = QuantizedModel.model_validate(doc)
+        except ValidationError:
+            continue  # its own status says why; the run waits as for a missing model
+        out[c.quantized_model] = ModelState(qm, phase, message)
+    return out

@@ -1,0 +1,1 @@
+"""Test infrastructure for Kubernetes: an API server emulator and the real kubectl/helm."""
