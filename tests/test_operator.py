@@ -279,6 +279,13 @@ def test_the_demo_study_runs_to_the_end_across_an_operator_restart(
             lambda: (s := status(api, "evalruns", "demo")).get("phase") == "Succeeded" and s,
             "Succeeded",
         )
+        # Results are labelled for lookup by content (the cache key over their tasks).
+        results = cluster.list("v1/configmaps", namespace=NS, labels={m.LABEL_RUN: "demo"})
+        evaluated = [
+            r for r in results if r["metadata"]["labels"][m.LABEL_STAGE_KIND] == "evaluate"
+        ]
+        assert len(evaluated) == 5
+        assert all(m.LABEL_CACHE_KEY in r["metadata"]["labels"] for r in evaluated)
         # One Job per stage, whoever ran the operator: 4 quantize + demo + 5 evaluate + aggregate.
         assert len(cluster.list("batch/v1/jobs", namespace=NS)) == 11
         assert st["progress"] == "7/7"

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from qeval.api.evalrun import Score
 from qeval.k8s import manifests as m
 from qeval.k8s.publish import publish
+from qeval.results.cache import key_of
 from qeval.results.summary import ModelOutcome, summarize
 from qeval.stages.envelope import StageResult, StageStatus
 
@@ -132,6 +133,7 @@ def evaluate_result(job: Mapping[str, Any], scores: Mapping[str, float]) -> dict
         "harnessVersion": "0.4.13",
         "scores": [score.dump()],
         "modelSizeBytes": 6_000_000 if name == "fp32" else 1_500_000,
+        "cacheKeys": {"qeval_demo_facts": key_of([inp["model"], "qeval_demo_facts"])},
         "resultsPath": f"{inp['outputDir']}/results.json",
         "samplesDir": f"{inp['outputDir']}/samples",
     }

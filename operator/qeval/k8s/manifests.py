@@ -122,9 +122,14 @@ def labels(owner: Owner, stage: Stage) -> dict[str, str]:
 
 
 def cluster_layout(settings: OperatorSettings, namespace: str, run: str) -> Layout:
-    """Where runs and models live on the storage claim, as stage pods see it."""
+    """Where runs, models and the result cache live on the storage claim, as stage pods see
+    it. The claim is per namespace: every run of a namespace shares its cached results."""
     root = storage_root(settings)
-    return Layout(run_root=root / "runs" / namespace / run, models_root=root / "models" / namespace)
+    return Layout(
+        run_root=root / "runs" / namespace / run,
+        models_root=root / "models" / namespace,
+        cache_root=root / "cache" / "results",
+    )
 
 
 def storage_root(settings: OperatorSettings) -> PurePosixPath:

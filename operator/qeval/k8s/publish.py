@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from qeval.k8s.manifests import build_result_configmap
+from qeval.results.cache import key_of, label_value
 from qeval.stages.envelope import StageResult
 
 
@@ -28,6 +29,15 @@ def target(env: Mapping[str, str]) -> dict[str, Any] | None:
     }
 
 
+def content_key(doc: StageResult) -> str | None:
+    """The label value that names what a result is: for an evaluation, a key over its tasks'
+    result cache keys (model identity, task config, shots, harness, backend, seed)."""
+    keys = (doc.result or {}).get("cacheKeys")
+    if not keys:
+        return None
+    return label_value(key_of(sorted(keys.items())))
+
+
 def publish(doc: StageResult, env: Mapping[str, str] | None = None) -> str | None:
     """Write ``doc`` to its ConfigMap if this runs as a stage Job; return the name."""
     where = target(os.environ if env is None else env)
@@ -35,6 +45,6 @@ def publish(doc: StageResult, env: Mapping[str, str] | None = None) -> str | Non
         return None
     from qeval.k8s.kube import Kube, api_client
 
-    manifest = build_result_configmap(document=doc.dump(), **where)
+    manifest = build_result_configmap(document=doc.dump(), cache_key=content_key(doc), **where)
     Kube(api_client()).put_configmap(manifest)
     return str(where["name"])
