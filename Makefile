@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast crds verify lint typecheck clean
+.PHONY: help install demo test test-fast crds chart verify lint typecheck images clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -36,15 +36,31 @@ test: $(STAMP) ## Run every test, the real quantize/evaluate pipeline included
 test-fast: $(STAMP) ## Run the tests that take seconds (no pipeline)
 	$(OFFLINE) $(BIN)/pytest -ra -m "not pipeline"
 
-crds: $(STAMP) ## Regenerate crds/ from the pydantic models
+crds: $(STAMP) ## Regenerate crds/ from the pydantic models (and the chart's copy)
 	$(BIN)/qeval crds --out crds
+	$(MAKE) chart
+
+CHART := charts/qeval-operator
+chart: ## Copy the generated CRDs into the Helm chart (charts/qeval-operator/crds/)
+	rm -f $(CHART)/crds/*.yaml
+	cp crds/*.yaml $(CHART)/crds/
 
 verify: $(STAMP) lint typecheck ## Fail if generated files are stale, or lint/types fail
 	$(BIN)/qeval crds --out crds --check
+	diff -r crds $(CHART)/crds || { echo "$(CHART)/crds is stale; run \`make chart\`" >&2; exit 1; }
+
+# Images: make images REGISTRY=ghcr.io/you [TAG=0.1.0] [PUSH=1] (needs Docker with BuildKit)
+REGISTRY ?= ghcr.io/qeval
+TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+images: ## Build the operator, quantizer and evaluator images (docker; PUSH=1 pushes them)
+	for image in operator quantizer evaluator; do \
+		DOCKER_BUILDKIT=1 docker build -f images/$$image/Dockerfile -t $(REGISTRY)/$$image:$(TAG) . || exit 1; \
+		if [ -n "$(PUSH)" ]; then docker push $(REGISTRY)/$$image:$(TAG) || exit 1; fi; \
+	done
 
 lint: $(STAMP) ## ruff (lint and formatting)
-	$(BIN)/ruff check operator tests benchmarks
-	$(BIN)/ruff format --check operator tests benchmarks
+	$(BIN)/ruff check operator tests benchmarks docs
+	$(BIN)/ruff format --check operator tests benchmarks docs
 
 typecheck: $(STAMP) ## mypy on the package
 	$(BIN)/mypy

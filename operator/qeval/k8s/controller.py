@@ -32,6 +32,8 @@ from qeval.k8s.kube import Kube
 from qeval.k8s.metrics import Metrics
 from qeval.k8s.observe import JobState, pod_problem
 from qeval.k8s.reconcile import (
+    DEPENDENCY_FAILED,
+    QUANTIZED_MODEL_FAILED,
     Decision,
     ModelState,
     Observed,
@@ -177,8 +179,11 @@ class Controller:
         if new.phase in ("Succeeded", "Failed"):
             self.metrics.evalrun_results(owner.namespace, owner.name, new)
         before = {f.stage for f in old.failures}
-        for f in new.failures:
-            if f.stage not in before and f.reason != "DependencyFailed":
+        for f in new.failures:  # a failed model is counted by its own reconcile
+            if f.stage not in before and f.reason not in (
+                DEPENDENCY_FAILED,
+                QUANTIZED_MODEL_FAILED,
+            ):
                 kind = f.stage.split("-", 1)[0]
                 self.metrics.jobs_failed.labels(owner.namespace, kind, f.reason).inc()
         return decision

@@ -123,9 +123,15 @@ class Metrics:
     def _replace(
         self, key: tuple[str, str, str], series: list[tuple[Gauge, tuple[str, ...], float]]
     ) -> None:
-        self._drop(key)
+        """Set a resource's series, then drop those it no longer has (a scrape in between
+        sees either the old or the new value, never a gap)."""
         for gauge, labels, value in series:
             gauge.labels(*labels).set(value)
+        keep = {(id(g), labels) for g, labels, _ in series}
+        for gauge, labels in self._series.get(key, []):
+            if (id(gauge), labels) not in keep:
+                with suppress(KeyError):
+                    gauge.remove(*labels)
         self._series[key] = [(g, labels) for g, labels, _ in series]
 
     def _drop(self, key: tuple[str, str, str]) -> None:

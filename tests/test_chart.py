@@ -1,0 +1,724 @@
+"""The Helm chart, rendered by the real helm and checked as data.
+
+``helm lint --strict``; every rendered object against the Kubernetes 1.29-1.35 schemas
+(``kubernetes-validate --strict``); one rendering test per template (disabled renders
+nothing, enabled has the expected fields and labels); values.schema.json refusing bad
+values; and the rendered chart applied with the real kubectl to the emulated API server.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterable
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from qeval.k8s import manifests as m
+from qeval.k8s.settings import OperatorSettings
+from tests.conftest import ROOT
+from tests.kube.binaries import helm
+
+CHART = ROOT / "charts" / "qeval-operator"
+RELEASE, NAMESPACE = "qeval-operator", "qeval-system"
+FULLNAME = "qeval-operator"  # the release name contains the chart name: no doubling
+KUBERNETES = [f"1.{minor}.0" for minor in range(29, 36)]
+MONITORING = "monitoring.coreos.com/v1"
+
+# Everything switched on, namespaced: the non-default values every check also runs on.
+EVERYTHING = (
+    "watchNamespaces={team-a,team-b}",
+    "replicas=2",
+    "peering.enabled=true",
+    "storage.create=true",
+    "metrics.serviceMonitor.enabled=true",
+    "metrics.serviceMonitor.labels.release=kube-prometheus-stack",
+    "metrics.prometheusRule.enabled=true",
+    "json:metrics.prometheusRule.recoveryThreshold=0.97",  # --set would make it a string
+    "dashboards.enabled=true",
+    "image.digest=sha256:" + "a" * 64,
+    "imagePullSecrets={regcred}",
+    "operator.verbose=true",
+)
+CLUSTERWIDE_EVERYTHING = (
+    "peering.enabled=true",
+    "replicas=3",
+    "storage.create=true",
+    "stages.namespaces={ml,ml-staging}",
+    "metrics.serviceMonitor.enabled=true",
+    "metrics.prometheusRule.enabled=true",
+    "dashboards.enabled=true",
+    "stages.admissionPolicy.enabled=true",  # admissionregistration.k8s.io/v1: 1.30 and later
+)
+VALUE_SETS = {"default": (), "namespaced": EVERYTHING, "clusterwide": CLUSTERWIDE_EVERYTHING}
+Obj = dict[str, Any]
+
+
+def run_helm(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(helm()), *args], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def value_args(sets: Iterable[str]) -> list[str]:
+    """``--set key=value`` each; ``json:key=value`` as ``--set-json`` (numbers stay numbers)."""
+    args = []
+    for s in sets:
+        args += ["--set-json", s.removeprefix("json:")] if s.startswith("json:") else ["--set", s]
+    return args
+
+
+@cache
+def rendered(*sets: str) -> str:
+    args = ["template", RELEASE, str(CHART), "--namespace", NAMESPACE, *value_args(sets)]
+    done = run_helm(*args)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def render(*sets: str) -> list[Obj]:
+    return [d for d in yaml.safe_load_all(rendered(*sets)) if d]
+
+
+def of_kind(objs: Iterable[Obj], kind: str) -> list[Obj]:
+    return [o for o in objs if o["kind"] == kind]
+
+
+def one(objs: Iterable[Obj], kind: str) -> Obj:
+    (found,) = of_kind(objs, kind)
+    return found
+
+
+def template(name: str, *sets: str) -> list[Obj]:
+    """Objects rendered by one template (helm's ``# Source:`` comment names it)."""
+    text = rendered(*sets)
+    docs = text.split("\n---\n")
+    source = f"# Source: qeval-operator/templates/{name}\n"
+    return [d for doc in docs if source in doc + "\n" and (d := yaml.safe_load(doc))]
+
+
+def selector_labels() -> dict[str, str]:
+    return {"app.kubernetes.io/name": "qeval-operator", "app.kubernetes.io/instance": RELEASE}
+
+
+def assert_common_labels(obj: Obj) -> None:
+    labels = obj["metadata"]["labels"]
+    assert labels["app.kubernetes.io/part-of"] == "qeval", obj["kind"]
+    assert labels["app.kubernetes.io/managed-by"] == "Helm"
+    assert labels["helm.sh/chart"] == "qeval-operator-0.1.0"
+    assert selector_labels().items() <= labels.items()
+
+
+# --- helm lint, CRDs, Kubernetes schemas ----------------------------------------------------
+
+
+@pytest.mark.parametrize("values", sorted(VALUE_SETS))
+def test_helm_lint_strict(values: str) -> None:
+    args = ["lint", "--strict", str(CHART), "--namespace", NAMESPACE]
+    done = run_helm(*args, *value_args(VALUE_SETS[values]))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "0 chart(s) failed" in done.stdout
+
+
+def test_the_charts_crds_are_the_generated_ones() -> None:
+    generated = {p.name: p.read_bytes() for p in (ROOT / "crds").glob("*.yaml")}
+    in_chart = {p.name: p.read_bytes() for p in (CHART / "crds").glob("*.yaml")}
+    assert generated, "crds/ is empty"
+    stale = sorted(
+        n for n in generated.keys() | in_chart.keys() if generated.get(n) != in_chart.get(n)
+    )
+    assert not stale, f"charts/qeval-operator/crds/ differs from crds/ ({stale}): run `make chart`"
+
+
+@pytest.mark.parametrize("version", KUBERNETES)
+@pytest.mark.parametrize("values", sorted(VALUE_SETS))
+def test_rendered_objects_are_valid_kubernetes(values: str, version: str) -> None:
+    objs = render(*VALUE_SETS[values])
+    checked = 0
+    for obj in objs:
+        api = obj["apiVersion"]
+        if api == MONITORING or api.startswith("kopf.dev/"):
+            continue  # custom resources: checked structurally below
+        if obj["kind"].startswith("ValidatingAdmissionPolicy") and version == "1.29.0":
+            continue  # admissionregistration.k8s.io/v1 policies: 1.30 and later (values.yaml)
+        kubernetes_validate.validate(obj, version, strict=True)
+        checked += 1
+    assert checked >= 5
+
+
+def test_the_crds_themselves_are_valid_kubernetes() -> None:
+    for path in sorted((CHART / "crds").glob("*.yaml")):
+        for version in (KUBERNETES[0], KUBERNETES[-1]):
+            kubernetes_validate.validate(yaml.safe_load(path.read_text()), version, strict=True)
+
+
+def test_every_object_carries_the_charts_labels_and_a_namespace_where_it_needs_one() -> None:
+    for values in VALUE_SETS.values():
+        for obj in render(*values):
+            assert_common_labels(obj)
+            cluster_scoped = obj["kind"] in {
+                "ClusterRole",
+                "ClusterRoleBinding",
+                "ClusterKopfPeering",
+                "ValidatingAdmissionPolicy",
+                "ValidatingAdmissionPolicyBinding",
+            }
+            assert ("namespace" in obj["metadata"]) != cluster_scoped, obj["kind"]
+
+
+# --- values.schema.json ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("replicas=2", "/peering/enabled"),  # several replicas need peering
+        ("operator.postingLevel=info", "/operator/postingLevel"),
+        (
+            "json:metrics.prometheusRule.recoveryThreshold=95",
+            "/metrics/prometheusRule/recoveryThreshold",
+        ),
+        ("watchNamespaces={Team_A}", "/watchNamespaces/0"),
+        ("image.digest=latest", "/image/digest"),
+        ("stages.imagePullPolicy=Sometimes", "/stages/imagePullPolicy"),
+        ("metrics.serviceMonitor.interval=30", "/metrics/serviceMonitor/interval"),
+        ("storage.accessModes={ReadWriteAll}", "/storage/accessModes/0"),
+        ("operater.verbose=true", "additional properties 'operater'"),
+        ("operator.resyncSecond=5", "additional properties 'resyncSecond'"),
+    ],
+)
+def test_bad_values_fail_before_anything_is_rendered(value: str, message: str) -> None:
+    done = run_helm("template", RELEASE, str(CHART), *value_args([value]))
+    assert done.returncode != 0, f"{value} was accepted"
+    assert message in done.stderr, done.stderr
+
+
+# --- the Deployment ----------------------------------------------------------------------------
+
+
+def operator_container(*sets: str) -> Obj:
+    deployment = one(template("deployment.yaml", *sets), "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def env_of(container: Obj) -> dict[str, str]:
+    return {e["name"]: e.get("value", "") for e in container["env"]}
+
+
+def test_deployment_runs_the_operator_hardened_with_probe_and_resources() -> None:
+    (deployment,) = template("deployment.yaml")
+    assert deployment["kind"] == "Deployment"
+    assert_common_labels(deployment)
+    spec = deployment["spec"]
+    assert spec["replicas"] == 1
+    assert spec["strategy"] == {"type": "Recreate"}  # standalone: never two at once
+    pod = spec["template"]["spec"]
+    assert selector_labels().items() <= spec["selector"]["matchLabels"].items()
+    assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
+    assert pod["serviceAccountName"] == FULLNAME
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 10001
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (container,) = pod["containers"]
+    assert container["image"] == "ghcr.io/qeval/operator:0.1.0"  # the appVersion
+    assert "command" not in container and "args" not in container  # the image's entrypoint
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
+    probe = container["livenessProbe"]["httpGet"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert probe == {"path": "/healthz", "port": "health"}
+    assert ports == {"metrics": 8000, "health": 8080}
+    assert env_of(container)["QEVAL_LIVENESS_ENDPOINT"] == "http://0.0.0.0:8080/healthz"
+    # The read-only root filesystem leaves /tmp writable through an emptyDir.
+    assert container["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
+    assert pod["volumes"][0]["emptyDir"]
+
+
+def test_deployment_sets_every_operator_setting_and_the_operator_reads_them_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    expected = {f"QEVAL_{name.upper()}" for name in OperatorSettings.model_fields}
+    default_env = env_of(operator_container())
+    assert set(default_env) == expected - {"QEVAL_PEERING"}  # unset: standalone
+    env = env_of(operator_container(*EVERYTHING))
+    assert set(env) == expected
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    settings = OperatorSettings()
+    assert settings.namespaces == ["team-a", "team-b"]
+    assert settings.peering == "qeval"
+    assert settings.image_pull_secrets == ["regcred"]
+    assert settings.quantizer_image == "ghcr.io/qeval/quantizer:0.1.0"
+    assert settings.evaluator_image == "ghcr.io/qeval/evaluator:0.1.0"
+    assert settings.stage_service_account == "qeval-stage"
+    assert settings.storage_claim == "qeval-data"
+    assert settings.metrics_port == 8000
+    # The chart's defaults are the operator's own defaults.
+    for key in list(env):
+        monkeypatch.delenv(key)
+    for key, value in default_env.items():
+        monkeypatch.setenv(key, value)
+    assert OperatorSettings() == OperatorSettings.model_validate({}), "defaults differ"
+
+
+def test_deployment_follows_image_digest_peering_and_verbose_values() -> None:
+    deployment = one(template("deployment.yaml", *EVERYTHING), "Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    assert "strategy" not in deployment["spec"]  # peering: rolling updates are safe
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"] == "ghcr.io/qeval/operator@sha256:" + "a" * 64
+    assert container["args"] == ["--verbose"]
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    custom = operator_container(
+        "stages.evaluatorImage.tag=0.2.0-rc1",
+        "stages.quantizerImage.repository=registry.local/q",
+        "operator.resyncSeconds=5",
+        "livenessProbe.port=9090",
+        "metrics.port=9000",
+    )
+    env = env_of(custom)
+    assert env["QEVAL_EVALUATOR_IMAGE"] == "ghcr.io/qeval/evaluator:0.2.0-rc1"
+    assert env["QEVAL_QUANTIZER_IMAGE"] == "registry.local/q:0.1.0"
+    assert env["QEVAL_RESYNC_SECONDS"] == "5"
+    assert env["QEVAL_LIVENESS_ENDPOINT"] == "http://0.0.0.0:9090/healthz"
+    assert {p["containerPort"] for p in custom["ports"]} == {9000, 9090}
+
+
+# --- RBAC ----------------------------------------------------------------------------------------
+
+# What the operator calls on the API (qeval.k8s.kube, handlers and kopf 1.45): exactly these.
+OPERATOR_RULES = {
+    ("qeval.dev", "quantizedmodels"): {"get", "list", "watch"},
+    ("qeval.dev", "evalruns"): {"get", "list", "watch"},
+    ("qeval.dev", "quantizedmodels/status"): {"get", "patch"},
+    ("qeval.dev", "evalruns/status"): {"get", "patch"},
+    ("batch", "jobs"): {"get", "list", "watch", "create"},
+    ("", "configmaps"): {"get", "list", "watch"},
+    ("", "pods"): {"get", "list"},
+    ("", "events"): {"create"},
+}
+CRDS = {("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"}}
+PEERING = {"get", "list", "watch", "patch"}
+
+
+def grants(role: Obj) -> dict[tuple[str, str], set[str]]:
+    """(group, resource) -> verbs; never a wildcard, never a resource listed twice."""
+    out: dict[tuple[str, str], set[str]] = {}
+    for rule in role["rules"]:
+        assert "*" not in rule["verbs"] and "*" not in rule["resources"], rule
+        assert "*" not in rule["apiGroups"] and "resourceNames" not in rule, rule
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                assert (group, resource) not in out, f"{resource} listed twice"
+                out[(group, resource)] = set(rule["verbs"])
+    return out
+
+
+def test_clusterwide_rbac_is_one_clusterrole_with_exactly_what_the_operator_calls() -> None:
+    objs = render()
+    role = one(template("clusterrole.yaml"), "ClusterRole")
+    assert grants(role) == OPERATOR_RULES | CRDS
+    binding = one(template("clusterrolebinding.yaml"), "ClusterRoleBinding")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": role["metadata"]["name"],
+    }
+    account = one(template("serviceaccount.yaml"), "ServiceAccount")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": NAMESPACE}
+    ]
+    assert not template("role.yaml") and not template("rolebinding.yaml")
+    assert not of_kind(objs, "Role") or all(
+        r["metadata"]["name"] == "qeval-stage" for r in of_kind(objs, "Role")
+    )
+
+
+def test_namespaced_rbac_is_a_role_per_watched_namespace() -> None:
+    roles = template("role.yaml", *EVERYTHING)
+    bindings = template("rolebinding.yaml", *EVERYTHING)
+    assert [r["metadata"]["namespace"] for r in roles] == ["team-a", "team-b"]
+    assert [b["metadata"]["namespace"] for b in bindings] == ["team-a", "team-b"]
+    for role in roles:
+        assert role["kind"] == "Role"
+        assert grants(role) == OPERATOR_RULES | {("kopf.dev", "kopfpeerings"): PEERING}
+    for binding in bindings:
+        assert binding["roleRef"]["kind"] == "Role"
+        assert binding["subjects"][0] == {
+            "kind": "ServiceAccount",
+            "name": FULLNAME,
+            "namespace": NAMESPACE,
+        }
+    # Cluster-wide, only what kopf reads to notice namespaces and CRDs.
+    discovery = one(template("clusterrole.yaml", *EVERYTHING), "ClusterRole")
+    assert grants(discovery) == CRDS | {("", "namespaces"): {"list", "watch"}}
+    none = ("watchNamespaces={team-a}", "rbac.clusterDiscovery=false")
+    assert not template("clusterrole.yaml", *none)
+    assert not template("clusterrolebinding.yaml", *none)
+
+
+def test_clusterwide_peering_adds_clusterkopfpeerings() -> None:
+    role = one(template("clusterrole.yaml", "peering.enabled=true"), "ClusterRole")
+    assert grants(role)[("kopf.dev", "clusterkopfpeerings")] == PEERING
+    assert ("kopf.dev", "kopfpeerings") not in grants(role)
+
+
+def test_no_rbac_when_disabled() -> None:
+    objs = render("rbac.create=false", "serviceAccount.create=false", "serviceAccount.name=ops")
+    kinds = {o["kind"] for o in objs}
+    assert not kinds & {"ClusterRole", "ClusterRoleBinding"}
+    assert not template("serviceaccount.yaml", "serviceAccount.create=false")
+    pod = one(objs, "Deployment")["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "ops"
+
+
+def test_stage_pods_get_their_own_account_that_may_only_write_configmaps() -> None:
+    for sets, namespaces in (
+        ((), [NAMESPACE]),
+        (EVERYTHING, ["team-a", "team-b"]),
+        (CLUSTERWIDE_EVERYTHING, ["ml", "ml-staging"]),
+    ):
+        accounts = template("stage-serviceaccount.yaml", *sets)
+        roles = template("stage-role.yaml", *sets)
+        bindings = template("stage-rolebinding.yaml", *sets)
+        for objs in (accounts, roles, bindings):
+            assert [o["metadata"]["namespace"] for o in objs] == namespaces
+            assert {o["metadata"]["name"] for o in objs} == {"qeval-stage"}
+            for o in objs:
+                assert o["metadata"]["labels"]["app.kubernetes.io/component"] == "stage"
+        for role in roles:
+            # qeval.k8s.publish: create the result ConfigMap, or replace it on a retry.
+            assert grants(role) == {("", "configmaps"): {"create", "get", "update"}}
+        for binding, namespace in zip(bindings, namespaces, strict=True):
+            assert binding["roleRef"]["name"] == "qeval-stage"
+            assert binding["subjects"] == [
+                {"kind": "ServiceAccount", "name": "qeval-stage", "namespace": namespace}
+            ]
+        env = env_of(operator_container(*sets))
+        assert env["QEVAL_STAGE_SERVICE_ACCOUNT"] == "qeval-stage"
+    off = "stages.serviceAccount.create=false"
+    for name in ("stage-serviceaccount.yaml", "stage-role.yaml", "stage-rolebinding.yaml"):
+        assert not template(name, off)
+
+
+def test_the_stage_admission_policy_admits_result_configmaps_only() -> None:
+    import celpy
+
+    assert not template("stage-admissionpolicy.yaml")
+    assert not template("stage-admissionpolicybinding.yaml")
+    policy = one(
+        template("stage-admissionpolicy.yaml", *CLUSTERWIDE_EVERYTHING), "ValidatingAdmissionPolicy"
+    )
+    binding = one(
+        template("stage-admissionpolicybinding.yaml", *CLUSTERWIDE_EVERYTHING),
+        "ValidatingAdmissionPolicyBinding",
+    )
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    assert binding["spec"]["validationActions"] == ["Deny"]
+    namespaces = binding["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"][0]
+    assert namespaces["values"] == ["ml", "ml-staging"]
+
+    env = celpy.Environment()
+
+    def evaluate(expression: str, **activation: Any) -> bool:
+        program = env.program(env.compile(expression))
+        return bool(program.evaluate({k: celpy.json_to_cel(v) for k, v in activation.items()}))
+
+    def admitted(user: str, operation: str, labels: dict[str, str] | None, old: Any = None) -> bool:
+        request = {"userInfo": {"username": user}, "operation": operation}
+        (match,) = policy["spec"]["matchConditions"]
+        if not evaluate(match["expression"], request=request):
+            return True  # not a stage pod: the policy does not apply
+        obj = {"metadata": {"name": "x", **({"labels": labels} if labels is not None else {})}}
+        return all(
+            evaluate(v["expression"], request=request, object=obj, oldObject=old)
+            for v in policy["spec"]["validations"]
+        )
+
+    stage = "system:serviceaccount:ml:qeval-stage"
+    result = {m.LABEL_RESULT: "true", m.MANAGED_BY: m.MANAGER, m.LABEL_RUN: "demo"}
+    assert admitted(stage, "CREATE", result)
+    assert admitted(stage, "UPDATE", result, old={"metadata": {"labels": result}})
+    assert not admitted(stage, "CREATE", {"app": "web"})
+    assert not admitted(stage, "CREATE", None)
+    assert not admitted(stage, "UPDATE", result, old={"metadata": {"labels": {"app": "web"}}})
+    assert admitted("system:serviceaccount:ml:default", "CREATE", {"app": "web"})
+    # What a stage really publishes passes.
+    doc = m.build_result_configmap("r", "ml", {}, {m.MANAGED_BY: m.MANAGER}, None)
+    assert admitted(stage, "CREATE", doc["metadata"]["labels"])
+
+
+# --- metrics: Service, ServiceMonitor, PrometheusRule, dashboards ----------------------------
+
+
+def test_metrics_service_selects_the_operator_pod_on_the_metrics_port() -> None:
+    service = one(template("service.yaml"), "Service")
+    assert service["metadata"]["name"] == f"{FULLNAME}-metrics"
+    assert service["metadata"]["labels"]["app.kubernetes.io/component"] == "metrics"
+    pod_labels = one(render(), "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert service["spec"]["ports"] == [
+        {"name": "metrics", "port": 8000, "targetPort": "metrics", "protocol": "TCP"}
+    ]
+    assert not template("service.yaml", "metrics.service.enabled=false")
+
+
+def test_servicemonitor_is_off_by_default_and_scrapes_the_metrics_service() -> None:
+    assert not template("servicemonitor.yaml")
+    monitor = one(template("servicemonitor.yaml", *EVERYTHING), "ServiceMonitor")
+    assert monitor["apiVersion"] == MONITORING
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    service = one(template("service.yaml", *EVERYTHING), "Service")
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= service["metadata"]["labels"].items()
+    # ... and no other Service of the chart.
+    matched = [
+        o["metadata"]["name"]
+        for o in of_kind(render(*EVERYTHING), "Service")
+        if selector.items() <= o["metadata"]["labels"].items()
+    ]
+    assert matched == [service["metadata"]["name"]]
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] == service["spec"]["ports"][0]["name"]
+    assert endpoint["path"] == "/metrics"
+    assert endpoint["interval"] == "30s"
+    assert endpoint["honorLabels"] is True  # keeps the resources' own namespace label
+
+
+def alerts(*sets: str) -> dict[str, Obj]:
+    rule = one(template("prometheusrule.yaml", *sets), "PrometheusRule")
+    return {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+
+
+def test_prometheusrule_is_off_by_default_and_alerts_on_failures_recovery_and_the_operator() -> (
+    None
+):
+    assert not template("prometheusrule.yaml")
+    rule = one(template("prometheusrule.yaml", *EVERYTHING), "PrometheusRule")
+    assert rule["apiVersion"] == MONITORING
+    found = alerts(*EVERYTHING)
+    assert set(found) == {
+        "QevalEvalRunFailed",
+        "QevalQuantizedModelFailed",
+        "QevalRecoveryBelowThreshold",
+        "QevalTaskRecoveryBelowThreshold",
+        "QevalOperatorDown",
+    }
+    assert found["QevalRecoveryBelowThreshold"]["expr"] == "qeval_mean_recovery_ratio < 0.97"
+    assert "97%" in found["QevalRecoveryBelowThreshold"]["annotations"]["summary"]
+    assert found["QevalTaskRecoveryBelowThreshold"]["expr"] == "qeval_recovery_ratio < 0.9"
+    down = found["QevalOperatorDown"]
+    assert (
+        f'job="{FULLNAME}-metrics"' in down["expr"] and f'namespace="{NAMESPACE}"' in down["expr"]
+    )
+    assert down["for"] == "5m" and down["labels"]["severity"] == "critical"
+    for alert in found.values():
+        assert alert["annotations"]["summary"] and alert["annotations"]["description"]
+    custom = alerts(
+        "metrics.prometheusRule.enabled=true",
+        "metrics.prometheusRule.operatorDownFor=10m",
+        "metrics.prometheusRule.additionalAlertLabels.team=ml",
+    )
+    assert custom["QevalOperatorDown"]["for"] == "10m"
+    assert all(a["labels"]["team"] == "ml" for a in custom.values())
+
+
+def test_dashboards_are_configmaps_for_the_grafana_sidecar() -> None:
+    assert not template("dashboards-configmap.yaml")
+    maps = template("dashboards-configmap.yaml", *EVERYTHING)
+    files = sorted((CHART / "dashboards").glob("*.json"))
+    assert len(maps) == len(files) == 2
+    for cm, path in zip(sorted(maps, key=lambda c: c["metadata"]["name"]), files, strict=True):
+        assert cm["kind"] == "ConfigMap"
+        assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+        assert cm["metadata"]["namespace"] == NAMESPACE
+        assert json.loads(cm["data"][path.name]) == json.loads(path.read_text())
+    moved = template(
+        "dashboards-configmap.yaml",
+        "dashboards.enabled=true",
+        "dashboards.namespace=monitoring",
+        "dashboards.annotations.grafana_folder=qeval",
+    )
+    assert {cm["metadata"]["namespace"] for cm in moved} == {"monitoring"}
+    assert all(cm["metadata"]["annotations"] == {"grafana_folder": "qeval"} for cm in moved)
+
+
+@pytest.mark.parametrize(
+    "path", sorted((CHART / "dashboards").glob("*.json")), ids=lambda p: p.stem
+)
+def test_dashboards_use_the_datasource_variable_never_a_fixed_uid(path: Path) -> None:
+    board = json.loads(path.read_text())
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    panels = [p for p in board["panels"] if p["type"] != "row"]
+    assert panels
+    ids = [p["id"] for p in board["panels"]]
+    assert len(ids) == len(set(ids))
+
+    def sources(node: Any) -> Iterable[Any]:
+        if isinstance(node, dict):
+            if "datasource" in node:
+                yield node["datasource"]
+            for value in node.values():
+                yield from sources(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from sources(value)
+
+    for source in sources({k: v for k, v in board.items() if k != "annotations"}):
+        if source.get("type") == "datasource":
+            continue
+        assert source == {"type": "prometheus", "uid": "${datasource}"}, source
+    for panel in panels:
+        assert panel["title"] and panel["description"], panel["id"]
+        assert panel["targets"] and all(t["expr"] for t in panel["targets"])
+
+
+# --- storage and peering --------------------------------------------------------------------------
+
+
+def test_storage_claim_is_off_by_default_and_made_in_each_stage_namespace() -> None:
+    assert not template("storage-pvc.yaml")
+    claims = template("storage-pvc.yaml", *EVERYTHING)
+    assert [c["metadata"]["namespace"] for c in claims] == ["team-a", "team-b"]
+    for claim in claims:
+        assert claim["metadata"]["name"] == "qeval-data"
+        assert claim["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+        assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+        assert claim["spec"]["resources"]["requests"]["storage"] == "200Gi"
+    assert env_of(operator_container(*EVERYTHING))["QEVAL_STORAGE_CLAIM"] == "qeval-data"
+    custom = template(
+        "storage-pvc.yaml",
+        "storage.create=true",
+        "storage.claimName=models",
+        "storage.storageClassName=fast",
+        "storage.keep=false",
+    )
+    (claim,) = custom
+    assert claim["metadata"]["name"] == "models" and "annotations" not in claim["metadata"]
+    assert claim["spec"]["storageClassName"] == "fast"
+
+
+def test_peering_objects_follow_the_watch_scope() -> None:
+    assert not template("peering.yaml")
+    (cluster,) = template("peering.yaml", "peering.enabled=true")
+    assert (cluster["apiVersion"], cluster["kind"]) == ("kopf.dev/v1", "ClusterKopfPeering")
+    namespaced = template("peering.yaml", *EVERYTHING)
+    assert [(p["kind"], p["metadata"]["namespace"]) for p in namespaced] == [
+        ("KopfPeering", "team-a"),
+        ("KopfPeering", "team-b"),
+    ]
+    assert env_of(operator_container(*EVERYTHING))["QEVAL_PEERING"] == "qeval"
+
+
+def test_every_template_has_a_rendering_test_here() -> None:
+    """One template per object, each exercised above (a new template needs its test)."""
+    text = Path(__file__).read_text()
+    for path in sorted((CHART / "templates").glob("*.yaml")):
+        assert f'"{path.name}"' in text, f"{path.name} has no rendering test"
+
+
+# --- kubectl apply into the emulated API server ------------------------------------------------
+
+# CRDs the chart's optional objects need (the Prometheus Operator's, kopf's peering), reduced
+# to what an API server needs to serve them: the emulator does not validate schemas.
+FOREIGN_CRDS = [
+    ("monitoring.coreos.com", "ServiceMonitor", "servicemonitors", "Namespaced"),
+    ("monitoring.coreos.com", "PrometheusRule", "prometheusrules", "Namespaced"),
+    ("kopf.dev", "KopfPeering", "kopfpeerings", "Namespaced"),
+    ("kopf.dev", "ClusterKopfPeering", "clusterkopfpeerings", "Cluster"),
+]
+
+
+def foreign_crds() -> str:
+    docs = []
+    for group, kind, plural, scope in FOREIGN_CRDS:
+        docs.append(
+            {
+                "apiVersion": "apiextensions.k8s.io/v1",
+                "kind": "CustomResourceDefinition",
+                "metadata": {"name": f"{plural}.{group}"},
+                "spec": {
+                    "group": group,
+                    "scope": scope,
+                    "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
+                    "versions": [
+                        {
+                            "name": "v1",
+                            "served": True,
+                            "storage": True,
+                            "schema": {
+                                "openAPIV3Schema": {
+                                    "type": "object",
+                                    "x-kubernetes-preserve-unknown-fields": True,
+                                }
+                            },
+                        }
+                    ],
+                },
+            }
+        )
+    return yaml.safe_dump_all(docs)
+
+
+def gvr(obj: Obj) -> str:
+    """``apps/v1/deployments`` for a Deployment (plural: lowercased kind + s, or the CRD's)."""
+    plurals = {kind: plural for _, kind, plural, _ in FOREIGN_CRDS}
+    plurals |= {"ValidatingAdmissionPolicy": "validatingadmissionpolicies"}
+    kind = obj["kind"]
+    return f"{obj['apiVersion']}/{plurals.get(kind, kind.lower() + 's')}"
+
+
+@pytest.mark.parametrize("values", sorted(VALUE_SETS))
+def test_helm_template_applies_to_the_emulated_api_server(cluster: Any, values: str) -> None:
+    """``helm template | kubectl apply -f -``: what `helm install` sends, accepted by an API
+    server and kubectl 1.35, and idempotent (a second apply changes nothing)."""
+    cluster.kubectl("apply", "-f", "-", input=foreign_crds())
+    cluster.kubectl("apply", "-f", str(CHART / "crds"))
+    manifests = rendered(*VALUE_SETS[values])
+    objs = render(*VALUE_SETS[values])
+    namespaces = sorted(
+        {NAMESPACE} | {o["metadata"].get("namespace") for o in objs} - {None, "default"}
+    )
+    namespace_docs = [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n}} for n in namespaces
+    ]
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(namespace_docs))
+    first = cluster.kubectl("apply", "-f", "-", input=manifests)
+    assert first.stdout.count(" created") == len(objs), first.stdout
+    for obj in objs:
+        meta = obj["metadata"]
+        stored = cluster.get(gvr(obj), meta.get("namespace"), meta["name"])
+        assert stored is not None, f"{obj['kind']} {meta['name']} was not stored"
+        assert stored["metadata"]["labels"] == meta["labels"]
+    again = cluster.kubectl("apply", "-f", "-", input=manifests)
+    assert again.stdout.count(" unchanged") == len(objs), again.stdout
+    # The CRDs the chart ships are served: the examples apply.
+    cluster.kubectl("apply", "-f", str(ROOT / "examples" / "evalrun.yaml"))
+    listed = cluster.kubectl("get", "evalruns", "-o", "name")
+    assert listed.stdout.strip() == "evalrun.qeval.dev/demo"
+
+
+def test_notes_tell_where_the_operator_runs_and_what_to_apply() -> None:
+    done = run_helm(
+        "install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=client",
+        "--set", "watchNamespaces={ml}", "--set", "storage.create=true",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    notes = done.stdout.split("NOTES:", 1)[1]
+    assert "serving the namespaces ml" in notes
+    assert f"rollout status deploy/{FULLNAME}" in notes
+    assert "kubectl -n ml apply -f examples/evalrun.yaml" in notes
+    assert "(created in: ml)" in notes

@@ -1,0 +1,952 @@
+"""Dashboards and alerts against the real Prometheus, scraping the real qeval operator.
+
+The stack (module-scoped, about 10 s): the emulated API server; the real operator
+(``qeval.k8s.handlers.run``) watching ``default``; Prometheus (Debian's 2.42) scraping it
+every second the way the chart's ServiceMonitor does, and evaluating the chart's
+PrometheusRule. The demo study of examples/evalrun.yaml runs through the operator with the
+test playing the Job controller and the stage pods: each stage publishes its result
+ConfigMap through ``qeval.k8s.publish`` carrying the scores measured by ``make demo``
+(README), and the aggregate stage is the real one (``qeval.stages.aggregate.run``). A second
+study fails (its quantization crashes), so the failure alerts have something to show, and
+one quantization is still running (its pod not ready yet), so the operator keeps working.
+
+Serving has no qeval metrics yet and vLLM cannot run here: two stand-in exporters serve
+the serving dashboard's series (the ``qeval_benchmark_*`` names the serving work will
+export, and vLLM's own ``vllm:`` histograms and counters), so that every panel query runs.
+
+Every request the operator and the stage pods make is checked against the chart's RBAC:
+each identity has its own token, and the emulator's request log says who asked what.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from qeval.api.evalrun import Score
+from qeval.k8s import manifests as m
+from qeval.k8s.publish import publish
+from qeval.stages.aggregate import AggregateInput
+from qeval.stages.aggregate import run as aggregate
+from qeval.stages.envelope import StageResult, StageStatus
+from tests.conftest import EXAMPLES, ROOT
+from tests.kube.emulator import Cluster, _verb
+from tests.prometheus import (
+    Exporter,
+    Prometheus,
+    Target,
+    binary,
+    finite,
+    free_port,
+    legend,
+    panel_queries,
+    variable_queries,
+    wait_for,
+)
+from tests.test_chart import CHART, NAMESPACE, grants, render, template
+
+pytestmark = pytest.mark.skipif(
+    not (binary("prometheus") and binary("promtool")),
+    reason="Prometheus is not installed (apt-get install prometheus; .ci/run does)",
+)
+
+NS = "default"  # where the studies run; the operator serves it
+OPERATOR_JOB = "qeval-operator-metrics"  # the job a ServiceMonitor gives the metrics Service
+DASHBOARDS = sorted((CHART / "dashboards").glob("*.json"))
+# The chart as installed for this stack: namespaced to `default`, monitoring switched on.
+VALUES = (
+    f"watchNamespaces={{{NS}}}",
+    "metrics.serviceMonitor.enabled=true",
+    "metrics.prometheusRule.enabled=true",
+    "json:metrics.prometheusRule.taskRecoveryThreshold=0.95",  # a non-default threshold
+    "dashboards.enabled=true",
+)
+MiB = 2**20
+
+# Measured by `make demo` (README): (scheme, size in MiB, {task: (score, stderr)}), 1,000
+# items per task. The quantization wall times are illustrative (the README does not list them).
+DEMO = {
+    "fp32": (None, 5.5, {"qeval_demo_facts": (0.976, 0.005), "qeval_demo_recall": (0.954, 0.007)}),
+    "fp8": (
+        "W8A8-FP8",
+        2.1,
+        {"qeval_demo_facts": (0.979, 0.005), "qeval_demo_recall": (0.954, 0.007)},
+    ),
+    "int8": (
+        "W8A8-INT8",
+        2.1,
+        {"qeval_demo_facts": (0.977, 0.005), "qeval_demo_recall": (0.953, 0.007)},
+    ),
+    "w4a16": (
+        "W4A16",
+        1.6,
+        {"qeval_demo_facts": (0.977, 0.005), "qeval_demo_recall": (0.952, 0.007)},
+    ),
+    "w2a16-rtn": (
+        "W2A16-RTN",
+        1.3,
+        {"qeval_demo_facts": (0.937, 0.008), "qeval_demo_recall": (0.860, 0.011)},
+    ),
+}
+METRICS = {"qeval_demo_facts": "acc", "qeval_demo_recall": "exact_match"}
+QUANTIZE_SECONDS = {"fp8": 1.4, "int8": 11.2, "w4a16": 8.9, "w2a16-rtn": 0.9, "w3a16": 0.0}
+FAILING = {"tiny-llama-w3a16"}  # its quantization crashes: the second study fails
+RUNNING = {"tiny-llama-w4a16-g64"}  # its quantization never ends: the operator keeps watching
+
+# A failing study, and a quantization still running when the dashboards are looked at.
+MORE = """
+apiVersion: qeval.dev/v1alpha1
+kind: QuantizedModel
+metadata: {name: tiny-llama-w4a16-g64}
+spec:
+  model: {uri: demo://tiny-llama}
+  scheme: W4A16
+  algorithm: GPTQ
+  groupSize: 64
+  calibration: {dataset: demo, numSamples: 256, maxSeqLength: 128}
+  scheduling: {gpus: 0}
+---
+apiVersion: qeval.dev/v1alpha1
+kind: QuantizedModel
+metadata: {name: tiny-llama-w3a16}
+spec:
+  model: {uri: demo://tiny-llama}
+  scheme: W3A16
+  algorithm: RTN
+  scheduling: {gpus: 0}
+---
+apiVersion: qeval.dev/v1alpha1
+kind: EvalRun
+metadata: {name: w3-study}
+spec:
+  baseline: {name: fp32, model: {uri: demo://tiny-llama}}
+  candidates: [{quantizedModel: tiny-llama-w3a16, name: w3a16}]
+  tasks: [{name: qeval_demo_facts}]
+  backend: hf
+  scheduling: {gpus: 0}
+"""
+
+
+# --- identities: one token each, so the request log says who asked -------------------------
+
+
+def kubeconfig_for(cluster: Cluster, token: str, path: Path) -> Path:
+    config = yaml.safe_load(cluster.kubeconfig.read_text())
+    config["users"][0]["user"]["token"] = token
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def client_for(kubeconfig: Path) -> Any:
+    from kubernetes import client, config
+
+    configuration = client.Configuration()
+    config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
+    return client.ApiClient(configuration)
+
+
+@contextmanager
+def environment(**values: str) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+class Operator:
+    """``qeval operator`` in a thread (handlers.run with stop and ready flags)."""
+
+    def __init__(self) -> None:
+        self.stop_flag, self.ready = threading.Event(), threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True, name="qeval-operator")
+
+    def _run(self) -> None:
+        from qeval.k8s.handlers import run
+
+        try:
+            run(stop_flag=self.stop_flag, ready_flag=self.ready)
+        except BaseException as e:
+            self.error = e
+
+    def start(self) -> Operator:
+        self.thread.start()
+        wait_for(lambda: self.ready.is_set() or self.error, "the operator to be ready")
+        assert self.error is None, self.error
+        return self
+
+    def stop(self) -> None:
+        if self.thread.is_alive():
+            self.stop_flag.set()
+            self.thread.join(timeout=20)
+        assert not self.thread.is_alive(), "the operator did not stop"
+
+
+# --- the test plays the Job controller and the stage pods -------------------------------------
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+@dataclass
+class Study:
+    """Finishes every stage Job the operator creates, the way its pod would."""
+
+    cluster: Cluster
+    api: Any  # the test's own identity (the Job controller)
+    workdir: Path  # stands in for the storage claim, /mnt/volumes/<claim>
+    done: set[str] = field(default_factory=set)
+
+    def local(self, path: str) -> Path:
+        return self.workdir / Path(path).relative_to("/mnt/volumes")
+
+    def step(self) -> int:
+        jobs = self.cluster.list("batch/v1/jobs", namespace=NS)
+        fresh = [j for j in jobs if j["metadata"]["name"] not in self.done]
+        for job in fresh:
+            if job["metadata"]["labels"].get(m.LABEL_QUANTIZED_MODEL) in RUNNING:
+                self.start(job)
+            else:
+                self.finish(job)
+            self.done.add(job["metadata"]["name"])
+        return len(fresh)
+
+    def start(self, job: dict[str, Any]) -> None:
+        """The Job controller has made its pod, which is not ready yet (pulling its image)."""
+        from kubernetes import client
+
+        body = {"status": {"active": 1, "ready": 0, "startTime": now()}}
+        client.BatchV1Api(self.api).patch_namespaced_job_status(job["metadata"]["name"], NS, body)
+
+    def finish(self, job: dict[str, Any]) -> None:
+        container = job["spec"]["template"]["spec"]["containers"][0]
+        env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+        env["QEVAL_RESULT_NAMESPACE"] = NS  # the downward API's value in a real pod
+        stage_input = json.loads(env[m.INPUT_ENV])
+        output = container["command"][container["command"].index("--output") + 1]
+        labels = job["metadata"]["labels"]
+        kind = labels[m.LABEL_STAGE_KIND]
+        ok, result, reason, message, seconds = True, None, None, None, 1.0
+        if kind == "demo-model":
+            result = {"path": "/mnt/volumes/qeval-data/cache/demo-model", "recipeHash": "demo"}
+        elif kind == "quantize":
+            name = stage_input["name"]
+            candidate = name.removeprefix("tiny-llama-")
+            seconds = QUANTIZE_SECONDS[candidate]
+            if name in FAILING:
+                ok, reason, message = False, "Crashed", "RuntimeError: CUDA out of memory"
+            else:
+                size, base = int(DEMO[candidate][1] * MiB), int(DEMO["fp32"][1] * MiB)
+                result = {
+                    "name": name,
+                    "scheme": stage_input["scheme"],
+                    "recipe": stage_input["recipe"],
+                    "outputDir": stage_input["outputDir"],
+                    "sizeBytes": size,
+                    "baseSizeBytes": base,
+                    "compressionRatio": round(base / size, 4),
+                    "quantizeSeconds": seconds,
+                }
+        elif kind == "evaluate":
+            name = stage_input["modelName"]
+            _, size, tasks = DEMO[name]
+            scores = [
+                Score(
+                    model=name,
+                    task=task,
+                    metric=METRICS[task],
+                    value=value,
+                    stderr=stderr,
+                    samples=1000,
+                    primary=True,
+                ).dump()
+                for task, (value, stderr) in tasks.items()
+                if task in {t["name"] for t in stage_input["tasks"]}
+            ]
+            result = {
+                "modelName": name,
+                "backend": "hf",
+                "harnessVersion": "0.4.13",
+                "scores": scores,
+                "modelSizeBytes": int(size * MiB),
+                "resultsPath": f"{stage_input['outputDir']}/results.json",
+                "samplesDir": f"{stage_input['outputDir']}/samples",
+            }
+        elif kind == "aggregate":
+            # The real aggregate stage, over the evaluate result documents on the "claim".
+            doc = json.loads(json.dumps(stage_input))
+            for ref in [doc["baseline"], *doc["candidates"]]:
+                ref["evaluate"] = str(self.local(ref["evaluate"]))
+            status = aggregate(AggregateInput.model_validate(doc))
+            status.results_location = stage_input["resultsLocation"]
+            result = status.dump()
+        doc = StageResult(
+            stage=labels[m.LABEL_STAGE],
+            kind=kind,
+            status=StageStatus.SUCCEEDED if ok else StageStatus.FAILED,
+            reason=reason,
+            message=message,
+            started_at=now(),
+            finished_at=now(),
+            wall_seconds=seconds,
+            result=result,
+        )
+        path = self.local(output)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(doc.dump()))
+        publish(doc, env)  # as the stage pod: with the stage's identity ($KUBECONFIG)
+        self.complete(job, ok)
+
+    def complete(self, job: dict[str, Any], ok: bool) -> None:
+        from kubernetes import client
+
+        condition = {"type": "Complete", "status": "True", "lastTransitionTime": now()}
+        if not ok:
+            condition = {
+                "type": "Failed",
+                "status": "True",
+                "reason": "BackoffLimitExceeded",
+                "message": "Job has reached the specified backoff limit",
+                "lastTransitionTime": now(),
+            }
+        body = {"status": {"succeeded" if ok else "failed": 1, "conditions": [condition]}}
+        client.BatchV1Api(self.api).patch_namespaced_job_status(job["metadata"]["name"], NS, body)
+
+    def phase(self, plural: str, name: str) -> str | None:
+        obj = self.cluster.get(f"qeval.dev/v1alpha1/{plural}", NS, name)
+        return ((obj or {}).get("status") or {}).get("phase")
+
+
+# --- serving stand-ins ---------------------------------------------------------------------------
+
+# The qeval-side serving metrics the dashboard assumes (the serving work exports these names).
+BENCHMARK_LATENCIES = (
+    "qeval_benchmark_ttft_seconds",
+    "qeval_benchmark_itl_seconds",
+    "qeval_benchmark_e2e_latency_seconds",
+)
+BENCHMARK_RATES = (
+    "qeval_benchmark_output_tokens_per_second",
+    "qeval_benchmark_requests_per_second",
+)
+
+
+def benchmark_standin() -> Exporter:
+    """Illustrative benchmark results of the demo run, under the assumed qeval_* names."""
+    from prometheus_client import Gauge
+
+    exporter = Exporter()
+    labels = ("namespace", "run", "model", "scenario")
+    latency = {
+        name: Gauge(name, name, [*labels, "quantile"], registry=exporter.registry)
+        for name in BENCHMARK_LATENCIES
+    }
+    rates = {
+        name: Gauge(name, name, labels, registry=exporter.registry) for name in BENCHMARK_RATES
+    }
+    speed = {"fp32": 1.0, "fp8": 1.6, "w4a16": 1.9}
+    load = {"synchronous": 1.0, "concurrent-8": 2.2, "throughput": 4.5}
+    base = {"qeval_benchmark_ttft_seconds": 0.040, "qeval_benchmark_itl_seconds": 0.012}
+    base["qeval_benchmark_e2e_latency_seconds"] = 1.6
+    for model, fast in speed.items():
+        for scenario, busy in load.items():
+            key = (NS, "demo", model, scenario)
+            for name, gauge in latency.items():
+                for q, tail in (("0.5", 1.0), ("0.95", 1.7), ("0.99", 2.4)):
+                    gauge.labels(*key, q).set(base[name] * busy * tail / fast)
+            rates["qeval_benchmark_output_tokens_per_second"].labels(*key).set(80 * fast * busy)
+            rates["qeval_benchmark_requests_per_second"].labels(*key).set(0.6 * fast * busy)
+    return exporter.start()
+
+
+class VllmStandIn:
+    """Serves vLLM's metric names and labels, with requests simulated while it runs."""
+
+    MODELS = {"tiny-llama": 1.0, "tiny-llama-w4a16": 1.9}
+
+    def __init__(self) -> None:
+        from prometheus_client import Counter, Gauge, Histogram
+
+        self.exporter = Exporter()
+        r, labels = self.exporter.registry, ["model_name"]
+        buckets = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24)
+        self.ttft = Histogram(
+            "vllm:time_to_first_token_seconds", "TTFT", labels, registry=r, buckets=buckets
+        )
+        self.itl = Histogram(
+            "vllm:inter_token_latency_seconds", "ITL", labels, registry=r, buckets=buckets
+        )
+        self.e2e = Histogram(
+            "vllm:e2e_request_latency_seconds", "E2E", labels, registry=r, buckets=buckets
+        )
+        self.queue = Histogram(
+            "vllm:request_queue_time_seconds", "queue", labels, registry=r, buckets=buckets
+        )
+        self.prompt = Counter("vllm:prompt_tokens", "prompt tokens", labels, registry=r)
+        self.generation = Counter("vllm:generation_tokens", "generated tokens", labels, registry=r)
+        self.running = Gauge("vllm:num_requests_running", "running", labels, registry=r)
+        self.waiting = Gauge("vllm:num_requests_waiting", "waiting", labels, registry=r)
+        self.kv = Gauge("vllm:kv_cache_usage_perc", "KV cache usage (0-1)", labels, registry=r)
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._serve_requests, daemon=True)
+        self.rng = random.Random(0)
+
+    def _serve_requests(self) -> None:
+        while not self.stopped.wait(0.05):
+            for model, fast in self.MODELS.items():
+                rng = self.rng
+                self.ttft.labels(model).observe(rng.lognormvariate(-3.2, 0.4) / fast)
+                for _ in range(8):
+                    self.itl.labels(model).observe(rng.lognormvariate(-4.4, 0.3) / fast)
+                self.e2e.labels(model).observe(rng.lognormvariate(0.4, 0.3) / fast)
+                self.queue.labels(model).observe(rng.expovariate(50))
+                self.prompt.labels(model).inc(rng.randint(50, 400))
+                self.generation.labels(model).inc(rng.randint(20, 200))
+                self.running.labels(model).set(rng.randint(1, 8))
+                self.waiting.labels(model).set(rng.randint(0, 3))
+                self.kv.labels(model).set(rng.uniform(0.2, 0.6))
+
+    @property
+    def address(self) -> str:
+        return self.exporter.address
+
+    def start(self) -> VllmStandIn:
+        self.exporter.start()
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join(timeout=5)
+        self.exporter.stop()
+
+
+# --- the stack ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Stack:
+    cluster: Cluster
+    operator: Operator
+    prometheus: Prometheus
+    study: Study
+    metrics_port: int
+    tokens: dict[str, str]  # identity -> bearer token
+    seconds: dict[str, float]
+
+
+def rule_file(tmp: Path) -> Path:
+    """The chart's PrometheusRule (as installed for the stack) as a Prometheus rules file."""
+    (rule,) = template("prometheusrule.yaml", *VALUES)
+    path = tmp / "qeval-rules.yaml"
+    path.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}, sort_keys=False))
+    return path
+
+
+@contextmanager
+def monitored_study(tmp: Path) -> Iterator[Stack]:
+    """The whole stack, with both studies finished and their results scraped."""
+    t0 = time.monotonic()
+    seconds: dict[str, float] = {}
+    metrics_port = free_port()
+    vllm, benchmarks = VllmStandIn().start(), benchmark_standin()
+    targets = [
+        # As the chart's ServiceMonitor: job = the Service, namespace = the operator's.
+        Target(OPERATOR_JOB, f"127.0.0.1:{metrics_port}", {"namespace": NAMESPACE}, True),
+        Target("vllm", vllm.address, {"namespace": NS}),
+        Target("qeval-benchmarks", benchmarks.address, {}, True),
+    ]
+    prometheus = Prometheus(targets, [rule_file(tmp)]).start()
+    seconds["prometheus ready"] = time.monotonic() - t0
+    cluster = Cluster().start()
+    operator: Operator | None = None
+    tokens = {"operator": "operator-token", "stage": "stage-token", "test": "test-token"}
+    try:
+        cluster.apply_crds(ROOT / "crds")
+        configs = {
+            who: kubeconfig_for(cluster, t, tmp / f"{who}.kubeconfig") for who, t in tokens.items()
+        }
+        settings = {
+            "QEVAL_NAMESPACES": NS,
+            "QEVAL_RESYNC_SECONDS": "1",  # reconcile often: the latency histogram moves
+            "QEVAL_METRICS_PORT": str(metrics_port),
+            "QEVAL_LIVENESS_ENDPOINT": f"http://127.0.0.1:{free_port()}/healthz",
+        }
+        with environment(KUBECONFIG=str(configs["operator"]), **settings):
+            operator = Operator().start()
+        seconds["operator ready"] = time.monotonic() - t0
+        study = Study(cluster, client_for(configs["test"]), tmp / "volumes")
+        with environment(KUBECONFIG=str(configs["test"])):
+            kubectl = ["apply", "-f", str(EXAMPLES / "evalrun.yaml"), "-f", "-"]
+            cluster.kubectl(*kubectl, input=MORE)
+        with environment(KUBECONFIG=str(configs["stage"])):  # what publish() logs in with
+            wait_for(
+                lambda: (
+                    study.step() >= 0
+                    and study.phase("evalruns", "demo") == "Succeeded"
+                    and study.phase("evalruns", "w3-study") == "Failed"
+                ),
+                "the demo study to succeed and the w3 study to fail",
+                timeout=60,
+            )
+        seconds["studies done"] = time.monotonic() - t0
+        stack = Stack(cluster, operator, prometheus, study, metrics_port, tokens, seconds)
+        wait_for(lambda: prometheus.scraped(OPERATOR_JOB), "a scrape of the operator")
+        wait_for(
+            lambda: (
+                len(prometheus.query("qeval_mean_recovery_ratio")) == 4
+                and prometheus.query('qeval_resources{phase="Failed"} > 0')
+            ),
+            "the studies' results in Prometheus",
+        )
+        seconds["results scraped"] = time.monotonic() - t0
+        yield stack
+    finally:
+        if operator is not None:
+            operator.stop()
+        cluster.stop()
+        prometheus.stop()
+        vllm.stop()
+        benchmarks.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with monitored_study(tmp_path_factory.mktemp("monitoring")) as s:
+        yield s
+
+
+# --- the operator's results in Prometheus --------------------------------------------------------
+
+
+def by(samples: list[dict[str, Any]], *labels: str) -> dict[tuple[str, ...], float]:
+    return {tuple(s["metric"][k] for k in labels): float(s["value"][1]) for s in samples}
+
+
+def series(p: Prometheus, expr: str, *labels: str, count: int) -> dict[tuple[str, ...], float]:
+    """The query's values by ``labels`` once it has ``count`` series (a scrape taken while the
+    operator replaces a resource's series can miss them for one scrape interval)."""
+    return wait_for(
+        lambda: (found := by(p.query(expr), *labels)) and len(found) == count and found, expr
+    )
+
+
+def test_prometheus_has_the_studys_real_results_from_the_operator(stack: Stack) -> None:
+    p = stack.prometheus
+    mean = series(
+        p, 'qeval_mean_recovery_ratio{run="demo"}', "namespace", "model", "scheme", count=4
+    )
+    # The README's table: 100.2, 100.0, 99.9 and 93.1 % mean recovery.
+    assert mean[(NS, "w2a16-rtn", "W2A16-RTN")] == pytest.approx(0.931, abs=0.001)
+    assert mean[(NS, "w4a16", "W4A16")] == pytest.approx(0.999, abs=0.001)
+    assert mean[(NS, "fp8", "W8A8-FP8")] == pytest.approx(1.002, abs=0.001)
+    scores = series(p, 'qeval_score{run="demo", model="fp32"}', "task", "scheme", count=2)
+    assert scores == {
+        ("qeval_demo_facts", "baseline"): 0.976,
+        ("qeval_demo_recall", "baseline"): 0.954,
+    }
+    ratio = series(p, "qeval_compression_ratio", "quantizedmodel", count=4)
+    assert ratio[("tiny-llama-w2a16-rtn",)] == pytest.approx(5.5 / 1.3, abs=0.01)
+    phases = series(p, "qeval_resources > 0", "kind", "phase", count=5)
+    assert phases == {
+        ("EvalRun", "Succeeded"): 1,
+        ("EvalRun", "Failed"): 1,
+        ("QuantizedModel", "Ready"): 4,
+        ("QuantizedModel", "Failed"): 1,
+        ("QuantizedModel", "Quantizing"): 1,
+    }
+    # honor_labels (the ServiceMonitor's honorLabels): the resources' namespace, not the operator's.
+    assert {s["metric"]["namespace"] for s in p.query("qeval_score")} == {NS}
+    assert p.query(f'up{{job="{OPERATOR_JOB}", namespace="{NAMESPACE}"}} == 1')
+
+
+# --- dashboards ----------------------------------------------------------------------------
+
+QUERIES = [q for path in DASHBOARDS for q in panel_queries(path)]
+
+
+@pytest.mark.parametrize("query", QUERIES, ids=lambda q: f"{q.dashboard}:{q.panel}:{q.ref}")
+def test_every_dashboard_panel_query_returns_data(stack: Stack, query: Any) -> None:
+    def found() -> list[dict[str, Any]]:
+        return finite(stack.prometheus.query(query.expr))
+
+    # Rates need a few scrapes in their window: wait for them, briefly.
+    samples = wait_for(found, f"data for {query.panel!r}: {query.expr}", timeout=15)
+    for s in samples:
+        name = legend(query.legend, s["metric"])
+        assert name.strip(" ·()"), f"{query.panel}: legend {query.legend!r} is empty for {s}"
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.stem)
+def test_every_dashboard_variable_has_values(stack: Stack, path: Path) -> None:
+    for name, label, selector in variable_queries(path):
+        values = stack.prometheus.label_values(label, selector)
+        assert values, f"{path.name}: ${name} (label_values({selector}, {label})) is empty"
+
+
+# --- alerts -------------------------------------------------------------------------------------
+
+
+def test_every_alert_rule_loads_and_fires_on_the_failed_study(stack: Stack) -> None:
+    p = stack.prometheus
+    rules = wait_for(
+        lambda: (
+            (r := p.rules()) and all(x.get("lastEvaluation", "0001")[:4] != "0001" for x in r) and r
+        ),
+        "every rule evaluated",
+    )
+    assert {r["name"] for r in rules} == {
+        "QevalEvalRunFailed",
+        "QevalQuantizedModelFailed",
+        "QevalRecoveryBelowThreshold",
+        "QevalTaskRecoveryBelowThreshold",
+        "QevalOperatorDown",
+    }
+    assert all(r["health"] == "ok" for r in rules), [(r["name"], r.get("lastError")) for r in rules]
+    expected = {
+        "QevalEvalRunFailed": {(NS,)},
+        "QevalQuantizedModelFailed": {(NS,)},
+        # The 2-bit negative control, and its tasks below the configured 95 %.
+        "QevalRecoveryBelowThreshold": {(NS, "demo", "w2a16-rtn")},
+        "QevalTaskRecoveryBelowThreshold": {
+            (NS, "demo", "w2a16-rtn", "qeval_demo_recall"),
+        },
+    }
+    keys = ("namespace", "run", "model", "task")
+    for rule in rules:
+        if rule["name"] not in expected:
+            continue
+
+        def alerting(query: str = rule["query"]) -> set[tuple[str, ...]]:
+            samples = finite(p.query(query))
+            return {tuple(s["metric"][k] for k in keys if k in s["metric"]) for s in samples}
+
+        # (Waits out a scrape that caught the operator replacing a resource's series.)
+        wait_for(
+            lambda r=rule["name"]: alerting() == expected[r],
+            f"{rule['name']} ({rule['query']}) to return {expected[rule['name']]}",
+        )
+        firing = wait_for(
+            lambda r=rule["name"]: [
+                a for a in p.api("alerts")["alerts"] if a["labels"]["alertname"] == r
+            ],
+            f"{rule['name']} to fire",
+        )
+        assert firing[0]["state"] == "firing"
+        assert "{{" not in firing[0]["annotations"]["summary"]
+    # The operator is up: QevalOperatorDown has nothing to say.
+    (down,) = [r for r in rules if r["name"] == "QevalOperatorDown"]
+    assert not p.query(down["query"])
+
+
+# --- RBAC: every call made was allowed by the chart --------------------------------------------
+
+# Non-resource URLs every authenticated user may read (system:discovery, system:public-info-viewer).
+DISCOVERY = ("/api", "/apis", "/version", "/openapi")
+
+
+def requests_by(stack: Stack, token: str) -> list[tuple[str, str, str | None]]:
+    """(verb, group/version/resource[/sub] or path, namespace) of each request with ``token``."""
+
+    async def read() -> list[Any]:
+        return list(stack.cluster.emulator._requests)
+
+    out = []
+    for request in stack.cluster.call(read):
+        if request.headers.get("Authorization") == f"Bearer {token}":
+            verb, _, target = _verb(request).partition(" ")
+            out.append((verb, target, request.namespace))
+    return out
+
+
+def group_resource(target: str) -> tuple[str, str]:
+    """``"qeval.dev/v1alpha1/evalruns/status"`` -> ``("qeval.dev", "evalruns/status")``."""
+    parts = target.split("/")
+    if parts[0] == "v1":  # the core group
+        return "", "/".join(parts[1:])
+    return parts[0], "/".join(parts[2:])
+
+
+def allowed(rules: list[dict[str, Any]], verb: str, target: str) -> bool:
+    key = group_resource(target)
+    return any(verb in grants(rule).get(key, set()) for rule in rules)
+
+
+# Granted but not used by the study: single reads of what the operator lists and watches
+# (cheap, read-only, and what a person debugging with the operator's identity needs).
+KEPT_UNUSED = {
+    ("get", "qeval.dev", "quantizedmodels"),
+    ("get", "qeval.dev", "evalruns"),
+    ("get", "qeval.dev", "quantizedmodels/status"),
+    ("get", "qeval.dev", "evalruns/status"),
+    ("get", "batch", "jobs"),
+    ("get", "", "configmaps"),
+    ("get", "", "pods"),
+}
+
+
+def test_the_charts_rbac_allows_every_call_the_operator_and_the_stages_made(stack: Stack) -> None:
+    objs = render(*VALUES)
+    namespaced = [o for o in objs if o["kind"] == "Role" and o["metadata"]["namespace"] == NS]
+    operator_role = [r for r in namespaced if r["metadata"]["name"] == "qeval-operator"]
+    stage_role = [r for r in namespaced if r["metadata"]["name"] == "qeval-stage"]
+    cluster_roles = [o for o in objs if o["kind"] == "ClusterRole"]
+    assert operator_role and stage_role and cluster_roles
+
+    used: set[tuple[str, str, str]] = set()
+    calls = requests_by(stack, stack.tokens["operator"])
+    assert len(calls) > 20
+    for verb, target, namespace in calls:
+        if verb.isupper():  # a non-resource URL
+            assert target.startswith(DISCOVERY), f"the operator read {target}"
+            continue
+        assert namespace in (NS, None), f"the operator called {verb} {target} in {namespace}"
+        rules = (operator_role if namespace == NS else []) + cluster_roles
+        assert allowed(rules, verb, target), (
+            f"the chart does not allow the operator: {verb} {target}"
+        )
+        used.add((verb, *group_resource(target)))
+    # Least privilege: the Role grants nothing this study did not use, but for a few reads.
+    granted = {
+        (verb, group, resource)
+        for role in operator_role
+        for (group, resource), verbs in grants(role).items()
+        for verb in verbs
+    }
+    unused = granted - used
+    assert unused <= KEPT_UNUSED, f"granted but never used: {sorted(unused - KEPT_UNUSED)}"
+
+    stage_calls = requests_by(stack, stack.tokens["stage"])
+    assert any(v == "create" for v, _, _ in stage_calls)
+    for verb, target, namespace in stage_calls:
+        assert namespace == NS and allowed(stage_role, verb, target), (
+            f"the chart does not allow stage pods: {verb} {target} in {namespace}"
+        )
+
+
+# --- promtool ---------------------------------------------------------------------------------
+
+
+def promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    exe = binary("promtool")
+    assert exe
+    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=60)
+
+
+def test_promtool_checks_the_charts_rules(tmp_path: Path) -> None:
+    done = promtool("check", "rules", str(rule_file(tmp_path)))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS: 5 rules found" in done.stdout
+
+
+def test_promtool_unit_tests_of_the_alerts(tmp_path: Path) -> None:
+    """Each alert fires on what it is about, and only then (promtool's rule unit tests)."""
+    (rule,) = template("prometheusrule.yaml", "metrics.prometheusRule.enabled=true")
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}, sort_keys=False))
+    (down,) = [
+        r for g in rule["spec"]["groups"] for r in g["rules"] if r["alert"] == "QevalOperatorDown"
+    ]
+    fired = {"exp_labels": {"severity": "critical"}, "exp_annotations": down["annotations"]}
+    up = f'up{{job="{OPERATOR_JOB}", namespace="{NAMESPACE}"}}'
+    w2 = 'run="r1", scheme="W2A16", model="w2"'
+    w4 = 'run="r1", scheme="W4A16", model="w4"'
+
+    def series(name: str, labels: str, values: str) -> dict[str, str]:
+        return {"series": f'{name}{{namespace="ml", {labels}}}', "values": values}
+
+    tests = {
+        "rule_files": [str(rules)],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    series("qeval_resources", 'kind="EvalRun", phase="Failed"', "0 0 1x10"),
+                    series("qeval_resources", 'kind="EvalRun", phase="Succeeded"', "3x12"),
+                    series("qeval_resources", 'kind="QuantizedModel", phase="Failed"', "0x12"),
+                    series("qeval_mean_recovery_ratio", w2, "0.93x12"),
+                    series("qeval_mean_recovery_ratio", w4, "0.99x12"),
+                    series("qeval_recovery_ratio", f'{w2}, metric="acc", task="gsm8k"', "0.85x12"),
+                    series("qeval_recovery_ratio", f'{w2}, metric="acc", task="arc"', "0.96x12"),
+                    {"series": up, "values": "1 1 1 0x20"},
+                ],
+                "alert_rule_test": [
+                    {"eval_time": "1m", "alertname": "QevalEvalRunFailed", "exp_alerts": []},
+                    {
+                        "eval_time": "3m",
+                        "alertname": "QevalEvalRunFailed",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {"severity": "warning", "namespace": "ml"},
+                                "exp_annotations": {
+                                    "summary": "1 EvalRun(s) failed in namespace ml",
+                                    "description": "kubectl get evalruns -n ml shows which; the "
+                                    "Succeeded condition and status.failures say why.",
+                                },
+                            }
+                        ],
+                    },
+                    {"eval_time": "5m", "alertname": "QevalQuantizedModelFailed", "exp_alerts": []},
+                    {
+                        "eval_time": "1m",
+                        "alertname": "QevalRecoveryBelowThreshold",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {
+                                    "severity": "warning",
+                                    "namespace": "ml",
+                                    "run": "r1",
+                                    "model": "w2",
+                                    "scheme": "W2A16",
+                                },
+                                "exp_annotations": {
+                                    "summary": "Mean recovery 93% of w2 (W2A16) in EvalRun ml/r1 "
+                                    "is below 95%",
+                                    "description": "The candidate keeps less of the baseline's "
+                                    "accuracy than the threshold allows; qeval_recovery_ratio "
+                                    "shows which tasks lost most.",
+                                },
+                            }
+                        ],
+                    },
+                    {
+                        "eval_time": "1m",
+                        "alertname": "QevalTaskRecoveryBelowThreshold",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {
+                                    "severity": "warning",
+                                    "namespace": "ml",
+                                    "run": "r1",
+                                    "model": "w2",
+                                    "scheme": "W2A16",
+                                    "task": "gsm8k",
+                                    "metric": "acc",
+                                },
+                                "exp_annotations": {
+                                    "summary": "Recovery 85% of w2 (W2A16) on gsm8k in EvalRun "
+                                    "ml/r1 is below 90%",
+                                    "description": "One task lost more accuracy under "
+                                    "quantization than the threshold allows.",
+                                },
+                            }
+                        ],
+                    },
+                    # Down from 3m: pending until it has been down for 5m.
+                    {"eval_time": "2m", "alertname": "QevalOperatorDown", "exp_alerts": []},
+                    {"eval_time": "6m", "alertname": "QevalOperatorDown", "exp_alerts": []},
+                    {
+                        "eval_time": "9m",
+                        "alertname": "QevalOperatorDown",
+                        "exp_alerts": [fired],
+                    },
+                ],
+            },
+            {
+                # Never scraped at all (no `up` series): down too.
+                "interval": "1m",
+                "input_series": [],
+                "alert_rule_test": [
+                    {"eval_time": "4m", "alertname": "QevalOperatorDown", "exp_alerts": []},
+                    {
+                        "eval_time": "6m",
+                        "alertname": "QevalOperatorDown",
+                        "exp_alerts": [fired],
+                    },
+                ],
+            },
+        ],
+    }
+    test_file = tmp_path / "alerts_test.yaml"
+    test_file.write_text(yaml.safe_dump(tests, sort_keys=False))
+    done = promtool("test", "rules", str(test_file))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS" in done.stdout
+
+
+# --- the picture, and the operator going away (last: it stops the operator) ----------------
+
+
+def test_the_recovery_dashboard_picture_is_drawn_from_the_panels_promql(
+    stack: Stack, tmp_path: Path
+) -> None:
+    from docs.render_dashboard import PANELS, draw
+
+    path = (
+        ROOT / "docs" / "recovery-dashboard.png"
+        if os.environ.get("QEVAL_WRITE_DOCS")
+        else tmp_path / "recovery.png"
+    )
+    recovery = next(p for p in DASHBOARDS if p.stem == "qeval-recovery")
+    results = {}
+    for query in panel_queries(recovery, run="demo"):  # as if the demo run were selected
+        if query.panel in PANELS:
+            samples = finite(stack.prometheus.query(query.expr))
+            results.setdefault(query.panel, []).extend(
+                (legend(query.legend, s["metric"]), float(s["value"][1])) for s in samples
+            )
+    assert set(results) == set(PANELS)
+    draw(results, path)
+    assert path.stat().st_size > 20_000
+
+
+def close_metrics_server(port: int) -> None:
+    """Close an HTTP server still listening on ``port``, as the operator pod's exit would
+    (a stopped operator whose cleanup did not close its metrics server, in a process that
+    goes on, as this test's does)."""
+    import gc
+    from wsgiref.simple_server import WSGIServer
+
+    for obj in gc.get_objects():
+        if isinstance(obj, WSGIServer) and obj.server_address[1] == port:
+            obj.shutdown()
+            obj.server_close()
+
+
+def metrics_answer(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def test_operator_down_fires_once_the_operator_stops(stack: Stack) -> None:
+    p = stack.prometheus
+    (down,) = [r for r in p.rules() if r["name"] == "QevalOperatorDown"]
+    assert not p.query(down["query"])
+    stack.operator.stop()  # its cleanup closes the metrics server
+    if metrics_answer(stack.metrics_port):
+        close_metrics_server(stack.metrics_port)
+        pytest.fail("the operator stopped but its metrics server still answers")
+    samples = wait_for(lambda: finite(p.query(down["query"])), "QevalOperatorDown's expression")
+    assert float(samples[0]["value"][1]) == 1
+    # `for: 5m` holds it pending: a restart does not page anyone.
+    alert = wait_for(
+        lambda: [
+            a for a in p.api("alerts")["alerts"] if a["labels"]["alertname"] == "QevalOperatorDown"
+        ],
+        "QevalOperatorDown pending",
+    )
+    assert alert[0]["state"] == "pending"
