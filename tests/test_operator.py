@@ -25,6 +25,7 @@ from tests.kube.play import (
     free_port,
     publish_result,
     quantize_result,
+    stage_input,
     wait_for,
 )
 from tests.kube.running import Operator
@@ -233,9 +234,14 @@ SCORES = {"fp32": 0.976, "fp8": 0.975, "int8": 0.972, "w4a16": 0.970, "w2a16-rtn
 
 
 def complete(
-    api: Any, cluster: Cluster, stage: str, result: dict[str, Any], ok: bool = True
+    api: Any,
+    cluster: Cluster,
+    stage: str,
+    result: dict[str, Any],
+    ok: bool = True,
+    run: str | None = None,
 ) -> None:
-    job = jobs(cluster)[stage]
+    job = jobs(cluster, **({m.LABEL_RUN: run} if run else {}))[stage]
     publish_result(job, result, ok)
     finish_job(api, job, ok)
 
@@ -458,3 +464,49 @@ def test_kubectl_apply_get_and_wait_with_the_operator_running(
     assert table[1].split()[:3] == ["demo", "Running", "0/7"]
     names = cluster.kubectl("get", "jobs", "-l", f"{m.LABEL_RUN}=demo", "-o", "name").stdout
     assert names.split() == [f"job.batch/{m.child_name('demo', 'demo-model')}"]
+
+
+def test_a_second_run_takes_the_evaluations_a_first_run_did(
+    cluster: Cluster, api: Any, operator: Operator
+) -> None:
+    from kubernetes import client
+
+    def study(name: str) -> dict[str, Any]:
+        return {
+            "apiVersion": "qeval.dev/v1alpha1",
+            "kind": "EvalRun",
+            "metadata": {"name": name},
+            "spec": {
+                "baseline": {"name": "bf16", "model": {"uri": "demo://tiny-llama"}},
+                "candidates": [
+                    {
+                        "name": "w4a16",
+                        "model": {"uri": "RedHatAI/tiny-w4a16", "revision": "4f2a9c1"},
+                        "scheme": "W4A16",
+                    }
+                ],
+                "tasks": [{"name": "qeval_demo_facts"}],
+            },
+        }
+
+    custom = client.CustomObjectsApi(api)
+    custom.create_namespaced_custom_object(m.GROUP, m.VERSION, NS, "evalruns", study("first"))
+    scores = {"bf16": 0.976, "w4a16": 0.970}
+    evaluations = {}
+    for stage in ("demo-model", "evaluate-bf16", "evaluate-w4a16"):
+        job = wait_for(lambda s=stage: jobs(cluster, **{m.LABEL_RUN: "first"}).get(s), stage)
+        result = evaluate_result(job, scores) if stage != "demo-model" else {}
+        evaluations[stage.removeprefix("evaluate-")] = result
+        complete(api, cluster, stage, result, run="first")
+    job = wait_for(lambda: jobs(cluster, **{m.LABEL_RUN: "first"}).get("aggregate"), "aggregate")
+    complete(api, cluster, "aggregate", aggregate_result(job, evaluations), run="first")
+    wait_for(lambda: status(api, "evalruns", "first").get("phase") == "Succeeded", "first done")
+
+    # The same study again: its evaluations are taken from the first run, not run again.
+    custom.create_namespaced_custom_object(m.GROUP, m.VERSION, NS, "evalruns", study("second"))
+    job = wait_for(lambda: jobs(cluster, **{m.LABEL_RUN: "second"}).get("aggregate"), "aggregate")
+    assert set(jobs(cluster, **{m.LABEL_RUN: "second"})) == {"aggregate"}
+    source = "/runs/default/first/stages/evaluate-bf16/result.json"
+    assert stage_input(job)["baseline"]["evaluate"].endswith(source)
+    cached = ["bf16/qeval_demo_facts", "w4a16/qeval_demo_facts"]
+    wait_for(lambda: status(api, "evalruns", "second").get("cached") == cached, "cached listed")

@@ -17,7 +17,9 @@ from qeval.k8s.reconcile import (
     decide_quantized_model,
     invalid_spec,
 )
+from qeval.k8s.reuse import LABEL_REUSE_KEY, Reused, model_identity, reuse_keys
 from qeval.k8s.settings import OperatorSettings
+from qeval.plan import build_plan
 from qeval.stages.envelope import StageResult, StageStatus
 from tests.conftest import EXAMPLES
 
@@ -287,3 +289,64 @@ def test_an_unreadable_result_configmap_is_a_failed_stage() -> None:
     assert doc is not None and doc.status == StageStatus.FAILED
     assert doc.reason == "UnreadableResult"
     assert result_document({"metadata": {}, "data": {}}) is None
+
+
+# --- reusing another run's evaluations ------------------------------------------------------
+
+
+def test_reuse_keys_name_models_only_where_the_weights_are_named() -> None:
+    run, models = demo()
+    stages = build_plan(run, models, layout(run.name))
+    keys = reuse_keys(stages, "evaluator:1")
+    # The demo model and the QuantizedModels made from it can be named without the weights.
+    assert set(keys) == {
+        "evaluate-fp32",
+        "evaluate-fp8",
+        "evaluate-int8",
+        "evaluate-w4a16",
+        "evaluate-w2a16-rtn",
+    }
+    assert len(set(keys.values())) == 5
+    assert all(len(k) == 40 for k in keys.values())
+    # Another run of the same study under another name: the same keys.
+    other = run.model_copy(update={"metadata": run.metadata.model_copy(update={"name": "again"})})
+    assert reuse_keys(build_plan(other, models, layout("again")), "evaluator:1") == keys
+    # What shapes a result changes the key: the seed, the evaluator image.
+    seeded = run.model_copy(update={"spec": run.spec.model_copy(update={"seed": 7})})
+    assert reuse_keys(build_plan(seeded, models, layout(run.name)), "evaluator:1") != keys
+    assert reuse_keys(stages, "evaluator:2") != keys
+
+
+def test_a_hub_model_is_named_only_at_an_explicit_revision() -> None:
+    assert model_identity({"uri": "meta-llama/Llama-3.1-8B"}, {}) is None
+    assert model_identity({"uri": "meta-llama/Llama-3.1-8B", "revision": "0e9e39f"}, {}) == (
+        "hf:meta-llama/Llama-3.1-8B@0e9e39f"
+    )
+    assert model_identity({"uri": "/mnt/volumes/models/x"}, {}) is None
+
+
+def test_an_evaluation_another_run_did_is_taken_not_run_again() -> None:
+    _, models = demo()
+    run, _ = demo()
+    stages = build_plan(run, models, layout(run.name))
+    keys = reuse_keys(stages, "")
+    source = "/mnt/volumes/qeval-data/runs/default/earlier/stages/evaluate-fp32/result.json"
+    hit = Reused(ok("evaluate-fp32", "evaluate"), source)
+    observed = Observed(
+        results={"demo-model": ok("demo-model", "demo-model")},
+        reuse=lambda key: hit if key == keys["evaluate-fp32"] else None,
+    )
+    d = run_decision(states(models, "Ready"), observed)
+    assert "evaluate-fp32" not in {s.name for s in d.create}
+    assert {"evaluate-fp8", "evaluate-w4a16"} <= {s.name for s in d.create}
+    assert d.status["cached"] == ["fp32/qeval_demo_facts", "fp32/qeval_demo_recall"]
+    # Jobs carry their key, so their results can be found by the next run.
+    created = {s.name for s in d.create}
+    assert all(d.labels[n][LABEL_REUSE_KEY] == keys[n] for n in created)
+
+    # Once the others are done, the aggregate reads the reused result where it was written.
+    results = evaluations()
+    del results["evaluate-fp32"]
+    d = run_decision(states(models, "Ready"), Observed(results=results, reuse=observed.reuse))
+    (aggregate,) = d.create
+    assert aggregate.input["baseline"]["evaluate"] == source

@@ -41,6 +41,7 @@ from qeval.k8s.reconcile import (
     decide_quantized_model,
     invalid_spec,
 )
+from qeval.k8s.reuse import Reused
 from qeval.k8s.settings import OperatorSettings
 from qeval.plan import Layout
 from qeval.recipes import scheme_label
@@ -63,6 +64,7 @@ class Indexes:
     results: Mapping[str, Collection[StageResult]]  # owner uid -> its result documents
     models: Mapping[tuple[str, str], Collection[ModelRecord]]  # (namespace, name) -> QM
     runs_by_model: Mapping[tuple[str, str], Collection[str]]  # (namespace, QM) -> run uids
+    reusable: Mapping[tuple[str, str], Collection[Reused]]  # (namespace, reuse key) -> results
 
 
 class Controller:
@@ -172,7 +174,8 @@ class Controller:
         else:
             models = _models(run, owner.namespace, idx.models)
             observed = await self._observe(owner, idx)
-            decision = decide_evalrun(run, models, observed, layout, now(), generation, old)
+            salt = self.config.evaluator_image  # it pins the harness and its libraries
+            decision = decide_evalrun(run, models, observed, layout, now(), generation, old, salt)
         await self._apply(body, owner, decision, layout, None)
         new = EvalRunStatus.model_validate(decision.status)
         self.metrics.phase(owner.kind, owner.namespace, owner.name, new.phase)
@@ -202,7 +205,11 @@ class Controller:
             for pod in pods:
                 if (problem := pod_problem(pod)) is not None:
                     problems[problem.stage] = problem
-        return Observed(jobs=by_stage, problems=problems, results=docs)
+
+        def reuse(key: str) -> Reused | None:
+            return next(iter(idx.reusable.get((owner.namespace, key), [])), None)
+
+        return Observed(jobs=by_stage, problems=problems, results=docs, reuse=reuse)
 
     async def _apply(
         self,
@@ -213,7 +220,15 @@ class Controller:
         token: SecretKeyRef | None,
     ) -> None:
         jobs = [
-            m.build_job(stage, owner, layout, self.config, token, decision.spec_digest)
+            m.build_job(
+                stage,
+                owner,
+                layout,
+                self.config,
+                token,
+                decision.spec_digest,
+                decision.labels.get(stage.name),
+            )
             for stage in decision.create
         ]
         created = await asyncio.gather(*(asyncio.to_thread(self.kube.create_job, j) for j in jobs))

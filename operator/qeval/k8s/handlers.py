@@ -23,11 +23,13 @@ from qeval.k8s.controller import Controller, Indexes, ModelRecord
 from qeval.k8s.kube import Kube, api_client
 from qeval.k8s.metrics import Metrics
 from qeval.k8s.observe import JobState, job_state, result_document
+from qeval.k8s.reuse import LABEL_REUSE_KEY, Reused
 from qeval.k8s.settings import OperatorSettings
-from qeval.stages.envelope import StageResult
+from qeval.stages.envelope import StageResult, StageStatus
 
 CHILDREN = {m.MANAGED_BY: m.MANAGER}
 RESULTS = {m.MANAGED_BY: m.MANAGER, m.LABEL_RESULT: "true"}
+REUSABLE = {**RESULTS, LABEL_REUSE_KEY: kopf.PRESENT}
 
 
 # --- startup, login, probe ------------------------------------------------------------
@@ -109,6 +111,22 @@ def index_runs_by_model(
     }
 
 
+def index_reusable(
+    body: kopf.Body, labels: kopf.Labels, namespace: str, memo: kopf.Memo, **_: Any
+) -> dict[tuple[str, str], Reused] | None:
+    """Succeeded evaluations by reuse key, with where their result documents are."""
+    key, run, stage = (
+        labels.get(LABEL_REUSE_KEY),
+        labels.get(m.LABEL_RUN),
+        labels.get(m.LABEL_STAGE),
+    )
+    doc = result_document(body) if key and run and stage else None
+    if doc is None or doc.status != StageStatus.SUCCEEDED:
+        return None
+    layout = m.cluster_layout(memo.controller.config, namespace, str(run))
+    return {(namespace, str(key)): Reused(doc, str(layout.result_path(str(stage))))}
+
+
 # --- events: reconcile what changed ------------------------------------------------------
 
 
@@ -118,6 +136,7 @@ def _indexes(kwargs: dict[str, Any]) -> Indexes:
         results=kwargs["index_results"],
         models=kwargs["index_models"],
         runs_by_model=kwargs["index_runs_by_model"],
+        reusable=kwargs["index_reusable"],
     )
 
 
@@ -167,6 +186,7 @@ def registry() -> kopf.OperatorRegistry:
     kopf.on.probe(registry=reg, id="resources")(probe)
     kopf.index("batch", "v1", "jobs", labels=CHILDREN, registry=reg)(index_jobs)
     kopf.index("v1", "configmaps", labels=RESULTS, registry=reg)(index_results)
+    kopf.index("v1", "configmaps", labels=REUSABLE, registry=reg)(index_reusable)  # type: ignore[arg-type]
     kopf.index(*qm, registry=reg)(index_models)  # type: ignore[arg-type]
     kopf.index(*er, registry=reg)(index_runs_by_model)  # type: ignore[arg-type]
     kopf.on.event(*qm, registry=reg, id="quantizedmodel")(resource_event)  # type: ignore[arg-type]

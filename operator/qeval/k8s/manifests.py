@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
@@ -176,7 +177,12 @@ def _resources(stage: Stage) -> dict[str, Any]:
 
 
 def _env(
-    stage: Stage, owner: Owner, name: str, settings: OperatorSettings, token: SecretKeyRef | None
+    stage: Stage,
+    owner: Owner,
+    name: str,
+    settings: OperatorSettings,
+    token: SecretKeyRef | None,
+    result_labels: dict[str, str],
 ) -> list[dict[str, Any]]:
     root = storage_root(settings)
     env: list[dict[str, Any]] = [
@@ -184,7 +190,7 @@ def _env(
         {"name": "QEVAL_CACHE", "value": str(root / "cache")},
         {"name": "HF_HOME", "value": str(root / "cache" / "huggingface")},
         {"name": "QEVAL_RESULT_CONFIGMAP", "value": name},
-        {"name": "QEVAL_RESULT_LABELS", "value": json.dumps(labels(owner, stage), sort_keys=True)},
+        {"name": "QEVAL_RESULT_LABELS", "value": json.dumps(result_labels, sort_keys=True)},
         {"name": "QEVAL_RESULT_OWNER", "value": json.dumps(owner.reference(), sort_keys=True)},
         {
             "name": "QEVAL_RESULT_NAMESPACE",
@@ -204,8 +210,10 @@ def build_job(
     settings: OperatorSettings,
     token: SecretKeyRef | None = None,
     owner_spec: str | None = None,
+    extra_labels: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The batch/v1 Job that runs ``stage`` for ``owner`` (``owner_spec``: its spec_digest)."""
+    """The batch/v1 Job that runs ``stage`` for ``owner`` (``owner_spec``: its spec_digest;
+    ``extra_labels`` go on the Job, its pods and its result ConfigMap)."""
     name = child_name(owner.name, stage.name)
     result_path = str(layout.result_path(stage.name))
     argv = stage.argv(f"env:{INPUT_ENV}", result_path)
@@ -213,7 +221,7 @@ def build_job(
     scheduling = stage.scheduling
     volumes = sorted(claims(stage.input) | {settings.storage_claim})
 
-    pod_labels = labels(owner, stage)
+    pod_labels = labels(owner, stage) | dict(extra_labels or {})
     job_labels = dict(pod_labels)
     if scheduling and scheduling.queue_name:
         job_labels[KUEUE_QUEUE] = scheduling.queue_name
@@ -223,7 +231,7 @@ def build_job(
         "image": image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": argv,
-        "env": _env(stage, owner, name, settings, token),
+        "env": _env(stage, owner, name, settings, token, pod_labels),
         "resources": _resources(stage),
         "volumeMounts": [
             {"name": _volume_name(c), "mountPath": str(VOLUMES_ROOT / c)} for c in volumes

@@ -8,7 +8,7 @@ the same decision, so a restarted operator picks up every run where it was.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from pydantic import ValidationError
@@ -18,7 +18,14 @@ from qeval.api.evalrun import EvalRun, EvalRunStatus
 from qeval.api.quantizedmodel import QuantizedModel, QuantizedModelStatus
 from qeval.k8s.manifests import spec_digest
 from qeval.k8s.observe import JobState, PodProblem
-from qeval.plan import Layout, PlanError, Stage, build_plan, quantize_stage
+from qeval.k8s.reuse import (
+    LABEL_REUSE_KEY,
+    Lookup,
+    cached_entries,
+    reuse_keys,
+    with_reused_paths,
+)
+from qeval.plan import DEMO_STAGE, Layout, PlanError, Stage, build_plan, quantize_stage
 from qeval.stages.envelope import StageResult, StageStatus, failed
 from qeval.status import (
     ACCEPTED,
@@ -60,6 +67,7 @@ class Observed:
     jobs: Mapping[str, JobState] = field(default_factory=dict)
     problems: Mapping[str, PodProblem] = field(default_factory=dict)
     results: Mapping[str, StageResult] = field(default_factory=dict)
+    reuse: Lookup = field(default=lambda key: None)  # another run's result by reuse key
 
 
 @dataclass(frozen=True)
@@ -80,6 +88,7 @@ class Decision:
     events: tuple[Event, ...] = ()
     done: bool = False  # nothing will change until the spec or a child does
     spec_digest: str | None = None  # stamped on the Jobs created, to notice spec changes
+    labels: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # per stage
 
 
 # --- stages -----------------------------------------------------------------------------
@@ -311,8 +320,13 @@ def decide_evalrun(
     now: str,
     generation: int | None = None,
     old: EvalRunStatus | None = None,
+    salt: str = "",
 ) -> Decision:
-    """An EvalRun's status, and the stage Jobs whose turn has come."""
+    """An EvalRun's status, and the stage Jobs whose turn has come.
+
+    ``salt`` names what else shapes a result (the evaluator image): with the spec's cache on,
+    an evaluation another run did under the same reuse key is taken, not run again.
+    """
     old = old or EvalRunStatus()
     named = {c.quantized_model for c in run.spec.candidates if c.quantized_model}
     if missing := sorted(named - set(models)):
@@ -331,6 +345,25 @@ def decide_evalrun(
         return _run_decision(old, status, generation, [], done=True)
 
     external = _external(stages, models)
+    keys = reuse_keys(stages, salt) if run.spec.cache else {}
+    reused = {
+        name: hit
+        for name, key in keys.items()
+        if name not in observed.results
+        and name not in observed.jobs
+        and (hit := observed.reuse(key)) is not None
+    }
+    if reused:
+        taken = {n: r.doc.model_copy(update={"stage": n}) for n, r in reused.items()}
+        observed = replace(observed, results={**observed.results, **taken})
+        stages = [
+            with_reused_paths(s, layout, reused) if s.kind == "aggregate" else s for s in stages
+        ]
+        # The demo model is not built for evaluations that are all taken.
+        needed = {n for s in stages if s.name not in reused for n in s.needs}
+        stages = [s for s in stages if s.name != DEMO_STAGE or DEMO_STAGE in needed]
+    labels = {name: {LABEL_REUSE_KEY: key} for name, key in keys.items()}
+    cached = cached_entries(stages, reused)
     own = [s for s in stages if s.name not in external]
     fixed = spec_digest(run.spec)
     drifted = sorted(j.stage for j in observed.jobs.values() if j.spec_digest not in (None, fixed))
@@ -375,6 +408,7 @@ def decide_evalrun(
             status.conditions = [accepted if c.type == ACCEPTED else c for c in status.conditions]
         for c in status.conditions:
             c.observed_generation = generation
+        status.cached = sorted({*status.cached, *cached})
         return _run_decision(old, status, generation, [], done=True, spec=fixed)
 
     create = [s for s in own if states[s.name] == StageState.READY and not drifted]
@@ -397,13 +431,14 @@ def decide_evalrun(
         progress=f"{done}/{len(own)}",
         started_at=started,
         failures=failures([d for n, d in docs.items() if n in external] + own_docs),
+        cached=sorted(cached),
         conditions=[
             accepted,
             _models_condition(waiting_models, now, generation),
             condition(SUCCEEDED, None, reason, message, now, generation),
         ],
     )
-    return _run_decision(old, status, generation, create, spec=fixed)
+    return _run_decision(old, status, generation, create, spec=fixed, labels=labels)
 
 
 def _models_condition(waiting: list[str], now: str, generation: int | None) -> Condition:
@@ -433,6 +468,7 @@ def _run_decision(
     create: list[Stage],
     done: bool = False,
     spec: str | None = None,
+    labels: Mapping[str, Mapping[str, str]] | None = None,
 ) -> Decision:
     new.observed_generation = generation
     new.conditions = carry_transition_times(old.conditions, new.conditions)
@@ -440,4 +476,4 @@ def _run_decision(
     events = _created_events(create) + _phase_event(
         old.phase, new.phase, succeeded.message if succeeded else ""
     )
-    return Decision(new.dump(), tuple(create), tuple(events), done, spec)
+    return Decision(new.dump(), tuple(create), tuple(events), done, spec, labels or {})

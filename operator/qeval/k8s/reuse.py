@@ -1,0 +1,99 @@
+"""Reusing an evaluation another run of the namespace already did (pure functions).
+
+The operator cannot hash model weights (they are on the claim, not in the operator), so it
+can only reuse what it can name without them: a Hugging Face model at an explicit
+revision, the demo model of this qeval version, or a QuantizedModel's output named by its
+quantization (recipe, calibration, base model). Everything else is left to the stages,
+which look results up in the claim's result cache by the digest of the weights.
+
+An evaluate Job carries the label ``qeval.dev/reuse-key``, which its result ConfigMap
+inherits; a later run whose evaluate stage has the same key takes that result instead of
+creating a Job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from qeval import __version__
+from qeval.api.common import model_kind
+from qeval.k8s.manifests import digest
+from qeval.plan import Layout, Stage
+from qeval.stages.envelope import StageResult
+
+LABEL_REUSE_KEY = "qeval.dev/reuse-key"
+KEY_LENGTH = 40  # hex digits: a valid label value
+# Where a stage's input says where, or who, rather than what: not part of what it computes.
+PLACE_FIELDS = frozenset({"outputDir", "name", "modelName", "cacheDir", "reuseCached", "model"})
+
+
+@dataclass(frozen=True)
+class Reused:
+    """A succeeded evaluation of another run: its document and where its files are."""
+
+    doc: StageResult
+    path: str  # its result document on the claim (the aggregate reads it there)
+
+
+Lookup = Callable[[str], "Reused | None"]
+
+
+def model_identity(source: Mapping[str, Any], quantized: Mapping[str, Stage]) -> str | None:
+    """A name for a model's weights that does not need them, or None if there is none.
+
+    ``quantized`` maps a QuantizedModel's output directory to its quantize stage.
+    """
+    uri, revision = str(source.get("uri", "")), source.get("revision")
+    if uri in quantized:
+        q = quantized[uri]
+        base = model_identity(q.input.get("model", {}), {})
+        what = {k: v for k, v in q.input.items() if k not in PLACE_FIELDS}
+        return f"quantized:{digest([base, what])}" if base else None
+    kind = model_kind(uri)
+    if kind == "demo":
+        return f"{uri}@qeval-{__version__}"  # the demo model's recipe is fixed per version
+    if kind == "huggingface" and revision:
+        return f"hf:{uri}@{revision}"
+    return None  # a path or a moving branch: only a digest of the weights names it
+
+
+def reuse_keys(stages: list[Stage], salt: str) -> dict[str, str]:
+    """The reuse key of each evaluate stage whose model can be named (``salt``: the
+    evaluator image, which pins the harness and its libraries)."""
+    quantized = {str(s.input["outputDir"]): s for s in stages if s.kind == "quantize"}
+    keys = {}
+    for s in stages:
+        if s.kind != "evaluate":
+            continue
+        identity = model_identity(s.input.get("model", {}), quantized)
+        if identity is None:
+            continue
+        what = {k: v for k, v in s.input.items() if k not in PLACE_FIELDS}
+        keys[s.name] = digest([identity, what, salt], KEY_LENGTH)
+    return keys
+
+
+def with_reused_paths(aggregate: Stage, layout: Layout, reused: Mapping[str, Reused]) -> Stage:
+    """The aggregate stage reading reused evaluations where their runs wrote them."""
+    moved = {str(layout.result_path(stage)): r.path for stage, r in reused.items()}
+    if not moved:
+        return aggregate
+    inp = dict(aggregate.input)
+
+    def point(ref: dict[str, Any]) -> dict[str, Any]:
+        return {**ref, "evaluate": moved.get(ref["evaluate"], ref["evaluate"])}
+
+    inp["baseline"] = point(inp["baseline"])
+    inp["candidates"] = [point(c) for c in inp["candidates"]]
+    return replace(aggregate, input=inp)
+
+
+def cached_entries(stages: list[Stage], reused: Mapping[str, Reused]) -> list[str]:
+    """``model/task`` for every task of a reused evaluation (as status.cached lists them)."""
+    out = []
+    for s in stages:
+        if s.name in reused:
+            out += [f"{s.input['modelName']}/{t['name']}" for t in s.input.get("tasks", [])]
+    return out
