@@ -25,7 +25,7 @@ T = TypeVar("T")
 NOW = "2026-11-23T10:05:00Z"
 
 
-def wait_for(check: Callable[[], T | None], what: str, timeout: float = 15.0) -> T:
+def wait_for(check: Callable[[], T | None], what: str, timeout: float = 20.0) -> T:
     """Poll ``check`` until it returns something truthy; fail naming ``what`` at the deadline."""
     deadline = time.monotonic() + timeout
     last: Any = None

@@ -217,14 +217,7 @@ def decide_quantized_model(
         stage = quantize_stage(qm, layout)
         stage = Stage(stage.name, stage.kind, stage.input, (), stage.scheduling, False, qm.name)
     except PlanError as e:
-        status = QuantizedModelStatus(
-            phase="Failed",
-            conditions=[
-                condition(ACCEPTED, False, INVALID_SPEC, str(e), now, generation),
-                condition(READY, False, INVALID_SPEC, str(e), now, generation),
-            ],
-        )
-        return _qm_decision(old, status, generation, [], done=True)
+        return invalid_spec("QuantizedModel", str(e), now, generation, old)
 
     job = observed.jobs.get(stage.name)
     doc = outcome(stage, observed)
@@ -335,14 +328,7 @@ def decide_evalrun(
     try:
         stages = build_plan(run, {n: m.model for n, m in models.items()}, layout)
     except PlanError as e:
-        status = EvalRunStatus(
-            phase="Failed",
-            conditions=[
-                condition(ACCEPTED, False, INVALID_SPEC, str(e), now, generation),
-                condition(SUCCEEDED, False, INVALID_SPEC, str(e), now, generation),
-            ],
-        )
-        return _run_decision(old, status, generation, [], done=True)
+        return invalid_spec("EvalRun", str(e), now, generation, old)
 
     external = _external(stages, models)
     keys = reuse_keys(stages, salt) if run.spec.cache else {}
