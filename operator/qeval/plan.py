@@ -17,12 +17,15 @@ from qeval.api.evalrun import EvalRun
 from qeval.api.quantizedmodel import Calibration, QuantizedModel
 from qeval.recipes import build_recipe, needs_calibration, scheme_label
 from qeval.stages.aggregate import AggregateInput, ModelResults
+from qeval.stages.benchmark import BenchmarkInput
 from qeval.stages.demo_model import DemoModelInput
 from qeval.stages.evaluate import EvaluateInput
 from qeval.stages.quantize import QuantizeInput
+from qeval.stages.similarity import SimilarityInput, SimilarityModel
 
 DEMO_STAGE = "demo-model"
 AGGREGATE_STAGE = "aggregate"
+SIMILARITY_STAGE = "similarity"
 
 
 class PlanError(ValueError):
@@ -111,6 +114,9 @@ def quantize_stage(qm: QuantizedModel, layout: Layout, reuse_cached: bool = True
     )
 
 
+Target = tuple[str, str | None, ModelSource, tuple[str, ...]]  # name, scheme, model, needs
+
+
 def build_plan(run: EvalRun, models: Mapping[str, QuantizedModel], layout: Layout) -> list[Stage]:
     """Every stage of ``run`` in an order that respects dependencies."""
     spec = run.spec
@@ -125,9 +131,7 @@ def build_plan(run: EvalRun, models: Mapping[str, QuantizedModel], layout: Layou
 
     stages: list[Stage] = []
     uses_demo = False
-    targets: list[tuple[str, str | None, ModelSource, tuple[str, ...]]] = [
-        (spec.baseline.name, None, spec.baseline.model, ())
-    ]
+    targets: list[Target] = [(spec.baseline.name, None, spec.baseline.model, ())]
     for c in spec.candidates:
         if c.quantized_model:
             qm = models[c.quantized_model]
@@ -142,10 +146,11 @@ def build_plan(run: EvalRun, models: Mapping[str, QuantizedModel], layout: Layou
 
     tasks = spec.all_tasks()  # suites expanded: both executors run the same tasks
     refs = []
-    for name, scheme, source, needs in targets:
+    for i, (name, scheme, source, needs) in enumerate(targets):
         stage = f"evaluate-{name}"
         if model_kind(source.uri) == "demo":
             needs, uses_demo = (*needs, DEMO_STAGE), True
+            targets[i] = (name, scheme, source, needs)
         inp = EvaluateInput(
             model_name=name,
             model=source,
@@ -163,6 +168,15 @@ def build_plan(run: EvalRun, models: Mapping[str, QuantizedModel], layout: Layou
         stages.append(Stage(stage, "evaluate", _doc(inp), needs, spec.scheduling))
         refs.append(ModelResults(name=name, scheme=scheme, evaluate=str(layout.result_path(stage))))
 
+    if spec.performance is not None:
+        for ref, (name, _, source, needs) in zip(refs, targets, strict=True):
+            stages.append(benchmark_stage(run, name, source, needs, layout))
+            ref.benchmark = str(layout.result_path(stages[-1].name))
+    similarity = None
+    if spec.similarity is not None:
+        stages.append(similarity_stage(run, targets, layout))
+        similarity = str(layout.result_path(SIMILARITY_STAGE))
+
     aggregate = AggregateInput(
         baseline=refs[0],
         candidates=refs[1:],
@@ -171,12 +185,47 @@ def build_plan(run: EvalRun, models: Mapping[str, QuantizedModel], layout: Layou
         suites=list(spec.suites),
         recovery_threshold=spec.recovery_threshold,
         report_dir=str(layout.report_dir()),
+        similarity=similarity,
     )
-    evaluations = tuple(s.name for s in stages if s.kind == "evaluate")
-    stages.append(Stage(AGGREGATE_STAGE, "aggregate", _doc(aggregate), evaluations, always=True))
+    results = tuple(s.name for s in stages if s.kind in ("evaluate", "benchmark", "similarity"))
+    stages.append(Stage(AGGREGATE_STAGE, "aggregate", _doc(aggregate), results, always=True))
     if uses_demo:
         stages.insert(0, Stage(DEMO_STAGE, "demo-model", _doc(DemoModelInput())))
     return ordered(stages)
+
+
+def benchmark_stage(
+    run: EvalRun, name: str, source: ModelSource, needs: tuple[str, ...], layout: Layout
+) -> Stage:
+    """One model's serving benchmark under the run's scenarios."""
+    spec = run.spec
+    assert spec.performance is not None
+    stage = f"benchmark-{name}"
+    inp = BenchmarkInput(
+        model_name=name,
+        model=source,
+        backend=spec.backend,
+        performance=spec.performance,
+        seed=spec.seed,
+        output_dir=str(layout.stage_dir(stage)),
+    )
+    return Stage(stage, "benchmark", _doc(inp), needs, spec.scheduling)
+
+
+def similarity_stage(run: EvalRun, targets: list[Target], layout: Layout) -> Stage:
+    """Every model's greedy text on the same prompts, candidates scored against the baseline."""
+    spec = run.spec
+    assert spec.similarity is not None
+    models = [SimilarityModel(name=name, model=source) for name, _, source, _ in targets]
+    inp = SimilarityInput(
+        baseline=models[0],
+        candidates=models[1:],
+        backend=spec.backend,
+        similarity=spec.similarity,
+        output_dir=str(layout.stage_dir(SIMILARITY_STAGE)),
+    )
+    needs = tuple(dict.fromkeys(n for *_, ns in targets for n in ns))
+    return Stage(SIMILARITY_STAGE, "similarity", _doc(inp), needs, spec.scheduling)
 
 
 def ordered(stages: list[Stage]) -> list[Stage]:

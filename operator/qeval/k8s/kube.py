@@ -42,7 +42,10 @@ class Kube:
         """Create the Job; False if it already exists (a retry or a restarted operator)."""
         ns = manifest["metadata"]["namespace"]
         try:
-            self.batch.create_namespaced_job(ns, cast(Any, manifest), _request_timeout=self.timeout)
+            # The response is not needed: skip the client's (slow) deserialisation into models.
+            self.batch.create_namespaced_job(
+                ns, cast(Any, manifest), _request_timeout=self.timeout, _preload_content=False
+            )
         except ApiException as e:
             if e.status == 409:
                 return False
@@ -59,6 +62,7 @@ class Kube:
             name,
             {"status": status},
             _request_timeout=self.timeout,
+            _preload_content=False,
         )
 
     def pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:

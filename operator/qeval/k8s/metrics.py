@@ -109,6 +109,44 @@ class Metrics:
         self.model_size_bytes = Gauge(
             "qeval_model_size_bytes", "Size of a quantized model on disk", MODEL_LABELS, registry=r
         )
+        bench = ("namespace", "run", "model", "scenario")
+        self.benchmark_latency = {
+            name: Gauge(
+                f"qeval_benchmark_{name}_seconds",
+                f"{what} of a model under a load scenario (quantile 0.5, 0.9, 0.99)",
+                (*bench, "quantile"),
+                registry=r,
+            )
+            for name, what in (
+                ("ttft", "Time to first token"),
+                ("itl", "Inter-token latency"),
+                ("e2e_latency", "End-to-end request latency"),
+            )
+        }
+        self.benchmark_output_tps = Gauge(
+            "qeval_benchmark_output_tokens_per_second",
+            "Output tokens per second of a model under a load scenario",
+            bench,
+            registry=r,
+        )
+        self.benchmark_rps = Gauge(
+            "qeval_benchmark_requests_per_second",
+            "Completed requests per second of a model under a load scenario",
+            bench,
+            registry=r,
+        )
+        self.speedup = Gauge(
+            "qeval_benchmark_speedup_ratio",
+            "Candidate / baseline output-token throughput under a load scenario",
+            bench,
+            registry=r,
+        )
+        self.similarity = Gauge(
+            "qeval_similarity_ratio",
+            "How close a candidate's text stays to the baseline's (rouge1, rougeL, bertscore, sts)",
+            ("namespace", "run", "model", "metric"),
+            registry=r,
+        )
         # Series each resource owns, so deleting the resource removes exactly those.
         self._series: dict[tuple[str, str, str], list[tuple[Gauge, tuple[str, ...]]]] = {}
 
@@ -156,7 +194,40 @@ class Metrics:
                 series.append(
                     (self.mean_recovery, (namespace, run, c.name, c.scheme or ""), c.mean_recovery)
                 )
+        series += self._serving(namespace, run, status)
         self._replace(("EvalRun", namespace, run), series)
+
+    def _serving(
+        self, namespace: str, run: str, status: EvalRunStatus
+    ) -> list[tuple[Gauge, tuple[str, ...], float]]:
+        """The benchmark and similarity series of a run, where those stages ran."""
+        series: list[tuple[Gauge, tuple[str, ...], float]] = []
+        for p in status.performance:
+            key = (namespace, run, p.model, p.scenario)
+            for name, dist in (
+                ("ttft", p.ttft_seconds),
+                ("itl", p.itl_seconds),
+                ("e2e_latency", p.e2e_seconds),
+            ):
+                if dist is not None:
+                    for q, value in (("0.5", dist.p50), ("0.9", dist.p90), ("0.99", dist.p99)):
+                        series.append((self.benchmark_latency[name], (*key, q), value))
+            series.append((self.benchmark_output_tps, key, p.output_tokens_per_second))
+            series.append((self.benchmark_rps, key, p.requests_per_second))
+        for sp in status.speedups:
+            series.append(
+                (self.speedup, (namespace, run, sp.model, sp.scenario), sp.output_throughput)
+            )
+        for sim in status.similarity:
+            for metric, score in (
+                ("rouge1", sim.rouge1),
+                ("rougeL", sim.rouge_l),
+                ("bertscore", sim.bertscore_f1),
+                ("sts", sim.sts),
+            ):
+                if score is not None:
+                    series.append((self.similarity, (namespace, run, sim.model, metric), score))
+        return series
 
     def quantized_model(
         self, namespace: str, name: str, scheme: str, status: QuantizedModelStatus

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from qeval.api.evalrun import EvalRunStatus
+from qeval.api.evalrun import EvalRunStatus, PerformancePoint
 
 # Scenario names (guidellm / vllm bench profiles) that mean one request at a time, and
 # those that mean as many as the server takes.
@@ -39,6 +39,11 @@ class Run:
     threshold: float = 0.95
     baseline_scheme: str | None = None
     performance: tuple[PerfPoint, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if not self.performance and self.status.performance:  # measured by qeval benchmark
+            points = performance_points(self.status.dump())
+            object.__setattr__(self, "performance", points)
 
     def scheme(self, model: str) -> str:
         if model == self.baseline:
@@ -73,11 +78,23 @@ def performance_points(status: Mapping[str, Any]) -> tuple[PerfPoint, ...]:
     return tuple(out)
 
 
+def _full_point(p: Any) -> bool:
+    try:
+        PerformancePoint.model_validate(p)
+    except ValueError:
+        return False
+    return True
+
+
 def run_from_objects(evalrun: Mapping[str, Any]) -> Run:
     """A Run from an EvalRun object with its status (as ``objects.yaml`` or kubectl has it)."""
     spec, raw = evalrun.get("spec", {}), dict(evalrun.get("status") or {})
     known = {f.alias or n for n, f in EvalRunStatus.model_fields.items()}
-    status = EvalRunStatus.model_validate({k: v for k, v in raw.items() if k in known})
+    # The report's own reading of performance (performance_points) accepts the short form
+    # {model, scenario, latencySeconds, outputTokensPerSecond}; the status keeps full entries.
+    fields = {k: v for k, v in raw.items() if k in known}
+    fields["performance"] = [p for p in raw.get("performance") or [] if _full_point(p)]
+    status = EvalRunStatus.model_validate(fields)
     candidates = {c.name for c in status.candidates}
     others = [s.model for s in status.scores if s.model not in candidates]
     return Run(

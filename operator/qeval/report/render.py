@@ -100,6 +100,56 @@ def suite_table(run: Run) -> Table | None:
     return Table(["model", "suite", "score (x100)", "recovery"], rows)
 
 
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{1000 * seconds:.3g}"
+
+
+def serving_table(run: Run) -> Table | None:
+    """Per model and scenario, as qeval benchmark measured it (milliseconds)."""
+    points = run.status.performance
+    if not points:
+        return None
+    speed = {(s.model, s.scenario): s for s in run.status.speedups}
+    rows = []
+    for p in points:
+        sp = speed.get((p.model, p.scenario))
+        rows.append(
+            [
+                p.model,
+                p.scenario,
+                p.backend,
+                f"{_ms(p.ttft_seconds.p50)} / {_ms(p.ttft_seconds.p99)}",
+                _ms(p.itl_seconds.p50) if p.itl_seconds else "-",
+                f"{_ms(p.e2e_seconds.p50)} / {_ms(p.e2e_seconds.p99)}",
+                f"{p.output_tokens_per_second:.4g}",
+                f"{p.requests_per_second:.3g}",
+                f"{sp.output_throughput:.2f}x" if sp else "",
+            ]
+        )
+    headers = ["model", "scenario", "backend", "TTFT p50 / p99 ms", "ITL p50 ms"]
+    headers += ["e2e p50 / p99 ms", "output tok/s", "req/s", "speedup"]
+    return Table(headers, rows)
+
+
+def similarity_table(run: Run) -> Table | None:
+    if not run.status.similarity:
+        return None
+    rows = [
+        [
+            s.model,
+            str(s.prompts),
+            f"{s.rouge1:.3f}",
+            f"{s.rouge_l:.3f}",
+            "-" if s.bertscore_f1 is None else f"{s.bertscore_f1:.3f}",
+            "-" if s.sts is None else f"{s.sts:.3f}",
+            pct(s.identical),
+        ]
+        for s in run.status.similarity
+    ]
+    headers = ["model", "prompts", "ROUGE-1", "ROUGE-L", "BERTScore F1", "STS", "identical"]
+    return Table(headers, rows)
+
+
 def outline(run: Run, figures: dict[str, Path | None]) -> tuple[str, list[Section]]:
     """The report's title and sections."""
     status = run.status
@@ -134,6 +184,20 @@ def outline(run: Run, figures: dict[str, Path | None]) -> tuple[str, list[Sectio
     ):
         path = figures.get(key)
         sections.append(Section(heading, [Image(path, heading) if path else missing]))
+    if (serving := serving_table(run)) is not None:
+        note = (
+            "Measured by qeval's streaming client; speedup: output throughput against the "
+            "baseline's in the same scenario. Backend hf is transformers serving one request "
+            "at a time, not vLLM: its figures say nothing about vLLM's."
+        )
+        sections.append(Section("Serving benchmark", [serving, note]))
+    if (similar := similarity_table(run)) is not None:
+        note = (
+            "Greedy text of each candidate against the baseline's on the same prompts "
+            "(means over prompts): ROUGE F1, BERTScore F1 (unrescaled), STS (cosine of "
+            "sentence embeddings)."
+        )
+        sections.append(Section("Similarity to the baseline", [similar, note]))
     sections.append(Section("Recommendation", [recommend(run)]))
     if status.failures:
         sections.append(

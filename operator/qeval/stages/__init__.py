@@ -38,6 +38,8 @@ KINDS = {
         StageKind("demo-model", "demo_model", "DemoModelInput"),
         StageKind("quantize", "quantize", "QuantizeInput"),
         StageKind("evaluate", "evaluate", "EvaluateInput"),
+        StageKind("benchmark", "benchmark", "BenchmarkInput"),
+        StageKind("similarity", "similarity", "SimilarityInput"),
         StageKind("aggregate", "aggregate", "AggregateInput"),
     )
 }

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
@@ -31,6 +31,9 @@ class ModelResults(ApiModel):
     name: str
     scheme: str | None = None
     evaluate: str = Field(description="Path of the evaluate stage's result document.")
+    benchmark: str | None = Field(
+        default=None, description="Path of the benchmark stage's result document, if any."
+    )
 
 
 class AggregateInput(ApiModel):
@@ -41,6 +44,9 @@ class AggregateInput(ApiModel):
     suites: list[str] = Field(default_factory=list, description="Suites to score.")
     recovery_threshold: float = Field(default=0.95, description="The verdicts' gate.")
     report_dir: str | None = Field(default=None, description="Write the report here.")
+    similarity: str | None = Field(
+        default=None, description="Path of the similarity stage's result document, if any."
+    )
 
 
 def item_values(
@@ -81,14 +87,41 @@ def outcome(ref: ModelResults) -> ModelOutcome:
         )
         return ModelOutcome(ref.name, ref.scheme, failure=failure)
     result = EvaluateResult.model_validate(doc.result)
+    # Named as this run names the model (a result reused from another run may say otherwise).
+    scores = [s.model_copy(update={"model": ref.name}) for s in result.scores]
     return ModelOutcome(
         ref.name,
         ref.scheme,
-        tuple(result.scores),
+        tuple(scores),
         result.model_size_bytes,
-        items=item_values(result, result.scores),
+        items=item_values(result, scores),
         cached=tuple(result.cached_tasks),
     )
+
+
+def _result(path: str) -> dict[str, Any] | None:
+    """A stage's result when it succeeded (its failure is reported from its own document)."""
+    try:
+        doc = StageResult.read(Path(path))
+    except (OSError, ValueError):
+        return None
+    return doc.result if doc.status == StageStatus.SUCCEEDED else None
+
+
+def serving(inp: AggregateInput, status: EvalRunStatus) -> None:
+    """Fill in the benchmark and similarity figures, and the speedups, where they ran."""
+    from qeval.results.performance import speedups
+    from qeval.stages.benchmark import BenchmarkResult
+    from qeval.stages.similarity import SimilarityResult
+
+    for ref in (inp.baseline, *inp.candidates):
+        result = _result(ref.benchmark) if ref.benchmark else None
+        if result is not None:
+            status.performance += BenchmarkResult.model_validate(result).points
+    status.speedups = speedups(status.performance, inp.baseline.name)
+    result = _result(inp.similarity) if inp.similarity else None
+    if result is not None:
+        status.similarity = SimilarityResult.model_validate(result).scores
 
 
 def run(inp: AggregateInput) -> EvalRunStatus:
@@ -101,6 +134,7 @@ def run(inp: AggregateInput) -> EvalRunStatus:
         suites=inp.suites,
     )
     status.results_location = inp.results_location
+    serving(inp, status)
     if inp.report_dir:
         from qeval.report import Run, write_report
 

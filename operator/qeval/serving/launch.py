@@ -1,0 +1,110 @@
+"""Start an OpenAI-compatible server for one model and stop it afterwards.
+
+Backend ``hf`` starts the hf backend's server (``qeval.serving.hf_server``, transformers,
+not vLLM); ``vllm`` and ``vllm-server`` start ``vllm serve``. Either runs as a child
+process with its log in a file, and is used only once ``/health`` answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from qeval.api.evalrun import Backend
+from qeval.serving.client import wait_healthy
+from qeval.stages.envelope import StageError
+
+STOP_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class Server:
+    base_url: str
+    model: str  # the served model name requests must carry
+    backend: str  # what serves it: "hf" (transformers) or "vllm"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def server_argv(backend: str, model_path: str, name: str, port: int) -> list[str]:
+    if backend == Backend.HF:
+        return [
+            sys.executable,
+            "-m",
+            "qeval.serving.hf_server",
+            "--model",
+            model_path,
+            "--served-model-name",
+            name,
+            "--port",
+            str(port),
+        ]
+    vllm = shutil.which("vllm")
+    if vllm is None:
+        raise StageError(
+            "NoServer",
+            f"backend {backend} needs vLLM (the evaluator image has it; it needs a GPU); "
+            "on a machine without one use backend hf",
+        )
+    return [vllm, "serve", model_path, "--served-model-name", name, "--port", str(port)]
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+@contextmanager
+def served(
+    backend: str, model_path: str, name: str, log_path: Path, start_timeout: float = 900.0
+) -> Iterator[Server]:
+    """A running server for ``model_path``; StageError(ServerFailed) if it does not start."""
+    port = free_port()
+    argv = server_argv(backend, model_path, name, port)
+    base_url = f"http://127.0.0.1:{port}"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _wait(proc, base_url, start_timeout, log_path)
+        yield Server(base_url, name, "hf" if backend == Backend.HF else "vllm")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _wait(proc: subprocess.Popen[bytes], base_url: str, timeout: float, log: Path) -> None:
+    async def watch() -> None:
+        health = asyncio.ensure_future(wait_healthy(base_url, timeout))
+        while not health.done():
+            if proc.poll() is not None:
+                health.cancel()
+                raise StageError(
+                    "ServerFailed",
+                    f"the server exited with code {proc.returncode} before it was ready:\n"
+                    + _tail(log),
+                )
+            await asyncio.sleep(0.2)
+        health.result()
+
+    try:
+        asyncio.run(watch())
+    except TimeoutError as e:
+        raise StageError("ServerFailed", f"{e}\n{_tail(log)}") from e

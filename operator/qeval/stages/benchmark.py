@@ -1,0 +1,209 @@
+"""The benchmark stage: one model's latency and throughput under the run's load scenarios.
+
+The model is served behind an OpenAI-compatible endpoint (``vllm serve``; with backend
+``hf`` the hf backend's transformers server, labelled hf and never vLLM; or a server
+already running at ``base_url``) and measured by qeval's streaming client
+(``qeval.serving.client``): per scenario TTFT, inter-token and end-to-end latency
+percentiles, request and output-token throughput. Prompts are random words cut to the
+scenario's prompt length with the model's tokenizer, different for every request (so a
+prefix cache cannot help), and every request generates exactly its output length
+(``ignore_eos``). A request that still fails after its retries fails the stage: figures
+with holes in them would mislead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import Field
+
+from qeval.api.common import ApiModel, ModelSource
+from qeval.api.evalrun import Backend, Performance, PerformancePoint, Scenario
+from qeval.stages.envelope import StageError
+
+SYLLABLES = ("ka", "lo", "mi", "ne", "ru", "so", "ta", "vi", "ze", "po", "da", "fe", "gu", "hi")
+
+
+class BenchmarkInput(ApiModel):
+    """One model, the run's scenarios."""
+
+    model_name: str = Field(description="Baseline or candidate name.")
+    model: ModelSource
+    backend: Backend = Backend.HF
+    base_url: str | None = Field(
+        default=None, description="A server already serving the model; None: start one."
+    )
+    performance: Performance = Field(default_factory=Performance)
+    seed: int = 1234
+    output_dir: str
+
+
+class BenchmarkResult(ApiModel):
+    model_name: str
+    backend: str = Field(description="What served the model: hf (transformers) or vllm.")
+    points: list[PerformancePoint]
+    requests_path: str = Field(description="Every measured request, one JSON line each.")
+
+
+def random_text(rng: np.random.Generator, words: int) -> str:
+    picks = rng.integers(0, len(SYLLABLES), size=(words, 3))
+    return " ".join("".join(SYLLABLES[i] for i in row) for row in picks)
+
+
+def synthetic_prompts(tokenizer: Any, count: int, tokens: int, seed: int) -> list[str]:
+    """``count`` distinct prompts of about ``tokens`` tokens (exactly, where the tokenizer
+    round-trips; never more). Without a tokenizer, one word counts as one token."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        if tokenizer is None:
+            out.append(random_text(rng, tokens))
+            continue
+        ids = tokenizer(random_text(rng, tokens * 2), add_special_tokens=False)["input_ids"]
+        ids = ids[:tokens]
+        for _ in range(5):  # decoding can merge tokens differently; trim until it fits
+            text = tokenizer.decode(ids)
+            over = len(tokenizer(text, add_special_tokens=False)["input_ids"]) - tokens
+            if over <= 0:
+                break
+            ids = ids[: len(ids) - over]
+        out.append(text)
+    return out
+
+
+def _tokenizer(path: Path) -> Any:
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(path))
+    except Exception:  # no tokenizer files, or no transformers: count words instead
+        return None
+
+
+@contextmanager
+def endpoint(inp: BenchmarkInput, path: Path, out_dir: Path) -> Iterator[tuple[str, str, str]]:
+    """(base URL, served model name, backend label) of a healthy server for the model."""
+    from qeval.serving.client import wait_healthy
+    from qeval.serving.launch import served
+
+    if inp.base_url:
+        try:
+            deadline = min(60.0, inp.performance.request_timeout_seconds)
+            asyncio.run(wait_healthy(inp.base_url, deadline))
+        except TimeoutError as e:
+            raise StageError("ServerUnavailable", f"{e}; is the server running?") from e
+        label = "hf" if inp.backend == Backend.HF else "vllm"
+        yield inp.base_url, str(path), label
+        return
+    with served(inp.backend, str(path), inp.model_name, out_dir / "server.log") as server:
+        yield server.base_url, server.model, server.backend
+
+
+def measure(
+    base_url: str,
+    served_name: str,
+    backend: str,
+    model_name: str,
+    performance: Performance,
+    tokenizer: Any,
+    seed: int,
+    requests_log: Path | None = None,
+) -> list[PerformancePoint]:
+    """Run the warm-up and every scenario against a healthy server."""
+    from qeval.serving.client import ClientSettings, concurrency_of, run_load
+
+    settings = ClientSettings(
+        timeout_seconds=performance.request_timeout_seconds, retries=performance.retries
+    )
+    scenarios = performance.scenarios
+    if performance.warmup_requests:
+        s = scenarios[0]
+        warm = synthetic_prompts(tokenizer, performance.warmup_requests, s.prompt_tokens, seed - 1)
+        asyncio.run(run_load(base_url, served_name, warm, s.output_tokens, 1, settings))
+    points = []
+    log = requests_log.open("w") if requests_log else None
+    try:
+        for i, scenario in enumerate(scenarios):
+            prompts = synthetic_prompts(
+                tokenizer, scenario.requests, scenario.prompt_tokens, seed + i
+            )
+            run = asyncio.run(
+                run_load(
+                    base_url,
+                    served_name,
+                    prompts,
+                    scenario.output_tokens,
+                    concurrency_of(scenario),
+                    settings,
+                )
+            )
+            if log is not None:
+                for r in run.results:
+                    row = {"scenario": scenario.name, "ok": r.ok, "ttft": r.ttft, "e2e": r.e2e}
+                    row |= {"outputTokens": r.output_tokens, "attempts": r.attempts}
+                    log.write(json.dumps(row | ({"error": r.error} if r.error else {})) + "\n")
+            points.append(point(model_name, scenario, backend, run))
+    finally:
+        if log is not None:
+            log.close()
+    return points
+
+
+def point(model_name: str, scenario: Scenario, backend: str, run: Any) -> PerformancePoint:
+    """A scenario's figures; StageError(RequestsFailed) when a request failed for good."""
+    from qeval.serving.client import summarize_load
+
+    s = summarize_load(run)
+    if s.failed_requests or s.ttft is None or s.e2e is None:
+        raise StageError(
+            "RequestsFailed",
+            f"scenario {scenario.name}: {s.failed_requests} of {len(run.results)} requests "
+            f"failed after retries (first: {s.first_error})",
+        )
+    return PerformancePoint(
+        model=model_name,
+        scenario=scenario.name,
+        backend=backend,
+        requests=s.requests,
+        failed_requests=s.failed_requests,
+        latency_seconds=s.e2e.p50,
+        output_tokens_per_second=s.output_tokens_per_second,
+        requests_per_second=s.requests_per_second,
+        ttft_seconds=s.ttft,
+        itl_seconds=s.itl,
+        e2e_seconds=s.e2e,
+    )
+
+
+def run(inp: BenchmarkInput) -> BenchmarkResult:
+    from qeval.stages.models import resolve
+
+    path = resolve(inp.model)
+    out_dir = Path(inp.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = _tokenizer(path)
+    requests_path = out_dir / "requests.jsonl"
+    with endpoint(inp, path, out_dir) as (base_url, served_name, backend):
+        points = measure(
+            base_url,
+            served_name,
+            backend,
+            inp.model_name,
+            inp.performance,
+            tokenizer,
+            inp.seed,
+            requests_path,
+        )
+    with suppress(OSError):
+        (out_dir / "performance.json").write_text(
+            json.dumps([p.dump() for p in points], indent=2) + "\n"
+        )
+    return BenchmarkResult(
+        model_name=inp.model_name, backend=backend, points=points, requests_path=str(requests_path)
+    )
