@@ -42,10 +42,7 @@ class Kube:
         """Create the Job; False if it already exists (a retry or a restarted operator)."""
         ns = manifest["metadata"]["namespace"]
         try:
-            # The response is not needed: skip the client's (slow) deserialisation into models.
-            self.batch.create_namespaced_job(
-                ns, cast(Any, manifest), _request_timeout=self.timeout, _preload_content=False
-            )
+            self.batch.create_namespaced_job(ns, cast(Any, manifest), _request_timeout=self.timeout)
         except ApiException as e:
             if e.status == 409:
                 return False
@@ -62,7 +59,6 @@ class Kube:
             name,
             {"status": status},
             _request_timeout=self.timeout,
-            _preload_content=False,
         )
 
     def pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
