@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -82,6 +83,25 @@ def cmd_stage(args: argparse.Namespace) -> int:
     return EXIT_OK if doc.status == StageStatus.SUCCEEDED else EXIT_FAILED
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Become the model's server (``vllm serve``); returns only if it cannot start."""
+    from qeval.stages.serve import ServeInput, run
+
+    text = (
+        os.environ.get(str(args.input).removeprefix("env:"), "")
+        if str(args.input).startswith("env:")
+        else args.input.read_text()
+    )
+    try:
+        doc = json.loads(text)
+        doc.pop("stage", None)  # the executors' label of the input
+        inp = ServeInput.model_validate(doc)
+    except (ValueError, AttributeError) as e:
+        print(f"serve: invalid input {args.input}: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    run(inp)
+
+
 def cmd_operator(args: argparse.Namespace) -> int:
     import logging
 
@@ -153,6 +173,12 @@ def parser() -> argparse.ArgumentParser:
         stage.add_argument("--input", type=Path, required=True, help="the stage input document")
         stage.add_argument("--output", type=Path, required=True, help="the result document")
         stage.set_defaults(func=cmd_stage)
+
+    serve = sub.add_parser(
+        "serve", help="stage: serve a model with vLLM until stopped (backend vllm-server)"
+    )
+    serve.add_argument("--input", type=Path, required=True, help="the serve input document")
+    serve.set_defaults(func=cmd_serve)
 
     demo = sub.add_parser("demo-model", help="build (or find cached) the demo model; print path")
     demo.add_argument("--input", type=Path)

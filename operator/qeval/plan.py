@@ -7,13 +7,13 @@ the operator as Jobs. Where files go is the executor's choice, passed in as a La
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from graphlib import TopologicalSorter
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, Protocol
 
 from qeval.api.common import ApiModel, ModelSource, Scheduling, model_kind, volume_path
-from qeval.api.evalrun import EvalRun
+from qeval.api.evalrun import Backend, EvalRun, Serving
 from qeval.api.quantizedmodel import Calibration, QuantizedModel
 from qeval.recipes import build_recipe, needs_calibration, scheme_label
 from qeval.stages.aggregate import AggregateInput, ModelResults
@@ -21,25 +21,56 @@ from qeval.stages.benchmark import BenchmarkInput
 from qeval.stages.demo_model import DemoModelInput
 from qeval.stages.evaluate import EvaluateInput
 from qeval.stages.quantize import QuantizeInput
+from qeval.stages.serve import PORT, ServeInput
 from qeval.stages.similarity import SimilarityInput, SimilarityModel
 
 DEMO_STAGE = "demo-model"
 AGGREGATE_STAGE = "aggregate"
 SIMILARITY_STAGE = "similarity"
+SERVE_KIND = "serve"  # a long-running stage: a model's server, up while its consumers run
 
 
 class PlanError(ValueError):
     """The objects cannot be planned (e.g. a QuantizedModel that does not exist)."""
 
 
+class Endpoints(Protocol):
+    """Where a run's model servers listen, and the URL their clients reach them at."""
+
+    @property
+    def bind(self) -> str: ...  # the address a server listens on
+
+    def port(self, stage: str) -> int: ...
+
+    def url(self, stage: str) -> str: ...
+
+
+@dataclass(frozen=True)
+class PodEndpoints:
+    """Every server in a pod of its own on the same port, reached at a host name per serve
+    stage: by default the stage's name (the operator's are its Services' names)."""
+
+    bind: str = "0.0.0.0"
+
+    def host(self, stage: str) -> str:
+        return stage
+
+    def port(self, stage: str) -> int:
+        return PORT
+
+    def url(self, stage: str) -> str:
+        return f"http://{self.host(stage)}:{self.port(stage)}"
+
+
 @dataclass(frozen=True)
 class Layout:
     """Where stage documents, quantized models and the result cache live, as the stage
-    processes see them (no cache_root: no result cache)."""
+    processes see them (no cache_root: no result cache), and where model servers answer."""
 
     run_root: PurePosixPath
     models_root: PurePosixPath
     cache_root: PurePosixPath | None = None
+    endpoints: Endpoints = field(default_factory=PodEndpoints)
 
     def stage_dir(self, stage: str) -> PurePosixPath:
         return self.run_root / "stages" / stage
@@ -66,8 +97,16 @@ class Stage:
     always: bool = False  # runs even when a dependency failed (to report what did not)
     produces: str | None = None  # the QuantizedModel this stage makes, if any
 
+    @property
+    def serves(self) -> bool:
+        """A server: ready rather than finished, done when the stages that need it are."""
+        return self.kind == SERVE_KIND
+
     def argv(self, input_path: str, output_path: str) -> list[str]:
-        """The command, as an argument list (never a shell string with spec values in it)."""
+        """The command, as an argument list (never a shell string with spec values in it).
+        A server writes no result document."""
+        if self.serves:
+            return ["qeval", self.kind, "--input", input_path]
         return ["qeval", self.kind, "--input", input_path, "--output", output_path]
 
 
@@ -145,12 +184,17 @@ def build_plan(run: EvalRun, models: Mapping[str, QuantizedModel], layout: Layou
             targets.append((c.label, c.scheme, c.model, ()))
 
     tasks = spec.all_tasks()  # suites expanded: both executors run the same tasks
+    servers = spec.backend == Backend.VLLM_SERVER
+    serving = spec.serving or Serving()
     refs = []
     for i, (name, scheme, source, needs) in enumerate(targets):
         stage = f"evaluate-{name}"
         if model_kind(source.uri) == "demo":
             needs, uses_demo = (*needs, DEMO_STAGE), True
-            targets[i] = (name, scheme, source, needs)
+        if servers:  # every stage of this model talks to its server instead
+            stages.append(serve_stage(run, name, source, needs, layout))
+            needs = (stages[-1].name,)
+        targets[i] = (name, scheme, source, needs)
         inp = EvaluateInput(
             model_name=name,
             model=source,
@@ -160,22 +204,27 @@ def build_plan(run: EvalRun, models: Mapping[str, QuantizedModel], layout: Layou
             batch_size=spec.batch_size,
             seed=spec.seed,
             model_args=spec.model_args,
+            base_url=layout.endpoints.url(needs[0]) if servers else None,
+            serving=serving if servers else None,
             allow_code_execution=spec.allow_code_execution,
             cache_dir=layout.cache_dir(),
             reuse_cached=spec.cache,
             output_dir=str(layout.stage_dir(stage)),
         )
-        stages.append(Stage(stage, "evaluate", _doc(inp), needs, spec.scheduling))
+        scheduling = None if servers else spec.scheduling  # a client: the server has the GPU
+        stages.append(Stage(stage, "evaluate", _doc(inp), needs, scheduling))
         refs.append(ModelResults(name=name, scheme=scheme, evaluate=str(layout.result_path(stage))))
 
-    if spec.performance is not None:
-        for ref, (name, _, source, needs) in zip(refs, targets, strict=True):
-            stages.append(benchmark_stage(run, name, source, needs, layout))
-            ref.benchmark = str(layout.result_path(stages[-1].name))
     similarity = None
     if spec.similarity is not None:
         stages.append(similarity_stage(run, targets, layout))
         similarity = str(layout.result_path(SIMILARITY_STAGE))
+    if spec.performance is not None:
+        for ref, (name, _, source, needs) in zip(refs, targets, strict=True):
+            if servers:  # alone on its server: after the evaluation and the similarity
+                needs = (*needs, f"evaluate-{name}", *([SIMILARITY_STAGE] if similarity else []))
+            stages.append(benchmark_stage(run, name, source, needs, layout))
+            ref.benchmark = str(layout.result_path(stages[-1].name))
 
     aggregate = AggregateInput(
         baseline=refs[0],
@@ -194,6 +243,26 @@ def build_plan(run: EvalRun, models: Mapping[str, QuantizedModel], layout: Layou
     return ordered(stages)
 
 
+def serve_stage(
+    run: EvalRun, name: str, source: ModelSource, needs: tuple[str, ...], layout: Layout
+) -> Stage:
+    """One model's vLLM server (backend vllm-server), on the GPUs of spec.scheduling."""
+    stage = f"serve-{name}"
+    inp = ServeInput(
+        model_name=name,
+        model=source,
+        serving=run.spec.serving or Serving(),
+        host=layout.endpoints.bind,
+        port=layout.endpoints.port(stage),
+    )
+    return Stage(stage, SERVE_KIND, _doc(inp), needs, run.spec.scheduling)
+
+
+def _server(name: str, needs: tuple[str, ...]) -> str | None:
+    """The serve stage among ``needs`` for model ``name``, if it has one."""
+    return f"serve-{name}" if f"serve-{name}" in needs else None
+
+
 def benchmark_stage(
     run: EvalRun, name: str, source: ModelSource, needs: tuple[str, ...], layout: Layout
 ) -> Stage:
@@ -201,31 +270,45 @@ def benchmark_stage(
     spec = run.spec
     assert spec.performance is not None
     stage = f"benchmark-{name}"
+    server = _server(name, needs)
     inp = BenchmarkInput(
         model_name=name,
         model=source,
         backend=spec.backend,
+        base_url=layout.endpoints.url(server) if server else None,
         performance=spec.performance,
+        serving=spec.serving,
         seed=spec.seed,
         output_dir=str(layout.stage_dir(stage)),
     )
-    return Stage(stage, "benchmark", _doc(inp), needs, spec.scheduling)
+    return Stage(stage, "benchmark", _doc(inp), needs, None if server else spec.scheduling)
 
 
 def similarity_stage(run: EvalRun, targets: list[Target], layout: Layout) -> Stage:
     """Every model's greedy text on the same prompts, candidates scored against the baseline."""
     spec = run.spec
     assert spec.similarity is not None
-    models = [SimilarityModel(name=name, model=source) for name, _, source, _ in targets]
+    models = [
+        SimilarityModel(
+            name=name,
+            model=source,
+            base_url=layout.endpoints.url(server) if (server := _server(name, needs)) else None,
+        )
+        for name, _, source, needs in targets
+    ]
     inp = SimilarityInput(
         baseline=models[0],
         candidates=models[1:],
         backend=spec.backend,
         similarity=spec.similarity,
+        serving=spec.serving,
         output_dir=str(layout.stage_dir(SIMILARITY_STAGE)),
     )
     needs = tuple(dict.fromkeys(n for *_, ns in targets for n in ns))
-    return Stage(SIMILARITY_STAGE, "similarity", _doc(inp), needs, spec.scheduling)
+    clients = all(m.base_url for m in models)
+    return Stage(
+        SIMILARITY_STAGE, "similarity", _doc(inp), needs, None if clients else spec.scheduling
+    )
 
 
 def ordered(stages: list[Stage]) -> list[Stage]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
@@ -167,6 +167,20 @@ SPEC_RULES = (
             )
         ),
     ),
+    Rule(
+        cel="!has(self.serving) || (has(self.backend) && self.backend != 'hf')",
+        message="spec.serving configures vLLM servers: it needs backend vllm-server (or vllm); "
+        "remove it for backend hf",
+        check=lambda s: s.serving is None or s.backend != Backend.HF,
+    ),
+    Rule(
+        cel="!has(self.serving) || !has(self.serving.tensorParallelSize) || "
+        "self.serving.tensorParallelSize <= "
+        "(has(self.scheduling) && has(self.scheduling.gpus) ? self.scheduling.gpus : 1)",
+        message="spec.serving.tensorParallelSize is larger than spec.scheduling.gpus (the GPUs "
+        "the server pod gets); raise gpus or lower tensorParallelSize",
+        check=lambda s: s.serving is None or s.serving.tensor_parallel_size <= s.scheduling.gpus,
+    ),
 )
 
 
@@ -297,6 +311,78 @@ class Similarity(ApiModel):
     )
 
 
+# Flags qeval sets on every vLLM server itself (from the fields of Serving).
+RESERVED_VLLM_FLAGS = (
+    "--port",
+    "--host",
+    "--served-model-name",
+    "--model",
+    "--tensor-parallel-size",
+    "-tp",
+    "--max-model-len",
+    "--gpu-memory-utilization",
+)
+_RESERVED_CEL = "[" + ", ".join(f"'{f}'" for f in RESERVED_VLLM_FLAGS) + "]"
+
+SERVING_RULES = (
+    Rule(
+        cel=f"!has(self.extraArgs) || self.extraArgs.all(a, !(a.split('=')[0] in {_RESERVED_CEL}))",
+        message="spec.serving.extraArgs must not set "
+        + ", ".join(RESERVED_VLLM_FLAGS)
+        + ": qeval sets them (use tensorParallelSize, maxModelLen, gpuMemoryUtilization)",
+        check=lambda s: all(a.split("=")[0] not in RESERVED_VLLM_FLAGS for a in s.extra_args),
+    ),
+)
+
+
+class Serving(ApiModel):
+    """The vLLM OpenAI-compatible servers qeval starts: with backend vllm-server one
+    Deployment and Service per model, shared by that model's evaluation and benchmark pods
+    (and the similarity stage); with backend vllm the server the benchmark and similarity
+    stages start inside their own pod."""
+
+    tensor_parallel_size: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="vLLM --tensor-parallel-size: GPUs one server shards the model over "
+        "(at most spec.scheduling.gpus, which the server pod requests).",
+    )
+    max_model_len: int | None = Field(
+        default=None, ge=16, le=10485760, description="vLLM --max-model-len; default: the model's."
+    )
+    gpu_memory_utilization: float = Field(
+        default=0.9, gt=0, le=1, description="vLLM --gpu-memory-utilization."
+    )
+    extra_args: list[Annotated[str, Field(min_length=1, max_length=512)]] = Field(
+        default_factory=list,
+        max_length=64,
+        description="More `vllm serve` arguments, one per item, e.g. [--enforce-eager, "
+        "--kv-cache-dtype, fp8].",
+    )
+    num_concurrent: int = Field(
+        default=8,
+        ge=1,
+        le=1024,
+        description="Requests lm-eval keeps in flight against the server (local-completions "
+        "num_concurrent).",
+    )
+    ready_timeout_seconds: int = Field(
+        default=1800,
+        ge=60,
+        le=86400,
+        description="A server not ready this long after it was created fails the run (the "
+        "Deployment's progressDeadlineSeconds; loading a 405B model takes tens of minutes).",
+    )
+
+    model_config = ApiModel.model_config | {"json_schema_extra": cel_rules(*SERVING_RULES)}
+
+    @model_validator(mode="after")
+    def _rules(self) -> Serving:
+        enforce(self, SERVING_RULES)
+        return self
+
+
 class EvalRunSpec(ApiModel):
     """The comparison: which models, which tasks, and how they are evaluated."""
 
@@ -376,6 +462,12 @@ class EvalRunSpec(ApiModel):
         "revision, task and shots, limit, harness version, backend and its settings, seed); "
         "false recomputes everything (and refreshes the cache).",
     )
+    serving: Serving | None = Field(
+        default=None,
+        description="The vLLM servers (backend vllm-server or vllm): parallelism, context "
+        "length, memory, extra arguments, client concurrency, readiness timeout.",
+        json_schema_extra=immutable("spec.serving"),
+    )
     performance: Performance | None = Field(
         default=None,
         description="Serving benchmark scenarios (latency and throughput); off unless set.",
@@ -385,7 +477,9 @@ class EvalRunSpec(ApiModel):
         description="Text similarity of candidates' generations to the baseline's; off unless set.",
     )
     scheduling: Scheduling = Field(
-        default_factory=Scheduling, description="Resources and placement of evaluation Jobs."
+        default_factory=Scheduling,
+        description="Resources and placement of the GPU work: evaluation Jobs, or with backend "
+        "vllm-server the vLLM servers (their evaluation clients then run as small CPU pods).",
     )
 
     model_config = ApiModel.model_config | {"json_schema_extra": cel_rules(*SPEC_RULES)}

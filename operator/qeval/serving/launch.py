@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from qeval.api.evalrun import Backend
+from qeval.api.evalrun import Backend, Serving
 from qeval.serving.client import wait_healthy
 from qeval.stages.envelope import StageError
 
@@ -37,7 +37,40 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def server_argv(backend: str, model_path: str, name: str, port: int) -> list[str]:
+def vllm_arguments(
+    model_path: str, name: str, host: str, port: int, serving: Serving | None = None
+) -> list[str]:
+    """The arguments of ``vllm serve`` for one model (the one place they are built)."""
+    serving = serving or Serving()
+    args = [
+        "serve",
+        model_path,
+        "--served-model-name",
+        name,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--tensor-parallel-size",
+        str(serving.tensor_parallel_size),
+        "--gpu-memory-utilization",
+        str(serving.gpu_memory_utilization),
+    ]
+    if serving.max_model_len is not None:
+        args += ["--max-model-len", str(serving.max_model_len)]
+    return args + list(serving.extra_args)
+
+
+def server_argv(
+    backend: str,
+    model_path: str,
+    name: str,
+    port: int,
+    serving: Serving | None = None,
+    host: str = "127.0.0.1",
+) -> list[str]:
+    """The command of an OpenAI-compatible server for the model: ``vllm serve`` (backends
+    vllm and vllm-server) or the hf backend's transformers server."""
     if backend == Backend.HF:
         return [
             sys.executable,
@@ -47,6 +80,8 @@ def server_argv(backend: str, model_path: str, name: str, port: int) -> list[str
             model_path,
             "--served-model-name",
             name,
+            "--host",
+            host,
             "--port",
             str(port),
         ]
@@ -57,7 +92,7 @@ def server_argv(backend: str, model_path: str, name: str, port: int) -> list[str
             f"backend {backend} needs vLLM (the evaluator image has it; it needs a GPU); "
             "on a machine without one use backend hf",
         )
-    return [vllm, "serve", model_path, "--served-model-name", name, "--port", str(port)]
+    return [vllm, *vllm_arguments(model_path, name, host, port, serving)]
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -69,11 +104,16 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 @contextmanager
 def served(
-    backend: str, model_path: str, name: str, log_path: Path, start_timeout: float = 900.0
+    backend: str,
+    model_path: str,
+    name: str,
+    log_path: Path,
+    start_timeout: float = 900.0,
+    serving: Serving | None = None,
 ) -> Iterator[Server]:
     """A running server for ``model_path``; StageError(ServerFailed) if it does not start."""
     port = free_port()
-    argv = server_argv(backend, model_path, name, port)
+    argv = server_argv(backend, model_path, name, port, serving)
     base_url = f"http://127.0.0.1:{port}"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("w") as log:

@@ -24,7 +24,7 @@ import numpy as np
 from pydantic import Field
 
 from qeval.api.common import ApiModel, ModelSource
-from qeval.api.evalrun import Backend, Performance, PerformancePoint, Scenario
+from qeval.api.evalrun import Backend, Performance, PerformancePoint, Scenario, Serving
 from qeval.stages.envelope import StageError
 
 SYLLABLES = ("ka", "lo", "mi", "ne", "ru", "so", "ta", "vi", "ze", "po", "da", "fe", "gu", "hi")
@@ -37,9 +37,15 @@ class BenchmarkInput(ApiModel):
     model: ModelSource
     backend: Backend = Backend.HF
     base_url: str | None = Field(
-        default=None, description="A server already serving the model; None: start one."
+        default=None,
+        description="A server already serving the model under model_name (backend "
+        "vllm-server: the run's server); None: start one in this process.",
     )
     performance: Performance = Field(default_factory=Performance)
+    serving: Serving | None = Field(default=None, description="vLLM server settings.")
+    ready_timeout_seconds: float = Field(
+        default=60, gt=0, description="How long to wait for base_url's /health."
+    )
     seed: int = 1234
     output_dir: str
 
@@ -94,14 +100,15 @@ def endpoint(inp: BenchmarkInput, path: Path, out_dir: Path) -> Iterator[tuple[s
 
     if inp.base_url:
         try:
-            deadline = min(60.0, inp.performance.request_timeout_seconds)
-            asyncio.run(wait_healthy(inp.base_url, deadline))
+            asyncio.run(wait_healthy(inp.base_url, inp.ready_timeout_seconds))
         except TimeoutError as e:
             raise StageError("ServerUnavailable", f"{e}; is the server running?") from e
         label = "hf" if inp.backend == Backend.HF else "vllm"
-        yield inp.base_url, str(path), label
+        yield inp.base_url, inp.model_name, label
         return
-    with served(inp.backend, str(path), inp.model_name, out_dir / "server.log") as server:
+    timeout = float(inp.serving.ready_timeout_seconds) if inp.serving else 900.0
+    log = out_dir / "server.log"
+    with served(inp.backend, str(path), inp.model_name, log, timeout, inp.serving) as server:
         yield server.base_url, server.model, server.backend
 
 

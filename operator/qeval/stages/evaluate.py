@@ -25,7 +25,7 @@ from typing import Any
 from pydantic import Field
 
 from qeval.api.common import ApiModel, ModelSource
-from qeval.api.evalrun import Backend, Score, Task
+from qeval.api.evalrun import Backend, Score, Serving, Task
 from qeval.results.cache import (
     CachedTask,
     ResultCache,
@@ -67,7 +67,13 @@ class EvaluateInput(ApiModel):
     batch_size: int = 16
     seed: int = 1234
     model_args: dict[str, str] = Field(default_factory=dict)
-    base_url: str | None = Field(default=None, description="Server URL for vllm-server.")
+    base_url: str | None = Field(
+        default=None,
+        description="vllm-server: the run's server for this model (serving it under model_name).",
+    )
+    serving: Serving | None = Field(
+        default=None, description="vllm-server: the server's settings (part of the cache key)."
+    )
     allow_code_execution: bool = Field(
         default=False, description="Let lm-eval run tasks that execute model-written code."
     )
@@ -158,11 +164,12 @@ def _model_args(inp: EvaluateInput, path: Path) -> dict[str, Any]:
     if inp.backend == Backend.VLLM_SERVER:
         if not inp.base_url:
             raise StageError("NoServer", "backend vllm-server needs the server's base_url")
+        serving = inp.serving or Serving()
         args = {
-            "model": str(path),
+            "model": inp.model_name,  # the name the server serves it under
             "tokenizer": str(path),
             "base_url": f"{inp.base_url.rstrip('/')}/v1/completions",
-            "num_concurrent": 8,
+            "num_concurrent": serving.num_concurrent,
         }
     return args | dict(inp.model_args)
 
@@ -183,11 +190,16 @@ class Lookup:
 def backend_config(inp: EvaluateInput) -> dict[str, Any]:
     """The backend settings that can change scores (part of every task's cache key)."""
     backend = Backend(inp.backend)
-    return {
+    config: dict[str, Any] = {
         "batchSize": inp.batch_size,
         "modelArgs": dict(inp.model_args),
         "libraries": {p: installed_version(p) for p in BACKEND_LIBRARIES[backend]},
     }
+    if backend == Backend.VLLM_SERVER:  # what the server does can change scores too
+        served = (inp.serving or Serving()).dump()
+        ignored = {"numConcurrent", "readyTimeoutSeconds"}  # they cannot change a score
+        config["serving"] = {k: v for k, v in served.items() if k not in ignored}
+    return config
 
 
 def lookup(inp: EvaluateInput, path: Path) -> Lookup:

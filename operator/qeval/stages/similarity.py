@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import Field
 
 from qeval.api.common import ApiModel, ModelSource
-from qeval.api.evalrun import Backend, Similarity, SimilarityScore
+from qeval.api.evalrun import Backend, Serving, Similarity, SimilarityScore
 from qeval.stages.envelope import StageError
 
 PROMPT_KEYS = ("prompt", "question", "text")
@@ -30,6 +30,11 @@ PROMPT_KEYS = ("prompt", "question", "text")
 class SimilarityModel(ApiModel):
     name: str
     model: ModelSource
+    base_url: str | None = Field(
+        default=None,
+        description="A server already serving the model under name (backend vllm-server); "
+        "None: generate in this process (hf) or start a server for it.",
+    )
 
 
 class SimilarityInput(ApiModel):
@@ -37,6 +42,7 @@ class SimilarityInput(ApiModel):
     candidates: list[SimilarityModel]
     backend: Backend = Backend.HF
     similarity: Similarity = Field(default_factory=Similarity)
+    serving: Serving | None = Field(default=None, description="vLLM server settings.")
     output_dir: str
 
 
@@ -95,19 +101,33 @@ def generate_hf(path: Path, prompts: list[str], max_new_tokens: int) -> list[str
 
 
 def generate_served(
-    backend: Backend, name: str, path: Path, prompts: list[str], max_new_tokens: int, log: Path
+    m: SimilarityModel, inp: SimilarityInput, prompts: list[str], out_dir: Path
 ) -> list[str]:
-    from qeval.serving.client import ClientSettings, generate
+    """Greedy text through the completions endpoint: of the model's server when it has one
+    (``base_url``), else of a server started here for it and stopped afterwards."""
+    from qeval.serving.client import ClientSettings, generate, wait_healthy
     from qeval.serving.launch import served
+    from qeval.stages.models import resolve
 
-    with served(backend, str(path), name, log) as server:
-        results = asyncio.run(
-            generate(server.base_url, server.model, prompts, max_new_tokens, ClientSettings())
-        )
+    max_new = inp.similarity.max_new_tokens
+    if m.base_url:
+        try:
+            asyncio.run(wait_healthy(m.base_url, 60))
+        except TimeoutError as e:
+            raise StageError("ServerUnavailable", f"{m.name}: {e}") from e
+        results = asyncio.run(generate(m.base_url, m.name, prompts, max_new, ClientSettings()))
+    else:
+        timeout = float(inp.serving.ready_timeout_seconds) if inp.serving else 900.0
+        log = out_dir / f"server-{m.name}.log"
+        path = str(resolve(m.model))
+        with served(Backend(inp.backend), path, m.name, log, timeout, inp.serving) as server:
+            results = asyncio.run(
+                generate(server.base_url, server.model, prompts, max_new, ClientSettings())
+            )
     bad = [r for r in results if not r.ok]
     if bad:
         raise StageError(
-            "RequestsFailed", f"{name}: {len(bad)} generations failed (first: {bad[0].error})"
+            "RequestsFailed", f"{m.name}: {len(bad)} generations failed (first: {bad[0].error})"
         )
     return [r.text for r in results]
 
@@ -181,14 +201,10 @@ def run(inp: SimilarityInput) -> SimilarityResult:
     out_dir.mkdir(parents=True, exist_ok=True)
     texts: dict[str, list[str]] = {}
     for m in (inp.baseline, *inp.candidates):
-        path = resolve(m.model)
         if inp.backend == Backend.HF:
-            texts[m.name] = generate_hf(path, prompts, spec.max_new_tokens)
+            texts[m.name] = generate_hf(resolve(m.model), prompts, spec.max_new_tokens)
         else:
-            log = out_dir / f"server-{m.name}.log"
-            texts[m.name] = generate_served(
-                Backend(inp.backend), m.name, path, prompts, spec.max_new_tokens, log
-            )
+            texts[m.name] = generate_served(m, inp, prompts, out_dir)
 
     from sentence_transformers import SentenceTransformer
 
