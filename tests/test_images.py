@@ -243,9 +243,18 @@ def test_entrypoints_are_real_qeval_commands(name: str) -> None:
 
 
 def test_stage_commands_are_served_by_the_image_the_operator_picks() -> None:
-    """The Jobs' commands (``qeval <kind> ...``) run in the image ``build_job`` picks."""
+    """The Jobs' commands (``qeval <kind> ...``) run in the image ``build_job`` picks, and
+    a model server's (``qeval serve``, which becomes ``vllm serve``) in the evaluator."""
     settings = OperatorSettings()
-    for kind in ("quantize", "evaluate", "aggregate", "demo-model"):
+    for kind in (
+        "quantize",
+        "evaluate",
+        "benchmark",
+        "similarity",
+        "aggregate",
+        "demo-model",
+        "serve",
+    ):
         stage = Stage(name=f"{kind}-x", kind=kind, input={})
         argv = stage.argv("env:QEVAL_STAGE_INPUT", "/out/result.json")
         assert argv[:2] == ["qeval", kind]

@@ -196,3 +196,140 @@ def test_an_evaluation_result_is_labelled_with_a_content_key() -> None:
     assert key == content_key(doc({"gsm8k": "b" * 64, "arc": "a" * 64}))
     assert key != content_key(doc({"arc": "a" * 64, "gsm8k": "c" * 64}))
     assert content_key(doc({})) is None
+
+
+# --- model servers (backend vllm-server) -------------------------------------------------
+
+RUN_OWNER = m.Owner("EvalRun", "llama-3.1-8b-serving", "team-a", "run-uid")
+
+
+def serving_plan(settings: OperatorSettings | None = None) -> list:
+    from qeval.plan import build_plan
+
+    settings = settings or OperatorSettings()
+    docs = load_documents(EXAMPLES / "llama-3.1-8b")
+    run = next(d for d in docs if d.name == "llama-3.1-8b-serving")
+    models = {d.name: d for d in docs if isinstance(d, QuantizedModel)}
+    layout = m.cluster_layout(settings, "team-a", run.name)
+    return build_plan(run, models, layout)  # type: ignore[arg-type]
+
+
+def server(name: str = "serve-bf16") -> tuple[dict, dict]:
+    stage = next(s for s in serving_plan() if s.name == name)
+    return m.build_server(stage, RUN_OWNER, OperatorSettings(), "digest")
+
+
+def test_a_server_is_a_deployment_running_qeval_serve_on_the_spec_gpus() -> None:
+    deployment, _ = server()
+    spec = deployment["spec"]
+    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    assert spec["progressDeadlineSeconds"] == 1800  # serving.readyTimeoutSeconds
+    pod = spec["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"] == ["qeval", "serve", "--input", "env:QEVAL_STAGE_INPUT"]
+    assert container["image"] == OperatorSettings().evaluator_image  # the image with vLLM
+    assert container["resources"] == {
+        "requests": {"nvidia.com/gpu": "1"},
+        "limits": {"nvidia.com/gpu": "1"},
+    }
+    assert pod["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ]
+    assert "restartPolicy" not in pod  # a server restarts (Always)
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    inp = json.loads(env["QEVAL_STAGE_INPUT"])
+    assert inp["modelName"] == "bf16" and inp["host"] == "0.0.0.0" and inp["port"] == 8000
+    assert inp["serving"]["maxModelLen"] == 8192
+    assert inp["serving"]["extraArgs"] == ["--dtype", "auto", "--max-num-seqs", "256"]
+    assert "QEVAL_RESULT_CONFIGMAP" not in env  # a server publishes nothing itself
+
+
+def test_the_server_command_carries_the_serving_fields_to_vllm() -> None:
+    from qeval.serving.launch import vllm_arguments
+    from qeval.stages.serve import ServeInput
+
+    deployment, _ = server()
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    inp = ServeInput.model_validate_json(env["QEVAL_STAGE_INPUT"])
+    args = vllm_arguments("/models/bf16", inp.model_name, inp.host, inp.port, inp.serving)
+    assert args[:2] == ["serve", "/models/bf16"]
+    pairs = dict(zip(args[2::2], args[3::2], strict=False))
+    assert pairs["--served-model-name"] == "bf16"
+    assert pairs["--port"] == "8000" and pairs["--host"] == "0.0.0.0"
+    assert pairs["--tensor-parallel-size"] == "1"
+    assert pairs["--gpu-memory-utilization"] == "0.9"
+    assert pairs["--max-model-len"] == "8192"
+    assert args[-4:] == ["--dtype", "auto", "--max-num-seqs", "256"]
+
+
+def test_a_server_is_ready_when_health_answers_and_has_the_whole_timeout_to_start() -> None:
+    deployment, _ = server()
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    health = {"path": "/health", "port": "http"}
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == health
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 1800
+    assert container["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    shm = {"name": "dshm", "mountPath": "/dev/shm"}
+    assert shm in container["volumeMounts"]
+
+
+def test_the_service_selects_exactly_its_server_and_the_clients_use_its_name() -> None:
+    stages = {s.name: s for s in serving_plan()}
+    deployment, service = server("serve-w4a16")
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["selector"] == selector
+    assert selector == {m.LABEL_OWNER_UID: "run-uid", m.LABEL_STAGE: "serve-w4a16"}
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert selector.items() <= pod_labels.items()
+    assert service["metadata"]["name"] == deployment["metadata"]["name"]
+    assert service["spec"]["ports"] == [
+        {"name": "http", "port": 8000, "targetPort": "http", "protocol": "TCP"}
+    ]
+    url = f"http://{service['metadata']['name']}.team-a.svc:8000"
+    assert stages["evaluate-w4a16"].input["baseUrl"] == url
+    assert stages["benchmark-w4a16"].input["baseUrl"] == url
+    sim = stages["similarity"].input
+    assert [c["baseUrl"] for c in sim["candidates"]][0] == url
+    for obj in (deployment, service):
+        assert obj["metadata"]["ownerReferences"] == [RUN_OWNER.reference()]
+        assert obj["metadata"]["labels"][m.LABEL_STAGE_KIND] == "serve"
+
+
+def test_with_servers_the_clients_run_small_and_wait_for_their_server() -> None:
+    stages = {s.name: s for s in serving_plan()}
+    assert stages["serve-w4a16"].needs == ("quantize-llama-3.1-8b-w4a16",)
+    assert stages["evaluate-w4a16"].needs == ("serve-w4a16",)
+    # a benchmark has its server to itself: after the evaluation and the similarity
+    assert stages["benchmark-w4a16"].needs == ("serve-w4a16", "evaluate-w4a16", "similarity")
+    for name in ("evaluate-w4a16", "benchmark-w4a16", "similarity"):
+        job = m.build_job(
+            stages[name],
+            RUN_OWNER,
+            m.cluster_layout(OperatorSettings(), "team-a", "r"),
+            OperatorSettings(),
+        )
+        (container,) = job["spec"]["template"]["spec"]["containers"]
+        assert container["resources"] == m.LIGHT_RESOURCES, name
+    assert stages["evaluate-w4a16"].input["serving"]["numConcurrent"] == 32
+
+
+def test_a_kueue_queue_labels_the_server_deployment() -> None:
+    from dataclasses import replace
+
+    stage = next(s for s in serving_plan() if s.name == "serve-bf16")
+    assert stage.scheduling is not None
+    queued = replace(stage, scheduling=stage.scheduling.model_copy(update={"queue_name": "gpu"}))
+    deployment, _ = m.build_server(queued, RUN_OWNER, OperatorSettings())
+    assert deployment["metadata"]["labels"][m.KUEUE_QUEUE] == "gpu"
+
+
+@pytest.mark.parametrize("version", ["1.29.0", "1.35.0"])
+def test_server_deployments_and_services_pass_kubernetes_strict_schemas(version: str) -> None:
+    for obj in server():
+        kubernetes_validate.validate(obj, version, strict=True)
+    doc = StageResult(stage="serve-bf16", kind="serve", status=StageStatus.FAILED, reason="R")
+    kubernetes_validate.validate(m.build_operator_result(RUN_OWNER, doc), version, strict=True)

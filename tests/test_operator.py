@@ -510,3 +510,226 @@ def test_a_second_run_takes_the_evaluations_a_first_run_did(
     assert stage_input(job)["baseline"]["evaluate"].endswith(source)
     cached = ["bf16/qeval_demo_facts", "w4a16/qeval_demo_facts"]
     wait_for(lambda: status(api, "evalruns", "second").get("cached") == cached, "cached listed")
+
+
+# --- model servers (backend vllm-server) ------------------------------------------------------
+
+
+def served_run(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "qeval.dev/v1alpha1",
+        "kind": "EvalRun",
+        "metadata": {"name": name},
+        "spec": {
+            "baseline": {"name": "bf16", "model": {"uri": "meta-llama/Llama-3.1-8B-Instruct"}},
+            "candidates": [
+                {
+                    "name": "w4a16",
+                    "scheme": "W4A16",
+                    "model": {"uri": "RedHatAI/Meta-Llama-3.1-8B-Instruct-quantized.w4a16"},
+                }
+            ],
+            "tasks": [{"name": "gsm8k", "numFewshot": 5}],
+            "backend": "vllm-server",
+            "serving": {"maxModelLen": 4096, "numConcurrent": 16, "readyTimeoutSeconds": 900},
+            "performance": {
+                "scenarios": [{"name": "synchronous", "kind": "synchronous", "requests": 8}]
+            },
+        },
+    }
+
+
+def servers(cluster: Cluster, kind: str, run: str) -> dict[str, dict[str, Any]]:
+    """A run's Deployments (kind apps/v1/deployments) or Services (v1/services) by stage."""
+    found = cluster.list(kind, namespace=NS, labels={m.LABEL_RUN: run})
+    return {o["metadata"]["labels"][m.LABEL_STAGE]: o for o in found}
+
+
+def play_server(api: Any, deployment: dict[str, Any], status: dict[str, Any]) -> None:
+    """Play the Deployment controller: set the Deployment's status."""
+    from kubernetes import client
+
+    meta = deployment["metadata"]
+    client.AppsV1Api(api).patch_namespaced_deployment_status(meta["name"], NS, {"status": status})
+
+
+AVAILABLE = {"replicas": 1, "readyReplicas": 1, "availableReplicas": 1}
+
+
+def benchmark_result(job: dict[str, Any]) -> dict[str, Any]:
+    """What a benchmark stage reports (made up: the aggregate here reads evaluations only)."""
+    inp = stage_input(job)
+    p = {"p50": 0.02, "p90": 0.03, "p99": 0.04}
+    point = {
+        "model": inp["modelName"],
+        "scenario": "synchronous",
+        "backend": "vllm",
+        "requests": 8,
+        "latencySeconds": 1.2,
+        "outputTokensPerSecond": 100.0,
+        "requestsPerSecond": 0.8,
+        "ttftSeconds": p,
+        "e2eSeconds": p,
+    }
+    return {
+        "modelName": inp["modelName"],
+        "backend": "vllm",
+        "points": [point],
+        "requestsPath": f"{inp['outputDir']}/requests.jsonl",
+    }
+
+
+def test_a_vllm_server_per_model_serves_its_stages_and_goes_when_they_are_done(
+    cluster: Cluster, api: Any, operator: Operator
+) -> None:
+    from kubernetes import client
+
+    client.CustomObjectsApi(api).create_namespaced_custom_object(
+        m.GROUP, m.VERSION, NS, "evalruns", served_run("served")
+    )
+    # One server (a Deployment and its Service) per model, before any client Job.
+    deployments = wait_for(
+        lambda: len(d := servers(cluster, "apps/v1/deployments", "served")) == 2 and d,
+        "two server Deployments",
+    )
+    services = wait_for(
+        lambda: len(s := servers(cluster, "v1/services", "served")) == 2 and s, "two Services"
+    )
+    assert set(deployments) == set(services) == {"serve-bf16", "serve-w4a16"}
+    assert not jobs(cluster, **{m.LABEL_RUN: "served"})
+    pod = deployments["serve-bf16"]["spec"]["template"]["spec"]
+    assert pod["containers"][0]["image"] == "registry.local/qeval/evaluator:test"
+    wait_for(lambda: ("Normal", "ServerCreated") in events_for(cluster, "served"), "an Event")
+
+    # A ready server lets its own model's evaluation start, pointed at its Service.
+    play_server(api, deployments["serve-bf16"], AVAILABLE)
+    job = wait_for(lambda: jobs(cluster).get("evaluate-bf16"), "the baseline's evaluate Job")
+    host = services["serve-bf16"]["metadata"]["name"]
+    assert stage_input(job)["baseUrl"] == f"http://{host}.{NS}.svc:8000"
+    assert stage_input(job)["serving"]["numConcurrent"] == 16
+    assert "evaluate-w4a16" not in jobs(cluster)
+    play_server(api, deployments["serve-w4a16"], AVAILABLE)
+    wait_for(lambda: jobs(cluster).get("evaluate-w4a16"), "the candidate's evaluate Job")
+
+    # The benchmark has its server to itself: it starts after that model's evaluation.
+    evaluations = {}
+    for name in ("bf16", "w4a16"):
+        job = jobs(cluster)[f"evaluate-{name}"]
+        evaluations[name] = evaluate_result(job, {"bf16": 0.80, "w4a16": 0.79})
+    complete(api, cluster, "evaluate-bf16", evaluations["bf16"])
+    bench = wait_for(lambda: jobs(cluster).get("benchmark-bf16"), "the baseline's benchmark")
+    complete(api, cluster, "benchmark-bf16", benchmark_result(bench))
+
+    # Its consumers done, the baseline's server is recorded, then removed; the other stays.
+    wait_for(lambda: "serve-bf16" not in servers(cluster, "apps/v1/deployments", "served"), "gone")
+    wait_for(lambda: "serve-bf16" not in servers(cluster, "v1/services", "served"), "its Service")
+    assert "serve-w4a16" in servers(cluster, "apps/v1/deployments", "served")
+    records = cluster.list("v1/configmaps", namespace=NS, labels={m.LABEL_STAGE: "serve-bf16"})
+    (record,) = records
+    assert '"status": "Succeeded"' in record["data"]["result.json"]
+    assert "served evaluate-bf16, benchmark-bf16" in record["data"]["result.json"]
+
+    complete(api, cluster, "evaluate-w4a16", evaluations["w4a16"])
+    bench = wait_for(lambda: jobs(cluster).get("benchmark-w4a16"), "the candidate's benchmark")
+    complete(api, cluster, "benchmark-w4a16", benchmark_result(bench))
+    job = wait_for(lambda: jobs(cluster).get("aggregate"), "the aggregate Job")
+    complete(api, cluster, "aggregate", aggregate_result(job, evaluations))
+    st = wait_for(
+        lambda: (s := status(api, "evalruns", "served")).get("phase") == "Succeeded" and s,
+        "Succeeded",
+    )
+    assert st["progress"] == "7/7"  # 2 servers, 2 evaluations, 2 benchmarks, the aggregate
+    wait_for(lambda: not servers(cluster, "apps/v1/deployments", "served"), "no server left")
+    wait_for(lambda: not servers(cluster, "v1/services", "served"), "no Service left")
+    wait_for(lambda: ("Normal", "ServerStopped") in events_for(cluster, "served"), "an Event")
+
+
+def test_a_server_that_never_becomes_ready_fails_the_run_with_the_reason(
+    cluster: Cluster, api: Any, operator: Operator
+) -> None:
+    from kubernetes import client
+
+    client.CustomObjectsApi(api).create_namespaced_custom_object(
+        m.GROUP, m.VERSION, NS, "evalruns", served_run("stuck")
+    )
+    deployments = wait_for(
+        lambda: len(d := servers(cluster, "apps/v1/deployments", "stuck")) == 2 and d,
+        "two server Deployments",
+    )
+    # The baseline's server misses its deadline (the Deployment controller says so) ...
+    play_server(
+        api,
+        deployments["serve-bf16"],
+        {
+            "replicas": 1,
+            "unavailableReplicas": 1,
+            "conditions": [
+                {
+                    "type": "Progressing",
+                    "status": "False",
+                    "reason": "ProgressDeadlineExceeded",
+                    "message": 'ReplicaSet "stuck-serve-bf16" has timed out progressing.',
+                }
+            ],
+        },
+    )
+    # ... and the candidate's keeps exiting: only its pod shows why (the kubelet's part).
+    play_server(api, deployments["serve-w4a16"], {"replicas": 1, "unavailableReplicas": 1})
+    template = deployments["serve-w4a16"]["spec"]["template"]
+    core = client.CoreV1Api(api)
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "stuck-serve-w4a16-5d9f-x2x",
+            "labels": template["metadata"]["labels"],
+        },
+        "spec": template["spec"],
+    }
+    core.create_namespaced_pod(NS, pod)
+    core.patch_namespaced_pod_status(
+        pod["metadata"]["name"],
+        NS,
+        {
+            "status": {
+                "phase": "Running",
+                "containerStatuses": [
+                    {
+                        "name": "serve",
+                        "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off"}},
+                        "lastState": {
+                            "terminated": {
+                                "exitCode": 1,
+                                "reason": "Error",
+                                "message": "torch.OutOfMemoryError: CUDA out of memory.",
+                            }
+                        },
+                        "ready": False,
+                        "restartCount": 3,
+                        "image": "x",
+                        "imageID": "",
+                    }
+                ],
+            }
+        },
+    )
+    # Nothing can be evaluated; the aggregate still runs to report it.
+    job = wait_for(lambda: jobs(cluster).get("aggregate"), "the aggregate Job")
+    assert set(jobs(cluster, **{m.LABEL_RUN: "stuck"})) == {"aggregate"}
+    complete(api, cluster, "aggregate", {"failures": []})
+    st = wait_for(
+        lambda: (s := status(api, "evalruns", "stuck")).get("phase") == "Failed" and s,
+        "the run to fail",
+    )
+    assert job
+    failures = {f["stage"]: f for f in st["failures"]}
+    assert failures["serve-bf16"]["reason"] == "ServerNotReady"
+    assert "not ready within 900 s" in failures["serve-bf16"]["message"]
+    assert failures["serve-w4a16"]["reason"] == "CrashLoopBackOff"
+    assert "CUDA out of memory" in failures["serve-w4a16"]["message"]
+    assert failures["evaluate-bf16"]["reason"] == "DependencyFailed"
+    # The failed servers are removed (their record stays), so they hold no GPU.
+    wait_for(lambda: not servers(cluster, "apps/v1/deployments", "stuck"), "no server left")
+    wait_for(lambda: ("Warning", "ServerNotReady") in events_for(cluster, "stuck"), "a Warning")
+    text = operator.metrics()
+    assert 'reason="CrashLoopBackOff",stage_kind="serve"' in text

@@ -8,7 +8,15 @@ from qeval.api.documents import load_documents
 from qeval.api.evalrun import EvalRun, EvalRunStatus
 from qeval.api.quantizedmodel import QuantizedModel, QuantizedModelStatus
 from qeval.k8s import manifests as m
-from qeval.k8s.observe import JobState, PodProblem, job_state, pod_problem, result_document
+from qeval.k8s.observe import (
+    JobState,
+    PodProblem,
+    ServerState,
+    job_state,
+    pod_problem,
+    result_document,
+    server_state,
+)
 from qeval.k8s.reconcile import (
     Decision,
     ModelState,
@@ -350,3 +358,184 @@ def test_an_evaluation_another_run_did_is_taken_not_run_again() -> None:
     d = run_decision(states(models, "Ready"), Observed(results=results, reuse=observed.reuse))
     (aggregate,) = d.create
     assert aggregate.input["baseline"]["evaluate"] == source
+
+
+# --- model servers (backend vllm-server) ------------------------------------------------------
+
+
+def served_run(**spec: Any) -> EvalRun:
+    doc = {
+        "apiVersion": "qeval.dev/v1alpha1",
+        "kind": "EvalRun",
+        "metadata": {"name": "served", "namespace": "default"},
+        "spec": {
+            "baseline": {"name": "bf16", "model": {"uri": "org/base", "revision": "abc"}},
+            "candidates": [{"name": "w4", "model": {"uri": "org/w4", "revision": "def"}}],
+            "tasks": [{"name": "arc_easy"}],
+            "backend": "vllm-server",
+            "serving": {"readyTimeoutSeconds": 600},
+            **spec,
+        },
+    }
+    return EvalRun.model_validate(doc)
+
+
+def served(observed: Observed, old: EvalRunStatus | None = None) -> Decision:
+    run = served_run()
+    return decide_evalrun(run, {}, observed, layout(run.name), T1, 1, old)
+
+
+def up(stage: str, ready: bool = True) -> ServerState:
+    return ServerState(stage, m.child_name("served", stage), ready=ready, created=T0)
+
+
+SERVERS = ("serve-bf16", "serve-w4")
+
+
+def test_servers_start_first_and_each_evaluation_waits_for_its_own() -> None:
+    d = served(Observed())
+    assert [s.name for s in d.create] == list(SERVERS)
+    assert all(s.serves for s in d.create)
+    assert [e.reason for e in d.events] == ["ServerCreated", "Running"]
+    assert d.status["progress"] == "0/5"
+
+    starting = Observed(servers={s: up(s, ready=False) for s in SERVERS})
+    d = served(starting)
+    assert d.create == () and d.status["phase"] == "Running"
+
+    one_ready = Observed(
+        servers={"serve-bf16": up("serve-bf16"), "serve-w4": up("serve-w4", False)}
+    )
+    d = served(one_ready)
+    assert [s.name for s in d.create] == ["evaluate-bf16"]
+    assert d.publish == () and d.delete == ()
+
+
+def test_a_server_is_recorded_then_removed_once_its_stages_are_done() -> None:
+    servers = {s: up(s) for s in SERVERS}
+    results = {"evaluate-bf16": ok("evaluate-bf16", "evaluate")}
+    jobs = {"evaluate-w4": running("evaluate-w4")}
+    d = served(Observed(servers=servers, results=results, jobs=jobs))
+    # bf16's server is done: its outcome is recorded first, the server still runs ...
+    (record,) = d.publish
+    assert (record.stage, record.status, record.message) == (
+        "serve-bf16",
+        StageStatus.SUCCEEDED,
+        "served evaluate-bf16",
+    )
+    assert record.started_at == T0 and record.finished_at == T1
+    assert d.delete == () and d.create == ()
+    assert "ServerDone" in [e.reason for e in d.events]
+    # ... and removed once the record is seen; w4's server stays for its evaluation.
+    results["serve-bf16"] = record
+    d = served(Observed(servers=servers, results=results, jobs=jobs))
+    assert d.delete == ("serve-bf16",) and d.publish == ()
+    assert "ServerStopped" in [e.reason for e in d.events]
+    assert d.status["progress"] == "2/5"
+
+    # Everything done and recorded, the servers gone: the run succeeds and rests.
+    results |= {
+        "evaluate-w4": ok("evaluate-w4", "evaluate"),
+        "serve-w4": ok("serve-w4", "serve"),
+        "aggregate": ok("aggregate", "aggregate"),
+    }
+    d = served(Observed(results=results))
+    assert d.status["phase"] == "Succeeded" and d.status["progress"] == "5/5"
+    assert d.done and d.publish == () and d.delete == ()
+    # While a server still exists the run is not at rest (its removal may need a retry).
+    d = served(Observed(results=results, servers={"serve-w4": up("serve-w4")}))
+    assert d.delete == ("serve-w4",) and not d.done
+
+
+def test_a_server_that_misses_its_deadline_fails_the_run_with_the_reason() -> None:
+    deployment = m.build_server(
+        next(s for s in served(Observed()).create if s.name == "serve-w4"),
+        m.Owner("EvalRun", "served", "default", "uid"),
+        SETTINGS,
+    )[0]
+    deployment["status"] = {
+        "replicas": 1,
+        "unavailableReplicas": 1,
+        "conditions": [
+            {
+                "type": "Progressing",
+                "status": "False",
+                "reason": "ProgressDeadlineExceeded",
+                "message": 'ReplicaSet "x" has timed out progressing.',
+            }
+        ],
+    }
+    state = server_state(deployment)
+    assert state.failed and state.reason == "ServerNotReady" and state.stage == "serve-w4"
+    assert "not ready within 600 s" in str(state.message)
+
+    servers = {"serve-bf16": up("serve-bf16"), "serve-w4": state}
+    results = {"evaluate-bf16": ok("evaluate-bf16", "evaluate")}
+    d = served(Observed(servers=servers, results=results))
+    failed = {r.stage: r for r in d.publish}
+    assert failed["serve-w4"].status == StageStatus.FAILED
+    assert failed["serve-w4"].reason == "ServerNotReady"
+    assert "Warning" in {e.type for e in d.events}
+    assert [s.name for s in d.create] == ["aggregate"]  # always runs, with what there is
+    assert {f["stage"]: f["reason"] for f in d.status["failures"]} == {
+        "serve-w4": "ServerNotReady",
+        "evaluate-w4": "DependencyFailed",
+    }
+
+    results |= {r.stage: r for r in d.publish} | {"aggregate": ok("aggregate", "aggregate")}
+    d = served(Observed(servers=servers, results=results))
+    assert set(d.delete) == {"serve-bf16", "serve-w4"}
+    assert d.status["phase"] == "Failed"
+    assert conditions(d)["Succeeded"] == ("False", "ServerNotReady")
+
+
+def test_a_server_that_keeps_exiting_fails_with_its_exit_code_and_log_tail() -> None:
+    pod = {
+        "metadata": {"labels": {m.LABEL_STAGE: "serve-w4"}},
+        "status": {
+            "containerStatuses": [
+                {
+                    "name": "serve",
+                    "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}},
+                    "lastState": {
+                        "terminated": {
+                            "exitCode": 1,
+                            "message": "ValueError: max_model_len 8192 > 4096 of the model",
+                        }
+                    },
+                }
+            ]
+        },
+    }
+    problem = pod_problem(pod)
+    assert problem is not None and problem.reason == "CrashLoopBackOff"
+    assert "exited with code 1: ValueError: max_model_len" in problem.message
+    servers = {"serve-bf16": up("serve-bf16"), "serve-w4": up("serve-w4", ready=False)}
+    d = served(Observed(servers=servers, problems={"serve-w4": problem}))
+    (record,) = d.publish
+    assert record.stage == "serve-w4" and record.reason == "CrashLoopBackOff"
+    assert [s.name for s in d.create] == ["evaluate-bf16"]
+
+
+def test_a_ready_deployment_and_a_starting_one_as_observed() -> None:
+    ready = {"metadata": {"labels": {m.LABEL_STAGE: "serve-a"}}, "status": {"availableReplicas": 1}}
+    assert server_state(ready).ready
+    starting = {"metadata": {"labels": {m.LABEL_STAGE: "serve-a"}}, "status": {"replicas": 1}}
+    state = server_state(starting)
+    assert not state.ready and not state.failed and state.starting
+
+
+def test_no_server_starts_for_evaluations_taken_from_another_run() -> None:
+    run = served_run()
+    stages = build_plan(run, {}, layout(run.name))
+    keys = reuse_keys(stages, "")
+    assert set(keys) == {"evaluate-bf16", "evaluate-w4"}
+    # The server's address is not part of what an evaluation computes.
+    other = served_run()
+    other.metadata.name = "other"
+    assert reuse_keys(build_plan(other, {}, layout("other")), "") == keys
+
+    hits = {k: Reused(ok(n, "evaluate"), f"/earlier/{n}/result.json") for n, k in keys.items()}
+    d = decide_evalrun(run, {}, Observed(reuse=hits.get), layout(run.name), T1, 1, None)
+    assert [s.name for s in d.create] == ["aggregate"]
+    assert d.status["progress"] == "2/3"

@@ -1,12 +1,13 @@
 """The controller: one reconcile per resource at a time, from what the watches show.
 
 kopf's event handlers (``handlers``) call ``Controller.reconcile`` whenever a
-QuantizedModel or EvalRun changes, or one of its children does (a stage Job, a result
-ConfigMap, a QuantizedModel a run waits for). A resync loop reconciles every unfinished
-resource every ``resync_seconds`` as well, which catches what no watch shows (a pod stuck
-pulling its image) and retries a run waiting for its models with a delay, never in a busy
-loop. No per-object daemon and no finalizer: deleting a resource never waits for the
-operator, and idle resources cost nothing.
+QuantizedModel or EvalRun changes, or one of its children does (a stage Job, a model
+server's Deployment, a result ConfigMap, a QuantizedModel a run waits for). A resync loop
+reconciles every unfinished resource every ``resync_seconds`` as well, which catches what
+no watch shows (a pod stuck pulling its image, a server that keeps exiting) and retries
+a run waiting for its models with a delay, never in a busy loop. No per-object daemon and
+no finalizer: deleting a resource never waits for the operator, and idle resources cost
+nothing.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from qeval.api.quantizedmodel import QuantizedModel, QuantizedModelStatus
 from qeval.k8s import manifests as m
 from qeval.k8s.kube import Kube
 from qeval.k8s.metrics import Metrics
-from qeval.k8s.observe import JobState, pod_problem
+from qeval.k8s.observe import JobState, ServerState, pod_problem
 from qeval.k8s.reconcile import (
     DEPENDENCY_FAILED,
     QUANTIZED_MODEL_FAILED,
@@ -43,7 +44,7 @@ from qeval.k8s.reconcile import (
 )
 from qeval.k8s.reuse import Reused
 from qeval.k8s.settings import OperatorSettings
-from qeval.plan import Layout
+from qeval.plan import Layout, Stage
 from qeval.recipes import scheme_label
 from qeval.stages.envelope import StageResult
 
@@ -61,6 +62,7 @@ class Indexes:
     """kopf's in-memory indexes of what the operator watches (rebuilt on every start)."""
 
     jobs: Mapping[str, Collection[JobState]]  # owner uid -> its stage Jobs
+    servers: Mapping[str, Collection[ServerState]]  # owner uid -> its model servers
     results: Mapping[str, Collection[StageResult]]  # owner uid -> its result documents
     models: Mapping[tuple[str, str], Collection[ModelRecord]]  # (namespace, name) -> QM
     runs_by_model: Mapping[tuple[str, str], Collection[str]]  # (namespace, QM) -> run uids
@@ -195,11 +197,14 @@ class Controller:
 
     async def _observe(self, owner: m.Owner, idx: Indexes) -> Observed:
         by_stage = {j.stage: j for j in idx.jobs.get(owner.uid, [])}
+        servers = {s.stage: s for s in idx.servers.get(owner.uid, [])}
         docs = {d.stage: d for d in idx.results.get(owner.uid, [])}
         problems = {}
-        # A pod that cannot pull its image never fails its Job: look at the pods of Jobs
-        # that have a pod but none ready yet (one label-selected list, only while that lasts).
-        if any(j.starting and j.stage not in docs for j in by_stage.values()):
+        # A pod that cannot pull its image never fails its Job, nor does a server that keeps
+        # exiting fail its Deployment: look at the pods of children that have a pod but none
+        # ready yet (one label-selected list, only while that lasts).
+        children: list[JobState | ServerState] = [*by_stage.values(), *servers.values()]
+        if any(c.starting and c.stage not in docs for c in children):
             selector = f"{m.LABEL_OWNER_UID}={owner.uid}"
             pods = await asyncio.to_thread(self.kube.pods, owner.namespace, selector)
             for pod in pods:
@@ -209,7 +214,9 @@ class Controller:
         def reuse(key: str) -> Reused | None:
             return next(iter(idx.reusable.get((owner.namespace, key), [])), None)
 
-        return Observed(jobs=by_stage, problems=problems, results=docs, reuse=reuse)
+        return Observed(
+            jobs=by_stage, servers=servers, problems=problems, results=docs, reuse=reuse
+        )
 
     async def _apply(
         self,
@@ -219,22 +226,29 @@ class Controller:
         layout: Layout,
         token: SecretKeyRef | None,
     ) -> None:
-        jobs = [
-            m.build_job(
-                stage,
-                owner,
-                layout,
-                self.config,
-                token,
-                decision.spec_digest,
-                decision.labels.get(stage.name),
-            )
-            for stage in decision.create
-        ]
-        created = await asyncio.gather(*(asyncio.to_thread(self.kube.create_job, j) for j in jobs))
+        config, digest = self.config, decision.spec_digest
+
+        def create(stage: Stage) -> bool:
+            if stage.serves:
+                return self.kube.create_server(*m.build_server(stage, owner, config, digest))
+            labels = decision.labels.get(stage.name)
+            job = m.build_job(stage, owner, layout, config, token, digest, labels)
+            return self.kube.create_job(job)
+
+        created = await asyncio.gather(*(asyncio.to_thread(create, s) for s in decision.create))
         for stage, new in zip(decision.create, created, strict=True):
             if new:
                 self.metrics.jobs_created.labels(owner.namespace, stage.kind).inc()
+        records = [m.build_operator_result(owner, doc) for doc in decision.publish]
+        await asyncio.gather(*(asyncio.to_thread(self.kube.put_configmap, r) for r in records))
+        await asyncio.gather(
+            *(
+                asyncio.to_thread(
+                    self.kube.delete_server, owner.namespace, m.child_name(owner.name, stage)
+                )
+                for stage in decision.delete
+            )
+        )
         current = dict(body.get("status") or {})
         if decision.status not in (current, self.written.get(owner.uid)):
             patch = {**{k: None for k in current if k not in decision.status}, **decision.status}

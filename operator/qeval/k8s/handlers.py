@@ -1,8 +1,8 @@
 """The kopf handlers, kept thin: they feed the ``Controller`` what the watches show.
 
 * One startup handler holds every setting (``OperatorSettings``, from the environment).
-* Indexes keep the children the operator watches (stage Jobs, result ConfigMaps) and the
-  QuantizedModels in memory, rebuilt from the API on every start.
+* Indexes keep the children the operator watches (stage Jobs, model servers' Deployments,
+  result ConfigMaps) and the QuantizedModels in memory, rebuilt from the API on every start.
 * Event handlers reconcile a resource when it or one of its children changes; the
   controller's resync loop covers the rest. Event handlers keep no progress annotations
   and need no finalizers.
@@ -22,7 +22,7 @@ from qeval.k8s import manifests as m
 from qeval.k8s.controller import Controller, Indexes, ModelRecord
 from qeval.k8s.kube import Kube, api_client
 from qeval.k8s.metrics import Metrics
-from qeval.k8s.observe import JobState, job_state, result_document
+from qeval.k8s.observe import JobState, ServerState, job_state, result_document, server_state
 from qeval.k8s.reuse import LABEL_REUSE_KEY, Reused
 from qeval.k8s.settings import OperatorSettings
 from qeval.stages.envelope import StageResult, StageStatus
@@ -87,6 +87,11 @@ def index_jobs(body: kopf.Body, labels: kopf.Labels, **_: Any) -> dict[str, JobS
     return {uid: job_state(body)} if uid else None
 
 
+def index_servers(body: kopf.Body, labels: kopf.Labels, **_: Any) -> dict[str, ServerState] | None:
+    uid = labels.get(m.LABEL_OWNER_UID)
+    return {uid: server_state(body)} if uid else None
+
+
 def index_results(body: kopf.Body, labels: kopf.Labels, **_: Any) -> dict[str, StageResult] | None:
     uid = labels.get(m.LABEL_OWNER_UID)
     doc = result_document(body) if uid else None
@@ -133,6 +138,7 @@ def index_reusable(
 def _indexes(kwargs: dict[str, Any]) -> Indexes:
     return Indexes(
         jobs=kwargs["index_jobs"],
+        servers=kwargs["index_servers"],
         results=kwargs["index_results"],
         models=kwargs["index_models"],
         runs_by_model=kwargs["index_runs_by_model"],
@@ -163,7 +169,7 @@ async def resource_event(
 
 
 async def child_event(labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any) -> None:
-    """A stage Job or a result ConfigMap changed: reconcile its owner."""
+    """A stage Job, a model server or a result ConfigMap changed: reconcile its owner."""
     controller: Controller = memo.controller
     controller.indexes = _indexes(kwargs)
     await controller.reconcile(labels.get(m.LABEL_OWNER_UID))
@@ -185,6 +191,7 @@ def registry() -> kopf.OperatorRegistry:
     kopf.on.login(registry=reg)(login)
     kopf.on.probe(registry=reg, id="resources")(probe)
     kopf.index("batch", "v1", "jobs", labels=CHILDREN, registry=reg)(index_jobs)
+    kopf.index("apps", "v1", "deployments", labels=CHILDREN, registry=reg)(index_servers)
     kopf.index("v1", "configmaps", labels=RESULTS, registry=reg)(index_results)
     kopf.index("v1", "configmaps", labels=REUSABLE, registry=reg)(index_reusable)  # type: ignore[arg-type]
     kopf.index(*qm, registry=reg)(index_models)  # type: ignore[arg-type]
@@ -192,6 +199,9 @@ def registry() -> kopf.OperatorRegistry:
     kopf.on.event(*qm, registry=reg, id="quantizedmodel")(resource_event)  # type: ignore[arg-type]
     kopf.on.event(*er, registry=reg, id="evalrun")(resource_event)  # type: ignore[arg-type]
     kopf.on.event("batch", "v1", "jobs", labels=CHILDREN, registry=reg, id="job")(child_event)
+    kopf.on.event("apps", "v1", "deployments", labels=CHILDREN, registry=reg, id="server")(
+        child_event
+    )
     kopf.on.event("v1", "configmaps", labels=RESULTS, registry=reg, id="result")(child_event)
     return reg
 

@@ -33,6 +33,7 @@ class Kube:
     """Create-if-absent and status writes, idempotent under retries and restarts."""
 
     def __init__(self, api: client.ApiClient, timeout: float = 30.0):
+        self.apps = client.AppsV1Api(api)
         self.batch = client.BatchV1Api(api)
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
@@ -48,6 +49,40 @@ class Kube:
                 return False
             raise
         return True
+
+    def create_server(self, deployment: dict[str, Any], service: dict[str, Any]) -> bool:
+        """Create a model server's Service and Deployment; False if the Deployment existed."""
+        ns = deployment["metadata"]["namespace"]
+        try:
+            self.core.create_namespaced_service(
+                ns, cast(Any, service), _request_timeout=self.timeout
+            )
+        except ApiException as e:
+            if e.status != 409:
+                raise
+        try:
+            self.apps.create_namespaced_deployment(
+                ns, cast(Any, deployment), _request_timeout=self.timeout
+            )
+        except ApiException as e:
+            if e.status == 409:
+                return False
+            raise
+        return True
+
+    def delete_server(self, namespace: str, name: str) -> None:
+        """Delete a model server's Deployment (its pods with it) and Service; gone is fine."""
+        for delete in (self.apps.delete_namespaced_deployment, self.core.delete_namespaced_service):
+            try:
+                delete(
+                    name,
+                    namespace,
+                    propagation_policy="Background",
+                    _request_timeout=self.timeout,
+                )
+            except ApiException as e:
+                if e.status != 404:
+                    raise
 
     def patch_status(self, kind: str, namespace: str, name: str, status: dict[str, Any]) -> None:
         """Merge-patch the status subresource (keys set to None are removed)."""

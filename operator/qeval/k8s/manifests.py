@@ -1,14 +1,17 @@
-"""Pure builders of the objects the operator creates: stage Jobs and their names and labels.
+"""Pure builders of the objects the operator creates: stage Jobs, model servers (a
+Deployment and a Service), and their names and labels.
 
 Nothing here talks to the API. A stage's Job runs the same ``qeval <kind>`` command the
 local executor runs, with its input document in an environment variable and its result
-published as a ConfigMap (see ``publish``) that the operator watches.
+published as a ConfigMap (see ``publish``) that the operator watches. A serve stage runs
+``qeval serve``, which becomes ``vllm serve``, in a Deployment's pod behind a Service.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,7 +20,9 @@ from typing import Any
 
 from qeval.api.common import VOLUMES_ROOT, ApiModel, SecretKeyRef
 from qeval.k8s.settings import OperatorSettings
-from qeval.plan import Layout, Stage
+from qeval.plan import Layout, PodEndpoints, Stage
+from qeval.stages.envelope import StageResult
+from qeval.stages.serve import PORT, ServeInput
 
 GROUP, VERSION = "qeval.dev", "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -130,7 +135,19 @@ def cluster_layout(settings: OperatorSettings, namespace: str, run: str) -> Layo
         run_root=root / "runs" / namespace / run,
         models_root=root / "models" / namespace,
         cache_root=root / "cache" / "results",
+        endpoints=ServiceEndpoints(owner=run, namespace=namespace),
     )
+
+
+@dataclass(frozen=True)
+class ServiceEndpoints(PodEndpoints):
+    """A run's servers in a cluster: each behind the Service named like its Deployment."""
+
+    owner: str = ""
+    namespace: str = ""
+
+    def host(self, stage: str) -> str:
+        return f"{child_name(self.owner, stage)}.{self.namespace}.svc"
 
 
 def storage_root(settings: OperatorSettings) -> PurePosixPath:
@@ -203,6 +220,73 @@ def _env(
     return env
 
 
+def _container(
+    stage: Stage, settings: OperatorSettings, env: list[dict[str, Any]], volumes: list[str]
+) -> dict[str, Any]:
+    """The stage's container: its command, image, environment, resources and volumes."""
+    image = settings.quantizer_image if stage.kind == "quantize" else settings.evaluator_image
+    return {
+        "name": stage.kind,
+        "image": image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": stage.argv(f"env:{INPUT_ENV}", ""),
+        "env": env,
+        "resources": _resources(stage),
+        "volumeMounts": [
+            {"name": _volume_name(c), "mountPath": str(VOLUMES_ROOT / c)} for c in volumes
+        ],
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+
+
+def _pod(
+    stage: Stage, settings: OperatorSettings, container: dict[str, Any], volumes: list[str]
+) -> dict[str, Any]:
+    """The stage's pod spec: service account, claims, and the spec's scheduling."""
+    pod: dict[str, Any] = {
+        "serviceAccountName": settings.stage_service_account,
+        "containers": [container],
+        "volumes": [
+            {"name": _volume_name(c), "persistentVolumeClaim": {"claimName": c}} for c in volumes
+        ],
+    }
+    if settings.image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": s} for s in settings.image_pull_secrets]
+    scheduling = stage.scheduling
+    if scheduling is not None:
+        if scheduling.node_selector:
+            pod["nodeSelector"] = dict(scheduling.node_selector)
+        if scheduling.tolerations:
+            pod["tolerations"] = [t.dump() for t in scheduling.tolerations]
+        if scheduling.affinity:
+            pod["affinity"] = scheduling.affinity
+        if scheduling.priority_class_name:
+            pod["priorityClassName"] = scheduling.priority_class_name
+    return pod
+
+
+def _metadata(
+    name: str,
+    owner: Owner,
+    stage: Stage,
+    labels: dict[str, str],
+    owner_spec: str | None,
+) -> dict[str, Any]:
+    if stage.scheduling and stage.scheduling.queue_name:
+        labels = {**labels, KUEUE_QUEUE: stage.scheduling.queue_name}
+    return {
+        "name": name,
+        "namespace": owner.namespace,
+        "labels": labels,
+        "annotations": {ANNOTATION_INPUT_DIGEST: digest(stage.input)}
+        | ({ANNOTATION_SPEC_DIGEST: owner_spec} if owner_spec else {}),
+        "ownerReferences": [owner.reference()],
+    }
+
+
 def build_job(
     stage: Stage,
     owner: Owner,
@@ -215,71 +299,98 @@ def build_job(
     """The batch/v1 Job that runs ``stage`` for ``owner`` (``owner_spec``: its spec_digest;
     ``extra_labels`` go on the Job, its pods and its result ConfigMap)."""
     name = child_name(owner.name, stage.name)
-    result_path = str(layout.result_path(stage.name))
-    argv = stage.argv(f"env:{INPUT_ENV}", result_path)
-    image = settings.quantizer_image if stage.kind == "quantize" else settings.evaluator_image
-    scheduling = stage.scheduling
     volumes = sorted(claims(stage.input) | {settings.storage_claim})
-
     pod_labels = labels(owner, stage) | dict(extra_labels or {})
-    job_labels = dict(pod_labels)
-    if scheduling and scheduling.queue_name:
-        job_labels[KUEUE_QUEUE] = scheduling.queue_name
-
-    container: dict[str, Any] = {
-        "name": stage.kind,
-        "image": image,
-        "imagePullPolicy": settings.image_pull_policy,
-        "command": argv,
-        "env": _env(stage, owner, name, settings, token, pod_labels),
-        "resources": _resources(stage),
-        "volumeMounts": [
-            {"name": _volume_name(c), "mountPath": str(VOLUMES_ROOT / c)} for c in volumes
-        ],
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-        },
-    }
-    pod: dict[str, Any] = {
-        "restartPolicy": "Never",
-        "serviceAccountName": settings.stage_service_account,
-        "containers": [container],
-        "volumes": [
-            {"name": _volume_name(c), "persistentVolumeClaim": {"claimName": c}} for c in volumes
-        ],
-    }
-    if settings.image_pull_secrets:
-        pod["imagePullSecrets"] = [{"name": s} for s in settings.image_pull_secrets]
-    if scheduling is not None:
-        if scheduling.node_selector:
-            pod["nodeSelector"] = dict(scheduling.node_selector)
-        if scheduling.tolerations:
-            pod["tolerations"] = [t.dump() for t in scheduling.tolerations]
-        if scheduling.affinity:
-            pod["affinity"] = scheduling.affinity
-        if scheduling.priority_class_name:
-            pod["priorityClassName"] = scheduling.priority_class_name
-
+    container = _container(stage, settings, [], volumes)
+    container["command"] = stage.argv(f"env:{INPUT_ENV}", str(layout.result_path(stage.name)))
+    container["env"] = _env(stage, owner, name, settings, token, pod_labels)
+    pod = {"restartPolicy": "Never", **_pod(stage, settings, container, volumes)}
     spec: dict[str, Any] = {
         "backoffLimit": settings.job_backoff_limit,
         "template": {"metadata": {"labels": pod_labels}, "spec": pod},
     }
-    if scheduling and scheduling.queue_name:
+    if stage.scheduling and stage.scheduling.queue_name:
         spec["suspend"] = True  # Kueue admits (unsuspends) it
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
+        "metadata": _metadata(name, owner, stage, pod_labels, owner_spec),
+        "spec": spec,
+    }
+
+
+def server_selector(owner: Owner, stage: Stage) -> dict[str, str]:
+    """The labels that pick a server's pods (for its Deployment and its Service)."""
+    return {LABEL_OWNER_UID: owner.uid, LABEL_STAGE: stage.name}
+
+
+def build_server(
+    stage: Stage,
+    owner: Owner,
+    settings: OperatorSettings,
+    owner_spec: str | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The apps/v1 Deployment and v1 Service of a serve stage: one vLLM server on the GPUs
+    of the spec's scheduling, ready when ``/health`` answers, failed when it is not ready
+    within serving.readyTimeoutSeconds (the Deployment's progress deadline)."""
+    assert stage.serves, stage.name
+    serving = ServeInput.model_validate(stage.input).serving
+    name = child_name(owner.name, stage.name)
+    volumes = sorted(claims(stage.input) | {settings.storage_claim})
+    pod_labels = labels(owner, stage)
+    root = storage_root(settings)
+    env = [
+        {"name": INPUT_ENV, "value": json.dumps(stage.input, sort_keys=True)},
+        {"name": "QEVAL_CACHE", "value": str(root / "cache")},
+        {"name": "HF_HOME", "value": str(root / "cache" / "huggingface")},
+    ]
+    container = _container(stage, settings, env, volumes)
+    health = {"httpGet": {"path": "/health", "port": "http"}}
+    container |= {
+        "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
+        # Loading weights takes minutes: liveness and readiness wait for the startup probe,
+        # which allows the whole ready timeout (after it the Deployment reports failure).
+        "startupProbe": health
+        | {"periodSeconds": 10, "failureThreshold": math.ceil(serving.ready_timeout_seconds / 10)},
+        "readinessProbe": health | {"periodSeconds": 5, "failureThreshold": 3},
+        "livenessProbe": health | {"periodSeconds": 15, "failureThreshold": 4},
+        # A server that exits at start leaves its last log lines as the termination message.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    # vLLM's workers share tensors through /dev/shm (the container default is 64 MiB).
+    container["volumeMounts"].append({"name": "dshm", "mountPath": "/dev/shm"})
+    pod = _pod(stage, settings, container, volumes)
+    pod["volumes"].append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
+    selector = server_selector(owner, stage)
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(name, owner, stage, pod_labels, owner_spec),
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": selector},
+            "strategy": {"type": "Recreate"},  # never two copies on the GPUs
+            "revisionHistoryLimit": 0,
+            "progressDeadlineSeconds": serving.ready_timeout_seconds,
+            "template": {"metadata": {"labels": pod_labels}, "spec": pod},
+        },
+    }
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
         "metadata": {
             "name": name,
             "namespace": owner.namespace,
-            "labels": job_labels,
-            "annotations": {ANNOTATION_INPUT_DIGEST: digest(stage.input)}
-            | ({ANNOTATION_SPEC_DIGEST: owner_spec} if owner_spec else {}),
+            "labels": pod_labels,
             "ownerReferences": [owner.reference()],
         },
-        "spec": spec,
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector,
+            "ports": [{"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"}],
+        },
     }
+    return deployment, service
 
 
 def build_result_configmap(
@@ -305,3 +416,13 @@ def build_result_configmap(
         "metadata": meta,
         "data": {RESULT_KEY: json.dumps(document, indent=1, sort_keys=True)},
     }
+
+
+def build_operator_result(owner: Owner, doc: StageResult) -> dict[str, Any]:
+    """The result ConfigMap of a stage whose outcome the operator decides (a model server:
+    no qeval process is left in it to publish one), like those stages publish."""
+    stage = Stage(doc.stage, doc.kind, {})
+    name = child_name(owner.name, doc.stage)
+    return build_result_configmap(
+        name, owner.namespace, doc.dump(), labels(owner, stage), owner.reference()
+    )

@@ -1,8 +1,9 @@
 """What the operator sees of its children, reduced to facts (pure functions of API objects).
 
-A Job says whether its stage runs, finished or failed; a pod says why it cannot start
-(an image that cannot be pulled never fails the Job by itself); a result ConfigMap
-holds the stage's result document.
+A Job says whether its stage runs, finished or failed; a model server's Deployment says
+whether it is ready or missed its deadline; a pod says why it cannot start (an image that
+cannot be pulled never fails the Job by itself, a server that exits at start restarts
+forever); a result ConfigMap holds the stage's result document.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ FATAL_WAITING = frozenset(
         "ErrImageNeverPull",
         "CreateContainerConfigError",
         "CreateContainerError",
+        "CrashLoopBackOff",  # only servers restart (stage pods have restartPolicy Never)
     }
 )
 
@@ -98,6 +100,62 @@ def job_state(job: Mapping[str, Any]) -> JobState:
     return JobState(phase="Pending", starting=bool(status.get("active")), **base)
 
 
+@dataclass(frozen=True)
+class ServerState:
+    """One model server (a serve stage's Deployment), as observed."""
+
+    stage: str
+    name: str
+    ready: bool
+    failed: bool = False
+    reason: str | None = None
+    message: str | None = None
+    created: str | None = None
+    spec_digest: str | None = None
+    starting: bool = False  # it has a pod, none ready yet
+
+
+SERVER_NOT_READY = "ServerNotReady"
+
+
+def server_state(deployment: Mapping[str, Any]) -> ServerState:
+    """Ready once a replica is available; failed when the Deployment missed its progress
+    deadline (Progressing=False, ProgressDeadlineExceeded: not ready in the ready timeout)."""
+    meta, spec = deployment.get("metadata", {}), deployment.get("spec") or {}
+    status = deployment.get("status") or {}
+    conditions = status.get("conditions") or []
+    base = {
+        "stage": meta.get("labels", {}).get(LABEL_STAGE, ""),
+        "name": meta.get("name", ""),
+        "created": meta.get("creationTimestamp"),
+        "spec_digest": (meta.get("annotations") or {}).get(ANNOTATION_SPEC_DIGEST),
+    }
+    if (status.get("availableReplicas") or 0) > 0:
+        return ServerState(ready=True, **base)
+    stalled = next(
+        (
+            c
+            for c in conditions
+            if c.get("type") == "Progressing"
+            and c.get("status") == "False"
+            and c.get("reason") == "ProgressDeadlineExceeded"
+        ),
+        None,
+    )
+    if stalled is not None:
+        deadline = spec.get("progressDeadlineSeconds")
+        within = f" within {deadline} s" if deadline else ""
+        return ServerState(
+            ready=False,
+            failed=True,
+            reason=SERVER_NOT_READY,
+            message=f"server {base['name']} was not ready{within}: "
+            f"{stalled.get('message') or 'no progress'}",
+            **base,
+        )
+    return ServerState(ready=False, starting=bool(status.get("replicas")), **base)
+
+
 def pod_problem(pod: Mapping[str, Any]) -> PodProblem | None:
     """Why a stage pod cannot start, if it is stuck for good (e.g. ImagePullBackOff)."""
     status = pod.get("status") or {}
@@ -107,6 +165,11 @@ def pod_problem(pod: Mapping[str, Any]) -> PodProblem | None:
             waiting = (cs.get("state") or {}).get("waiting") or {}
             if waiting.get("reason") in FATAL_WAITING:
                 message = f"container {cs.get('name')}: {waiting.get('message') or ''}".strip()
+                last = (cs.get("lastState") or {}).get("terminated") or {}
+                if last:  # why it exited: its code and its log tail (FallbackToLogsOnError)
+                    message += f"; exited with code {last.get('exitCode')}"
+                    if last.get("message"):
+                        message += f": {str(last['message']).strip()[-2000:]}"
                 return PodProblem(stage, waiting["reason"], message)
     return None
 

@@ -1,5 +1,5 @@
-"""Reconcile, as pure functions: a resource's spec and its observed children -> its status
-and the stage Jobs to create now.
+"""Reconcile, as pure functions: a resource's spec and its observed children -> its status,
+the stage Jobs and model servers to create now, and the servers to record and remove.
 
 Level-based: nothing here remembers anything between calls. The same observations give
 the same decision, so a restarted operator picks up every run where it was.
@@ -17,7 +17,7 @@ from qeval.api.common import Condition
 from qeval.api.evalrun import EvalRun, EvalRunStatus
 from qeval.api.quantizedmodel import QuantizedModel, QuantizedModelStatus
 from qeval.k8s.manifests import spec_digest
-from qeval.k8s.observe import JobState, PodProblem
+from qeval.k8s.observe import JobState, PodProblem, ServerState
 from qeval.k8s.reuse import (
     LABEL_REUSE_KEY,
     Lookup,
@@ -46,18 +46,21 @@ INVALID_SPEC, SPEC_CHANGED = "InvalidSpec", "SpecChanged"
 QUANTIZED_MODEL_FAILED = "QuantizedModelFailed"
 DEPENDENCY_FAILED = "DependencyFailed"
 JOB_CREATED = "JobCreated"
+SERVER_CREATED, SERVER_DONE, SERVER_STOPPED = "ServerCreated", "ServerDone", "ServerStopped"
 
 
 class StageState(StrEnum):
     WAITING = "Waiting"  # for what it needs
     READY = "Ready"  # to be created now
-    RUNNING = "Running"  # its Job exists
+    RUNNING = "Running"  # its Job (or its server) exists
+    SERVING = "Serving"  # its server is ready: the stages that need it can start
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
     SKIPPED = "Skipped"
 
 
 TERMINAL = frozenset({StageState.SUCCEEDED, StageState.FAILED, StageState.SKIPPED})
+SATISFIED = frozenset({StageState.SUCCEEDED, StageState.SERVING})  # what a need must be
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,7 @@ class Observed:
     """A resource's children, by stage name."""
 
     jobs: Mapping[str, JobState] = field(default_factory=dict)
+    servers: Mapping[str, ServerState] = field(default_factory=dict)  # serve stages' Deployments
     problems: Mapping[str, PodProblem] = field(default_factory=dict)
     results: Mapping[str, StageResult] = field(default_factory=dict)
     reuse: Lookup = field(default=lambda key: None)  # another run's result by reuse key
@@ -84,11 +88,14 @@ class Decision:
     """What the operator should do now."""
 
     status: dict[str, object]  # the status document to write (camelCase)
-    create: tuple[Stage, ...] = ()
+    create: tuple[Stage, ...] = ()  # Jobs, or servers for serve stages
     events: tuple[Event, ...] = ()
     done: bool = False  # nothing will change until the spec or a child does
     spec_digest: str | None = None  # stamped on the Jobs created, to notice spec changes
     labels: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # per stage
+    # Servers whose outcome is decided: record it (a result ConfigMap), then remove them.
+    publish: tuple[StageResult, ...] = ()
+    delete: tuple[str, ...] = ()  # serve stages whose server goes now (outcome recorded)
 
 
 # --- stages -----------------------------------------------------------------------------
@@ -98,6 +105,9 @@ def outcome(stage: Stage, observed: Observed) -> StageResult | None:
     """The stage's result document: published by the stage, or derived from a failed Job/pod."""
     if (doc := observed.results.get(stage.name)) is not None:
         return doc
+    server = observed.servers.get(stage.name)
+    if server is not None and server.failed:
+        return failed(stage.name, stage.kind, server.reason or "ServerFailed", server.message or "")
     job = observed.jobs.get(stage.name)
     if job is not None and job.phase == "Failed":
         return failed(stage.name, stage.kind, job.reason or "JobFailed", job.message or "")
@@ -114,11 +124,15 @@ def outcome(stage: Stage, observed: Observed) -> StageResult | None:
 
 
 def stage_states(
-    stages: list[Stage], observed: Observed, external: Mapping[str, StageState]
+    stages: list[Stage],
+    observed: Observed,
+    external: Mapping[str, StageState],
+    now: str | None = None,
 ) -> tuple[dict[str, StageState], dict[str, StageResult]]:
     """Every stage's state (in plan order) and the documents of those that ended.
 
     ``external`` holds the states of stages run by someone else (a QuantizedModel's Job).
+    A server is Serving once ready, and Succeeded once every stage that needs it ended.
     """
     states: dict[str, StageState] = {}
     docs: dict[str, StageResult] = {}
@@ -129,6 +143,9 @@ def stage_states(
         if (doc := outcome(stage, observed)) is not None:
             states[stage.name] = StageState(str(doc.status))
             docs[stage.name] = doc
+            continue
+        if (server := observed.servers.get(stage.name)) is not None:
+            states[stage.name] = StageState.SERVING if server.ready else StageState.RUNNING
             continue
         if stage.name in observed.jobs:
             states[stage.name] = StageState.RUNNING
@@ -144,10 +161,27 @@ def stage_states(
                 reason=DEPENDENCY_FAILED,
                 message=f"not run: {', '.join(broken)} did not succeed",
             )
-        elif all(s in (TERMINAL if stage.always else {StageState.SUCCEEDED}) for s in needs):
+        elif all(s in (TERMINAL if stage.always else SATISFIED) for s in needs):
             states[stage.name] = StageState.READY
         else:
             states[stage.name] = StageState.WAITING
+    for stage in stages:  # a server is done when the stages that need it are
+        consumers = [s.name for s in stages if stage.name in s.needs]
+        if not stage.serves or states[stage.name] in TERMINAL or not consumers:
+            continue
+        if all(states[c] in TERMINAL for c in consumers):
+            server = observed.servers.get(stage.name)
+            states[stage.name] = StageState.SUCCEEDED
+            docs[stage.name] = StageResult(
+                stage=stage.name,
+                kind=stage.kind,
+                status=StageStatus.SUCCEEDED,
+                message=f"served {', '.join(consumers)}"
+                if server
+                else f"not needed: {', '.join(consumers)} had nothing to run",
+                started_at=server.created if server else None,
+                finished_at=now,
+            )
     return states, docs
 
 
@@ -171,10 +205,15 @@ def _phase_event(old_phase: str | None, new_phase: str | None, message: str) -> 
 
 
 def _created_events(stages: list[Stage]) -> list[Event]:
-    if not stages:
-        return []
-    names = ", ".join(s.name for s in stages)
-    return [Event("Normal", JOB_CREATED, f"created the Jobs of stage(s) {names}")]
+    events = []
+    if jobs := [s.name for s in stages if not s.serves]:
+        events.append(
+            Event("Normal", JOB_CREATED, f"created the Jobs of stage(s) {', '.join(jobs)}")
+        )
+    if servers := [s.name for s in stages if s.serves]:
+        message = f"started the model server(s) of {', '.join(servers)}"
+        events.append(Event("Normal", SERVER_CREATED, message))
+    return events
 
 
 def invalid_spec(
@@ -345,14 +384,16 @@ def decide_evalrun(
         stages = [
             with_reused_paths(s, layout, reused) if s.kind == "aggregate" else s for s in stages
         ]
-        # The demo model is not built for evaluations that are all taken.
-        needed = {n for s in stages if s.name not in reused for n in s.needs}
-        stages = [s for s in stages if s.name != DEMO_STAGE or DEMO_STAGE in needed]
+        # No server is started, and the demo model not built, for evaluations all taken.
+        for optional in (lambda s: s.serves, lambda s: s.name == DEMO_STAGE):
+            needed = {n for s in stages if s.name not in reused for n in s.needs}
+            stages = [s for s in stages if not optional(s) or s.name in needed]
     labels = {name: {LABEL_REUSE_KEY: key} for name, key in keys.items()}
     cached = cached_entries(stages, reused)
     own = [s for s in stages if s.name not in external]
     fixed = spec_digest(run.spec)
-    drifted = sorted(j.stage for j in observed.jobs.values() if j.spec_digest not in (None, fixed))
+    children: list[JobState | ServerState] = [*observed.jobs.values(), *observed.servers.values()]
+    drifted = sorted(c.stage for c in children if c.spec_digest not in (None, fixed))
     accepted = condition(ACCEPTED, True, SPEC_VALID, "spec is valid", now, generation)
     if drifted:  # the run goes on reporting, but starts nothing under a changed spec
         msg = (
@@ -361,7 +402,7 @@ def decide_evalrun(
         )
         accepted = condition(ACCEPTED, False, SPEC_CHANGED, msg, now, generation)
 
-    states, docs = stage_states(stages, observed, external)
+    states, docs = stage_states(stages, observed, external, now)
     for name, state in external.items():
         if state == StageState.FAILED:
             qm = next(s.produces for s in stages if s.name == name)
@@ -372,7 +413,8 @@ def decide_evalrun(
                 f"QuantizedModel {qm} failed: {models[str(qm)].message}",
             )
     own_docs = [docs[s.name] for s in own if s.name in docs]
-    created = [j.created for j in observed.jobs.values() if j.created]
+    publish, delete = server_outcomes(own, observed, docs)
+    created = [c.created for c in children if c.created]
     started = min(created) if created else None
     aggregate = next(s for s in own if s.kind == "aggregate")
     agg_doc = docs.get(aggregate.name)
@@ -395,15 +437,23 @@ def decide_evalrun(
         for c in status.conditions:
             c.observed_generation = generation
         status.cached = sorted({*status.cached, *cached})
-        return _run_decision(old, status, generation, [], done=True, spec=fixed)
+        return _run_decision(
+            old,
+            status,
+            generation,
+            [],
+            done=not observed.servers,
+            spec=fixed,
+            publish=publish,
+            delete=delete,
+        )
 
     create = [s for s in own if states[s.name] == StageState.READY and not drifted]
     waiting_models = sorted(
         str(s.produces) for s in stages if external.get(s.name) == StageState.WAITING
     )
-    running = [s.name for s in own if states[s.name] == StageState.RUNNING] + [
-        s.name for s in create
-    ]
+    running = [s.name for s in own if states[s.name] in (StageState.RUNNING, StageState.SERVING)]
+    running += [s.name for s in create]
     done = sum(states[s.name] == StageState.SUCCEEDED for s in own)
     if running:
         phase, reason, message = "Running", STAGES_RUNNING, f"running: {', '.join(running)}"
@@ -424,7 +474,33 @@ def decide_evalrun(
             condition(SUCCEEDED, None, reason, message, now, generation),
         ],
     )
-    return _run_decision(old, status, generation, create, spec=fixed, labels=labels)
+    return _run_decision(
+        old,
+        status,
+        generation,
+        create,
+        spec=fixed,
+        labels=labels,
+        publish=publish,
+        delete=delete,
+    )
+
+
+def server_outcomes(
+    stages: list[Stage], observed: Observed, docs: Mapping[str, StageResult]
+) -> tuple[tuple[StageResult, ...], tuple[str, ...]]:
+    """Servers whose outcome is decided but not yet recorded (record it: once the server is
+    gone nothing else would say it failed), and servers whose outcome is recorded (remove
+    them). Two steps, so the record is seen before the server it describes disappears."""
+    publish, delete = [], []
+    for stage in stages:
+        if not stage.serves or stage.name not in observed.servers:
+            continue
+        if stage.name in observed.results:
+            delete.append(stage.name)
+        elif stage.name in docs:
+            publish.append(docs[stage.name])
+    return tuple(publish), tuple(delete)
 
 
 def _models_condition(waiting: list[str], now: str, generation: int | None) -> Condition:
@@ -455,6 +531,8 @@ def _run_decision(
     done: bool = False,
     spec: str | None = None,
     labels: Mapping[str, Mapping[str, str]] | None = None,
+    publish: tuple[StageResult, ...] = (),
+    delete: tuple[str, ...] = (),
 ) -> Decision:
     new.observed_generation = generation
     new.conditions = carry_transition_times(old.conditions, new.conditions)
@@ -462,4 +540,17 @@ def _run_decision(
     events = _created_events(create) + _phase_event(
         old.phase, new.phase, succeeded.message if succeeded else ""
     )
-    return Decision(new.dump(), tuple(create), tuple(events), done, spec, labels or {})
+    for doc in publish:
+        if doc.status == StageStatus.SUCCEEDED:
+            events.append(Event("Normal", SERVER_DONE, f"{doc.stage}: {doc.message}"))
+        else:
+            events.append(
+                Event("Warning", doc.reason or "ServerFailed", f"{doc.stage}: {doc.message}")
+            )
+    if delete:
+        events.append(
+            Event("Normal", SERVER_STOPPED, f"removed the server(s) of {', '.join(delete)}")
+        )
+    return Decision(
+        new.dump(), tuple(create), tuple(events), done, spec, labels or {}, publish, delete
+    )

@@ -26,7 +26,9 @@ from qeval.stages.envelope import StageResult
 LABEL_REUSE_KEY = "qeval.dev/reuse-key"
 KEY_LENGTH = 40  # hex digits: a valid label value
 # Where a stage's input says where, or who, rather than what: not part of what it computes.
-PLACE_FIELDS = frozenset({"outputDir", "name", "modelName", "cacheDir", "reuseCached", "model"})
+PLACE_FIELDS = frozenset(
+    {"outputDir", "name", "modelName", "cacheDir", "reuseCached", "model", "baseUrl"}
+)
 
 
 @dataclass(frozen=True)
