@@ -23,6 +23,7 @@ from qeval.k8s import manifests as m
 from qeval.k8s.settings import OperatorSettings
 from tests.conftest import ROOT
 from tests.kube.binaries import helm
+from tests.test_manifests import server
 
 CHART = ROOT / "charts" / "qeval-operator"
 RELEASE, NAMESPACE = "qeval-operator", "qeval-system"
@@ -187,6 +188,7 @@ def test_every_object_carries_the_charts_labels_and_a_namespace_where_it_needs_o
         ("image.digest=latest", "/image/digest"),
         ("stages.imagePullPolicy=Sometimes", "/stages/imagePullPolicy"),
         ("metrics.serviceMonitor.interval=30", "/metrics/serviceMonitor/interval"),
+        ("metrics.serviceMonitor.servers=yes", "/metrics/serviceMonitor/servers"),
         ("storage.accessModes={ReadWriteAll}", "/storage/accessModes/0"),
         ("operater.verbose=true", "additional properties 'operater'"),
         ("operator.resyncSecond=5", "additional properties 'resyncSecond'"),
@@ -303,7 +305,9 @@ OPERATOR_RULES = {
     ("qeval.dev", "quantizedmodels/status"): {"get", "patch"},
     ("qeval.dev", "evalruns/status"): {"get", "patch"},
     ("batch", "jobs"): {"get", "list", "watch", "create"},
-    ("", "configmaps"): {"get", "list", "watch"},
+    ("", "configmaps"): {"get", "list", "watch", "create", "update"},
+    ("apps", "deployments"): {"get", "list", "watch", "create", "delete"},
+    ("", "services"): {"get", "create", "delete"},
     ("", "pods"): {"get", "list"},
     ("", "events"): {"create"},
 }
@@ -365,6 +369,34 @@ def test_namespaced_rbac_is_a_role_per_watched_namespace() -> None:
     none = ("watchNamespaces={team-a}", "rbac.clusterDiscovery=false")
     assert not template("clusterrole.yaml", *none)
     assert not template("clusterrolebinding.yaml", *none)
+
+
+def test_the_operator_runs_vllm_servers_and_the_stage_account_cannot() -> None:
+    """backend vllm-server: the operator creates a Deployment and a Service per model, deletes
+    them when the stages using them are done, and writes the server's result ConfigMap
+    (create, or replace); the server pods run as the stage account, which gets none of it."""
+    writes = {
+        ("apps", "deployments"): {"create", "delete"},
+        ("", "services"): {"create", "delete"},
+        ("", "configmaps"): {"create", "update"},
+    }
+    for sets in ((), EVERYTHING, CLUSTERWIDE_EVERYTHING):
+        operator_roles = template("role.yaml", *sets) or template("clusterrole.yaml", *sets)
+        for role in operator_roles:
+            granted = grants(role)
+            for key, verbs in writes.items():
+                assert verbs <= granted[key], (role["kind"], key)
+            assert {"list", "watch"} <= granted[("apps", "deployments")]  # kopf watches them
+            # Nothing changed in place: no patch of servers, no update of anything but results.
+            assert not {"patch", "update"} & granted[("apps", "deployments")]
+            assert not {"patch", "update", "list", "watch"} & granted[("", "services")]
+        for role in template("stage-role.yaml", *sets):
+            granted = grants(role)
+            assert ("apps", "deployments") not in granted and ("", "services") not in granted
+            assert not {"delete", "list", "watch"} & granted[("", "configmaps")]
+    # Cluster-wide with namespaces named: the small discovery ClusterRole writes nothing.
+    discovery = grants(one(template("clusterrole.yaml", *EVERYTHING), "ClusterRole"))
+    assert all(verbs <= {"list", "watch"} for verbs in discovery.values())
 
 
 def test_clusterwide_peering_adds_clusterkopfpeerings() -> None:
@@ -494,6 +526,51 @@ def test_servicemonitor_is_off_by_default_and_scrapes_the_metrics_service() -> N
     assert endpoint["path"] == "/metrics"
     assert endpoint["interval"] == "30s"
     assert endpoint["honorLabels"] is True  # keeps the resources' own namespace label
+
+
+def test_server_servicemonitor_follows_the_flags_and_scrapes_vllm_servers_where_they_run() -> None:
+    assert not template("servicemonitor-servers.yaml")  # no ServiceMonitor at all by default
+    off = ("metrics.serviceMonitor.enabled=true", "metrics.serviceMonitor.servers=false")
+    assert not template("servicemonitor-servers.yaml", *off)
+    assert template("servicemonitor.yaml", *off)  # the operator's own stays
+    # A server's Service as the operator builds it (qeval.k8s.manifests.build_server).
+    _, service = server()
+    (port,) = service["spec"]["ports"]
+    for sets, namespaces in (
+        (EVERYTHING, {"matchNames": ["team-a", "team-b"]}),
+        (CLUSTERWIDE_EVERYTHING, {"any": True}),
+    ):
+        monitor = one(template("servicemonitor-servers.yaml", *sets), "ServiceMonitor")
+        assert monitor["apiVersion"] == MONITORING
+        assert monitor["metadata"]["name"] == f"{FULLNAME}-servers"
+        assert monitor["metadata"]["namespace"] == NAMESPACE
+        assert monitor["metadata"]["labels"]["app.kubernetes.io/component"] == "serving"
+        # The labels the Prometheus' serviceMonitorSelector matches, as on the operator's.
+        operator_monitor = one(template("servicemonitor.yaml", *sets), "ServiceMonitor")
+        mine, its = monitor["metadata"]["labels"], operator_monitor["metadata"]["labels"]
+        assert mine.get("release") == its.get("release")
+        assert monitor["spec"]["namespaceSelector"] == namespaces
+        selector = monitor["spec"]["selector"]["matchLabels"]
+        assert selector == {m.MANAGED_BY: m.MANAGER, m.LABEL_STAGE_KIND: "serve"}
+        assert selector.items() <= service["metadata"]["labels"].items()
+        # ... and no Service of the chart (the operator's metrics Service has its own monitor).
+        charts = of_kind(render(*sets), "Service")
+        assert not [s for s in charts if selector.items() <= s["metadata"]["labels"].items()]
+        (endpoint,) = monitor["spec"]["endpoints"]
+        assert endpoint["port"] == port["name"] == "http" and endpoint["path"] == "/metrics"
+        assert endpoint["honorLabels"] is True
+        assert endpoint["interval"] == "30s" and endpoint["scrapeTimeout"] == "10s"
+        # The server's EvalRun (its Service's label) becomes `run`, as on qeval_benchmark_*.
+        assert service["metadata"]["labels"][m.LABEL_RUN] == "llama-3.1-8b-serving"
+        assert endpoint["relabelings"] == [
+            {
+                "sourceLabels": ["__meta_kubernetes_service_label_qeval_dev_run"],
+                "targetLabel": "run",
+                "action": "replace",
+            }
+        ]
+    labelled = one(template("servicemonitor-servers.yaml", *EVERYTHING), "ServiceMonitor")
+    assert labelled["metadata"]["labels"]["release"] == "kube-prometheus-stack"
 
 
 def alerts(*sets: str) -> dict[str, Obj]:

@@ -236,6 +236,7 @@ def test_a_server_is_a_deployment_running_qeval_serve_on_the_spec_gpus() -> None
         {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
     ]
     assert "restartPolicy" not in pod  # a server restarts (Always)
+    assert pod["automountServiceAccountToken"] is False  # it never calls the API
     env = {e["name"]: e.get("value") for e in container["env"]}
     inp = json.loads(env["QEVAL_STAGE_INPUT"])
     assert inp["modelName"] == "bf16" and inp["host"] == "0.0.0.0" and inp["port"] == 8000

@@ -703,6 +703,19 @@ KEPT_UNUSED = {
     ("get", "", "configmaps"),
     ("get", "", "pods"),
 }
+# Granted for EvalRuns with `backend: vllm-server`, which these studies do not have (vLLM
+# cannot run here): the operator creates a Deployment and a Service per model, deletes them
+# when the stages using them are done, and writes each server's result ConfigMap itself.
+SERVING_UNUSED = {
+    ("get", "apps", "deployments"),
+    ("create", "apps", "deployments"),
+    ("delete", "apps", "deployments"),
+    ("get", "", "services"),
+    ("create", "", "services"),
+    ("delete", "", "services"),
+    ("create", "", "configmaps"),
+    ("update", "", "configmaps"),
+}
 
 
 def test_the_charts_rbac_allows_every_call_the_operator_and_the_stages_made(stack: Stack) -> None:
@@ -734,7 +747,8 @@ def test_the_charts_rbac_allows_every_call_the_operator_and_the_stages_made(stac
         for verb in verbs
     }
     unused = granted - used
-    assert unused <= KEPT_UNUSED, f"granted but never used: {sorted(unused - KEPT_UNUSED)}"
+    excused = KEPT_UNUSED | SERVING_UNUSED
+    assert unused <= excused, f"granted but never used: {sorted(unused - excused)}"
 
     stage_calls = requests_by(stack, stack.tokens["stage"])
     assert any(v == "create" for v, _, _ in stage_calls)

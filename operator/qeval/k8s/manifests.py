@@ -361,6 +361,7 @@ def build_server(
     container["volumeMounts"].append({"name": "dshm", "mountPath": "/dev/shm"})
     pod = _pod(stage, settings, container, volumes)
     pod["volumes"].append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
+    pod["automountServiceAccountToken"] = False  # it serves HTTP and never calls the API
     selector = server_selector(owner, stage)
     deployment = {
         "apiVersion": "apps/v1",
