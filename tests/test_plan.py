@@ -123,3 +123,30 @@ def test_dependents_are_transitive():
         Stage("d", "x", {}),
     ]
     assert dependents(stages, "a") == {"b", "c"}
+
+
+def test_vllm_server_plan_puts_a_server_before_each_models_clients():
+    run, models = demo_objects()
+    spec = run.spec.model_copy(update={"backend": "vllm-server"})
+    by = {s.name: s for s in build_plan(run.model_copy(update={"spec": spec}), models, LAYOUT)}
+    serve = by["serve-w4a16"]
+    assert serve.serves and serve.kind == "serve"
+    assert serve.needs == ("quantize-tiny-llama-w4a16",)
+    assert serve.scheduling == run.spec.scheduling  # the GPU work is the server's
+    assert serve.input["model"]["uri"] == "/w/models/tiny-llama-w4a16"
+    assert (serve.input["modelName"], serve.input["port"]) == ("w4a16", 8000)
+    # A server writes no result document: no --output.
+    assert serve.argv("in.json", "out.json") == ["qeval", "serve", "--input", "in.json"]
+    evaluate = by["evaluate-w4a16"]
+    assert evaluate.needs == ("serve-w4a16",)
+    assert evaluate.scheduling is None  # a small CPU client
+    assert evaluate.input["baseUrl"] == "http://serve-w4a16:8000"  # the default endpoints
+    assert by["serve-fp32"].needs == ("demo-model",)
+    assert by["aggregate"].needs == tuple(
+        f"evaluate-{n}" for n in ("fp32", "fp8", "int8", "w4a16", "w2a16-rtn")
+    )
+
+
+def test_the_hf_backend_plans_no_server():
+    run, models = demo_objects()
+    assert not any(s.serves for s in build_plan(run, models, LAYOUT))
