@@ -305,9 +305,9 @@ OPERATOR_RULES = {
     ("qeval.dev", "quantizedmodels/status"): {"get", "patch"},
     ("qeval.dev", "evalruns/status"): {"get", "patch"},
     ("batch", "jobs"): {"get", "list", "watch", "create"},
-    ("", "configmaps"): {"get", "list", "watch", "create", "update"},
-    ("apps", "deployments"): {"get", "list", "watch", "create", "delete"},
-    ("", "services"): {"get", "create", "delete"},
+    ("", "configmaps"): {"get", "list", "watch", "create"},
+    ("apps", "deployments"): {"list", "watch", "create", "delete"},
+    ("", "services"): {"create", "delete"},
     ("", "pods"): {"get", "list"},
     ("", "events"): {"create"},
 }
@@ -374,11 +374,11 @@ def test_namespaced_rbac_is_a_role_per_watched_namespace() -> None:
 def test_the_operator_runs_vllm_servers_and_the_stage_account_cannot() -> None:
     """backend vllm-server: the operator creates a Deployment and a Service per model, deletes
     them when the stages using them are done, and writes the server's result ConfigMap
-    (create, or replace); the server pods run as the stage account, which gets none of it."""
+    (create only); the server pods run as the stage account, which gets none of it."""
     writes = {
         ("apps", "deployments"): {"create", "delete"},
         ("", "services"): {"create", "delete"},
-        ("", "configmaps"): {"create", "update"},
+        ("", "configmaps"): {"create"},
     }
     for sets in ((), EVERYTHING, CLUSTERWIDE_EVERYTHING):
         operator_roles = template("role.yaml", *sets) or template("clusterrole.yaml", *sets)
@@ -387,8 +387,9 @@ def test_the_operator_runs_vllm_servers_and_the_stage_account_cannot() -> None:
             for key, verbs in writes.items():
                 assert verbs <= granted[key], (role["kind"], key)
             assert {"list", "watch"} <= granted[("apps", "deployments")]  # kopf watches them
-            # Nothing changed in place: no patch of servers, no update of anything but results.
+            # Nothing changed in place: no patch or update of servers or results.
             assert not {"patch", "update"} & granted[("apps", "deployments")]
+            assert not {"patch", "update"} & granted[("", "configmaps")]
             assert not {"patch", "update", "list", "watch"} & granted[("", "services")]
         for role in template("stage-role.yaml", *sets):
             granted = grants(role)

@@ -86,19 +86,19 @@ app.kubernetes.io/part-of: qeval
   resources: [jobs]
   verbs: [get, list, watch, create]
 # Result ConfigMaps: those the stage pods publish, read; one per vLLM server (backend
-# vllm-server), written by the operator itself (create, or replace when it exists).
+# vllm-server), created by the operator itself (once: an existing one is left as it is).
 - apiGroups: [""]
   resources: [configmaps]
-  verbs: [get, list, watch, create, update]
+  verbs: [get, list, watch, create]
 # vLLM servers (backend vllm-server): a Deployment per model under evaluation, watched,
 # deleted once the stages using it are done (never patched: nothing is changed in place).
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, list, watch, create, delete]
+  verbs: [list, watch, create, delete]
 # ... and its Service (port `http`: the OpenAI API and vLLM's /metrics), deleted with it.
 - apiGroups: [""]
   resources: [services]
-  verbs: [get, create, delete]
+  verbs: [create, delete]
 # Pods of stage Jobs that cannot start (e.g. ImagePullBackOff): listed by label.
 - apiGroups: [""]
   resources: [pods]

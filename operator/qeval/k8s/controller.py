@@ -240,7 +240,7 @@ class Controller:
             if new:
                 self.metrics.jobs_created.labels(owner.namespace, stage.kind).inc()
         records = [m.build_operator_result(owner, doc) for doc in decision.publish]
-        await asyncio.gather(*(asyncio.to_thread(self.kube.put_configmap, r) for r in records))
+        await asyncio.gather(*(asyncio.to_thread(self.kube.create_configmap, r) for r in records))
         await asyncio.gather(
             *(
                 asyncio.to_thread(

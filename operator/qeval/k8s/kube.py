@@ -103,6 +103,20 @@ class Kube:
         )
         return [self.core.api_client.sanitize_for_serialization(p) for p in response.items]
 
+    def create_configmap(self, manifest: dict[str, Any]) -> bool:
+        """Create the ConfigMap; False if it exists (the operator's record of a server's
+        outcome, written again by a reconcile that ran before the watch showed it)."""
+        meta = manifest["metadata"]
+        try:
+            self.core.create_namespaced_config_map(
+                meta["namespace"], cast(Any, manifest), _request_timeout=self.timeout
+            )
+        except ApiException as e:
+            if e.status == 409:
+                return False
+            raise
+        return True
+
     def put_configmap(self, manifest: dict[str, Any]) -> None:
         """Create the ConfigMap, or replace it if it exists (a stage retried by its Job)."""
         meta = manifest["metadata"]
