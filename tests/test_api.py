@@ -9,14 +9,18 @@ import celpy
 import pytest
 
 from qeval.api import EvalRun, QuantizedModel, SpecError, load_documents
-from qeval.api.common import model_kind
+from qeval.api.common import Scheduling, model_kind
 from qeval.api.documents import parse
 from qeval.api.evalrun import (
     CANDIDATE_RULES,
+    RESERVED_VLLM_FLAGS,
+    SERVING_RULES,
     SPEC_RULES,
+    Backend,
     Baseline,
     Candidate,
     EvalRunSpec,
+    Serving,
     Task,
 )
 from qeval.api.quantizedmodel import RULES, QuantizedModelSpec
@@ -29,7 +33,8 @@ def cel(rule: str, obj: dict, old: dict | None = None) -> bool:
     activation = {"self": celpy.json_to_cel(obj)}
     if old is not None:
         activation["oldSelf"] = celpy.json_to_cel(old)
-    return bool(CEL.program(CEL.compile(rule)).evaluate(activation))
+    program = CEL.program(CEL.compile(rule))
+    return bool(program.evaluate(activation))
 
 
 def qm(**spec) -> dict:
@@ -59,7 +64,7 @@ def er(**spec) -> dict:
 def test_examples_parse():
     objects = load_documents(EXAMPLES / "evalrun.yaml") + load_documents(EXAMPLES / "llama-3.1-8b")
     kinds = sorted(type(o).__name__ for o in objects)
-    assert kinds.count("EvalRun") == 2 and kinds.count("QuantizedModel") == 7
+    assert kinds.count("EvalRun") == 3 and kinds.count("QuantizedModel") == 7
 
 
 @pytest.mark.parametrize(
@@ -100,6 +105,33 @@ def test_examples_parse():
         (er(batchSize=0), "spec.batchSize", "greater than or equal to 1"),
         (er(backend="tgi"), "spec.backend", "'hf', 'vllm' or 'vllm-server'"),
         (er(tasks=[{"name": "x", "numFewshot": -1}]), "spec.tasks[0].numFewshot", "greater"),
+        (
+            er(backend="vllm-server", serving={"extraArgs": ["--enforce-eager", "--port=9000"]}),
+            "spec.serving",
+            "extraArgs must not set --port",
+        ),
+        (
+            er(backend="vllm-server", serving={"extraArgs": ["-tp", "2"]}),
+            "spec.serving",
+            "use tensorParallelSize",
+        ),
+        (er(serving={"numConcurrent": 4}), "spec", "needs backend vllm-server"),
+        (er(backend="hf", serving={}), "spec", "remove it for backend hf"),
+        (
+            er(backend="vllm-server", serving={"tensorParallelSize": 2}),
+            "spec",
+            "tensorParallelSize is larger than spec.scheduling.gpus",
+        ),
+        (
+            er(backend="vllm", serving={"tensorParallelSize": 4}, scheduling={"gpus": 2}),
+            "spec",
+            "raise gpus or lower tensorParallelSize",
+        ),
+        (
+            er(backend="vllm-server", serving={"numConcurrent": 0}),
+            "spec.serving.numConcurrent",
+            "greater than or equal to 1",
+        ),
     ],
 )
 def test_invalid_specs_name_the_field_and_the_fix(doc, field, words):
@@ -204,6 +236,75 @@ def test_evalrun_cel_rules_agree_with_python():
             assert cel(rule.cel, spec) == rule.check(obj), (rule.cel, spec)
 
 
+def test_serving_rules_in_cel_and_python_agree():
+    """The spec rules on spec.serving, over backends, parallelism and GPUs. The API server
+    applies the schema's defaults before it evaluates rules: the wire objects here are the
+    models' own dumps, defaults filled in, as the server would see them."""
+    base = {
+        "baseline": Baseline.model_construct(name="baseline"),
+        "candidates": [Candidate.model_construct(name="q", quantized_model="q")],
+        "tasks": [Task.model_construct(name="t")],
+    }
+    backends = [None, *Backend]
+    servings = [None, {}, {"tensor_parallel_size": 1}, {"tensor_parallel_size": 2}]
+    schedulings = [None, {"gpus": 0}, {"gpus": 1}, {"gpus": 2}]
+    outcomes: dict[str, set[bool]] = {rule.cel: set() for rule in SPEC_RULES}
+    for backend, serving, scheduling in itertools.product(backends, servings, schedulings):
+        fields: dict = dict(base)
+        if backend is not None:
+            fields["backend"] = backend
+        if serving is not None:
+            fields["serving"] = Serving.model_construct(**serving)
+        if scheduling is not None:
+            fields["scheduling"] = Scheduling.model_construct(**scheduling)
+        obj = EvalRunSpec.model_construct(**fields)
+        wire = {
+            "baseline": {"name": "baseline", "model": {"uri": "o/m"}},
+            "candidates": [{"name": "q", "quantizedModel": "q"}],
+            "tasks": [{"name": "t"}],
+        }
+        if backend is not None:
+            wire["backend"] = str(backend)
+        if serving is not None:
+            wire["serving"] = fields["serving"].dump()
+        if scheduling is not None:
+            wire["scheduling"] = {"gpus": fields["scheduling"].gpus}
+        for rule in SPEC_RULES:
+            ok = cel(rule.cel, wire)
+            assert ok == rule.check(obj), (rule.cel, wire)
+            outcomes[rule.cel].add(ok)
+    serving_rules = [r.cel for r in SPEC_RULES if "serving" in r.cel]
+    assert len(serving_rules) == 2
+    assert all(outcomes[r] == {True, False} for r in serving_rules)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["--enforce-eager"],
+        ["--kv-cache-dtype", "fp8"],
+        ["--portable"],  # a flag that merely starts like a reserved one
+        ["--port-offset=2"],
+        *([flag] for flag in RESERVED_VLLM_FLAGS),
+        *([flag, "2"] for flag in RESERVED_VLLM_FLAGS),
+        *([f"{flag}=2"] for flag in RESERVED_VLLM_FLAGS),
+        ["--tensor_parallel_size", "2"],  # vLLM reads it as --tensor-parallel-size
+        ["--max_model_len=4096"],
+        ["--port-range", "2"],  # a prefix of no reserved flag's name
+        ["--enforce-eager", "--host=0.0.0.0"],
+        ["=2"],
+        ["a=b=c"],
+    ],
+)
+def test_extra_args_rule_in_cel_and_python_agree(args):
+    obj = Serving.model_construct(extra_args=args)
+    wire = {"extraArgs": args} if args else {}
+    reserved = any(a.split("=")[0].replace("_", "-") in RESERVED_VLLM_FLAGS for a in args)
+    for rule in SERVING_RULES:
+        assert cel(rule.cel, wire) == rule.check(obj) == (not reserved), (rule.cel, wire)
+
+
 def test_immutable_fields_use_transition_rules(root):
     from qeval.api.crd import CRDS, build_crd
 
@@ -212,3 +313,14 @@ def test_immutable_fields_use_transition_rules(root):
     (rule,) = [r["rule"] for r in model_rules]
     assert not cel(rule, {"uri": "a/b"}, {"uri": "a/c"})
     assert cel(rule, {"uri": "a/b"}, {"uri": "a/b"})
+
+
+def test_serving_rules_reach_the_crd():
+    from qeval.api.crd import CRDS, build_crd
+
+    (info,) = [c for c in CRDS if c.model is EvalRun]
+    schema = build_crd(info)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    serving = schema["properties"]["spec"]["properties"]["serving"]
+    rules = [r["rule"] for r in serving["x-kubernetes-validations"]]
+    assert "self == oldSelf" in rules
+    assert all(r.cel in rules for r in SERVING_RULES)

@@ -442,7 +442,11 @@ def test_kubectl_applies_gets_waits_and_deletes(cluster: Cluster) -> None:
 
     runs = json.loads(cluster.kubectl("get", "evalruns", "-o", "json").stdout)
     assert runs["kind"] == "List"
-    assert {r["metadata"]["name"] for r in runs["items"]} == {"demo", "llama-3.1-8b-openllm-v1"}
+    assert {r["metadata"]["name"] for r in runs["items"]} == {
+        "demo",
+        "llama-3.1-8b-openllm-v1",
+        "llama-3.1-8b-serving",
+    }
     table = cluster.kubectl("get", "er").stdout.splitlines()
     assert table[0].split() == ["NAME", "PHASE", "PROGRESS", "RECOVERY", "AGE"]
     assert cluster.kubectl("get", "qm", "-o", "name").stdout.count("quantizedmodel") == 7

@@ -300,6 +300,152 @@ def test_server_refuses_a_prompt_beyond_the_context(hf_server):
     assert "context" in (r.error or "")
 
 
+# --- what lm-eval's local-completions sends (loglikelihood and generate_until) ------------
+
+
+def complete(server: Any, **body: Any) -> Any:
+    import httpx
+
+    body = {"model": server.model, **body}
+    resp = httpx.post(f"{server.base_url}/v1/completions", json=body, timeout=30)
+    return resp.status_code, resp.json()
+
+
+def test_echo_logprobs_equal_the_models_own(hf_server, demo_path):
+    """lm-eval's loglikelihood request (echo, logprobs 1, max_tokens 1) answered as vLLM does:
+    the prompt's logprobs, None for its first token, then the greedy next token."""
+    import torch
+    from lm_eval.models.openai_completions import LocalCompletionsAPI
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(demo_path))
+    model = AutoModelForCausalLM.from_pretrained(str(demo_path)).eval()
+    context, continuation = "dilmim reshirek works as a", " miner"
+    ctx = tok(context)["input_ids"]
+    ids = ctx + tok(continuation, add_special_tokens=False)["input_ids"]
+    with torch.inference_mode():
+        expected = model(torch.tensor([ids])).logits[0].float().log_softmax(-1)
+
+    payload = {"prompt": [ids], "temperature": 0, "max_tokens": 1, "logprobs": 1}
+    code, out = complete(hf_server, **payload, seed=1234, echo=True)
+    assert code == 200, out
+    (choice,) = out["choices"]
+    lp = choice["logprobs"]
+    n = len(ids)
+    assert len(lp["tokens"]) == len(lp["token_logprobs"]) == len(lp["top_logprobs"]) == n + 1
+    assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
+    for j in range(1, n):
+        assert lp["token_logprobs"][j] == pytest.approx(float(expected[j - 1, ids[j]]), abs=1e-5)
+        top = lp["top_logprobs"][j]
+        assert lp["tokens"][j] in top and 1 <= len(top) <= 2  # the token and the best one
+        assert max(top.values()) == pytest.approx(float(expected[j - 1].max()), abs=1e-5)
+    greedy = int(expected[n - 1].argmax())
+    assert lp["tokens"][n] == tok.decode([greedy])
+    assert lp["token_logprobs"][n] == pytest.approx(float(expected[n - 1, greedy]), abs=1e-5)
+    assert "".join(lp["tokens"]) == choice["text"] == tok.decode(ids) + tok.decode([greedy])
+    assert lp["text_offset"] == [sum(map(len, lp["tokens"][:i])) for i in range(n + 1)]
+    assert choice["index"] == 0 and choice["finish_reason"] == "length"
+    assert out["usage"] == {"prompt_tokens": n, "completion_tokens": 1, "total_tokens": n + 1}
+
+    # what lm-eval makes of it: the continuation's logprob and whether it is greedy
+    ((ll, greedy_cont),) = LocalCompletionsAPI.parse_logprobs(out, ctxlens=[len(ctx)])
+    cont = range(len(ctx), n)
+    assert ll == pytest.approx(sum(float(expected[j - 1, ids[j]]) for j in cont), abs=1e-5)
+    assert greedy_cont == all(int(expected[j - 1].argmax()) == ids[j] for j in cont)
+
+    # max_tokens 0 with echo: the prompt alone; logprobs 0: the token's own logprob only
+    code, out = complete(hf_server, prompt=ids, max_tokens=0, logprobs=0, echo=True)
+    assert code == 200, out
+    lp0 = out["choices"][0]["logprobs"]
+    assert lp0["token_logprobs"] == lp["token_logprobs"][:n]
+    assert all(t is None or len(t) == 1 for t in lp0["top_logprobs"])
+    assert out["usage"]["completion_tokens"] == 0
+
+
+def test_a_batch_of_prompts_gets_one_choice_each(hf_server, demo_path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(demo_path))
+    prompts = ["dilmim reshirek lives in", "rate laziin works as a", "zeza kershuk lives in"]
+    alone = []
+    for p in prompts:
+        code, out = complete(hf_server, prompt=p, max_tokens=4, logprobs=2)
+        assert code == 200, out
+        alone.append(out["choices"][0])
+    for batch in (prompts, [tok(p)["input_ids"] for p in prompts]):
+        code, out = complete(hf_server, prompt=batch, max_tokens=4, logprobs=2)
+        assert code == 200, out
+        assert [c["index"] for c in out["choices"]] == [0, 1, 2]
+        for c, a in zip(out["choices"], alone, strict=True):
+            assert c["text"] == a["text"] and c["finish_reason"] == a["finish_reason"]
+            assert c["logprobs"]["tokens"] == a["logprobs"]["tokens"]
+            assert c["logprobs"]["token_logprobs"] == pytest.approx(
+                a["logprobs"]["token_logprobs"], abs=1e-5
+            )
+        assert out["usage"]["prompt_tokens"] == sum(len(tok(p)["input_ids"]) for p in prompts)
+    # what lm-eval's parse_generations reads
+    from lm_eval.models.openai_completions import LocalCompletionsAPI
+
+    assert LocalCompletionsAPI.parse_generations(out) == [a["text"] for a in alone]
+
+
+def test_generation_ends_at_the_first_stop_string(hf_server):
+    prompt = "dilmim reshirek lives in"
+    code, out = complete(hf_server, prompt=prompt, max_tokens=8, ignore_eos=True)
+    assert code == 200, out
+    free = out["choices"][0]["text"]
+    assert "\n" in free.strip(" ")  # the demo model ends its answer with a line break
+    for stop in (["\n"], "\n", ["zzz", "\n"], [free[3:5], "\n"]):
+        first = min(
+            (i, s) for s in ([stop] if isinstance(stop, str) else stop) if (i := free.find(s)) >= 0
+        )
+        code, out = complete(hf_server, prompt=prompt, max_tokens=8, stop=stop, seed=7)
+        assert code == 200, out
+        (c,) = out["choices"]
+        assert c["text"] == free[: first[0]], stop
+        assert (c["finish_reason"], c["stop_reason"]) == ("stop", first[1])
+    # streamed, text that may start a stop string waits: the same text arrives
+    events = list(_stream(hf_server, prompt=prompt, max_tokens=8, stop=["\n"]))
+    assert "".join(e["choices"][0]["text"] for e in events if e["choices"]) == free.split("\n")[0]
+    # the same with lm-eval's generate_until payload (until + max_gen_toks)
+    code, out = complete(hf_server, prompt=[prompt], max_tokens=8, temperature=0.0, stop=["\n"])
+    assert out["choices"][0]["text"] == free.split("\n")[0]
+
+
+def _stream(server: Any, **body: Any) -> Iterator[dict]:
+    import httpx
+
+    body = {"model": server.model, "stream": True, **body}
+    with httpx.stream("POST", f"{server.base_url}/v1/completions", json=body, timeout=30) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                yield json.loads(line.removeprefix("data: "))
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        ({"prompt": "a", "max_tokens": 0}, "max_tokens must be at least 1"),
+        ({"prompt": "a", "logprobs": 21}, "logprobs must be between 0 and 20"),
+        ({"prompt": "a", "temperature": 0.7}, "greedily only"),
+        ({"prompt": []}, "prompt must be"),
+        ({"prompt": ""}, "a prompt is empty"),
+        ({"prompt": [[1, 2], "a", 3]}, "prompt must be"),
+        ({"prompt": ["a", "b"], "stream": True}, "streams one prompt"),
+        ({"prompt": "a", "stop": [""]}, "non-empty"),
+    ],
+)
+def test_requests_it_cannot_answer_are_refused(hf_server, body, words):
+    code, out = complete(hf_server, **body)
+    assert code == 400 and words in out["error"]["message"], out
+
+
+def test_a_model_it_does_not_serve_is_not_found(hf_server):
+    """As vLLM: requests name the served model (--served-model-name), not its path."""
+    code, out = complete(hf_server, prompt="a", max_tokens=1, model="/models/fp32")
+    assert code == 404 and "does not exist" in out["error"]["message"], out
+
+
 # --- slow, failing and absent servers ----------------------------------------------------
 
 

@@ -23,14 +23,26 @@ Schema = dict[str, Any]
 _DROP = {"title", "$defs"}
 
 
+RULES = "x-kubernetes-validations"
+
+
+def _inline(target: Schema, node: Schema) -> Schema:
+    """``target`` (a definition) under the field's own keys, which win (description,
+    default), except the CEL rules: the model's and the field's both apply."""
+    merged = {**target, **node}
+    rules = [*target.get(RULES, []), *node.get(RULES, [])]
+    if rules:
+        merged[RULES] = rules
+    return merged
+
+
 def structural(node: Schema, defs: dict[str, Schema]) -> Schema:
     """Rewrite one pydantic JSON-schema node (and everything below it) into a structural one."""
     node = dict(node)
-    if "$ref" in node:  # inline the definition; the field's own keys (description, rules) win
-        target = defs[node.pop("$ref").rsplit("/", 1)[-1]]
-        node = {**target, **node}
+    if "$ref" in node:  # inline the definition
+        node = _inline(defs[node.pop("$ref").rsplit("/", 1)[-1]], node)
     if "allOf" in node and len(node["allOf"]) == 1:
-        node = {**node.pop("allOf")[0], **node}
+        node = _inline(node.pop("allOf")[0], node)
         return structural(node, defs)
     if "anyOf" in node:
         branches = [b for b in node.pop("anyOf") if b.get("type") != "null"]
@@ -38,8 +50,7 @@ def structural(node: Schema, defs: dict[str, Schema]) -> Schema:
         if types == ["integer", "string"]:
             node["x-kubernetes-int-or-string"] = True
         elif len(branches) == 1:
-            node = {**branches[0], **node}
-            return structural(node, defs)
+            return structural(_inline(branches[0], node), defs)
         else:
             raise ValueError(f"no structural form for anyOf {branches}")
     if node.get("default", ...) is None:

@@ -322,15 +322,24 @@ RESERVED_VLLM_FLAGS = (
     "--max-model-len",
     "--gpu-memory-utilization",
 )
-_RESERVED_CEL = "[" + ", ".join(f"'{f}'" for f in RESERVED_VLLM_FLAGS) + "]"
+# vLLM's parser reads --a_b as --a-b: both spellings are refused.
+_RESERVED = sorted({v for f in RESERVED_VLLM_FLAGS for v in (f, f[:2] + f[2:].replace("-", "_"))})
+_RESERVED_CEL = "[" + ", ".join(f"'{f}'" for f in _RESERVED) + "]"
+
+
+def _reserved(arg: str) -> bool:
+    return arg.split("=")[0] in _RESERVED
+
 
 SERVING_RULES = (
     Rule(
-        cel=f"!has(self.extraArgs) || self.extraArgs.all(a, !(a.split('=')[0] in {_RESERVED_CEL}))",
+        # Without cel-go's strings extension (split): the flag alone, or flag=value.
+        cel=f"!has(self.extraArgs) || self.extraArgs.all(a, !(a in {_RESERVED_CEL}) && "
+        f"!{_RESERVED_CEL}.exists(f, a.startsWith(f + '=')))",
         message="spec.serving.extraArgs must not set "
         + ", ".join(RESERVED_VLLM_FLAGS)
         + ": qeval sets them (use tensorParallelSize, maxModelLen, gpuMemoryUtilization)",
-        check=lambda s: all(a.split("=")[0] not in RESERVED_VLLM_FLAGS for a in s.extra_args),
+        check=lambda s: not any(_reserved(a) for a in s.extra_args),
     ),
 )
 

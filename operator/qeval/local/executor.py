@@ -6,15 +6,18 @@ report (``report/``). Quantized models go to ``<workdir>/models/<name>`` unless 
 says otherwise; the result cache lives in ``<workdir>/cache``. A stage whose result is
 in the cache is not started as a process: its ``reuse`` runs here and its result
 document says so.
+
+Model servers (backend ``vllm-server``) are started and stopped around the stages that
+need them (``qeval.local.servers``).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -26,13 +29,28 @@ from qeval.api.documents import SpecError, load_documents
 from qeval.api.evalrun import EvalRun, EvalRunStatus
 from qeval.api.quantizedmodel import QuantizedModel
 from qeval.local.preflight import localize_evalrun, localize_quantized_model, preflight
+from qeval.local.process import stage_env, tail, write_input
 from qeval.local.report import print_summary
-from qeval.plan import AGGREGATE_STAGE, Layout, PlanError, Stage, build_plan, dependents
+from qeval.local.servers import LocalEndpoints, Servers, sigterm_as_exit
+from qeval.plan import (
+    AGGREGATE_STAGE,
+    SERVE_KIND,
+    Layout,
+    PlanError,
+    Stage,
+    build_plan,
+    dependents,
+)
 from qeval.stages import KINDS
-from qeval.stages.envelope import StageResult, StageStatus, failed, library_versions, now
+from qeval.stages.envelope import (
+    StageResult,
+    StageStatus,
+    failed,
+    library_versions,
+    now,
+)
 from qeval.status import finish_evalrun, quantized_model_status
 
-LOG_TAIL_LINES = 20
 REUSED_MESSAGE = "reused a cached result: nothing to run"
 
 
@@ -57,20 +75,6 @@ def load(path: Path) -> tuple[list[EvalRun], dict[str, QuantizedModel]]:
             "QuantizedModels it names in the same file or folder)"
         )
     return runs, models
-
-
-def stage_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    env.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    return env
-
-
-def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 def reuse_stage(stage: Stage, layout: Layout) -> StageResult | None:
@@ -108,32 +112,35 @@ def reuse_stage(stage: Stage, layout: Layout) -> StageResult | None:
 
 def run_stage(stage: Stage, layout: Layout, console: Console, label: str) -> StageResult:
     """Run one stage as a process; return its result document (written here if it died)."""
-    stage_dir = Path(layout.stage_dir(stage.name))
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    input_path, result_path = stage_dir / "input.json", Path(layout.result_path(stage.name))
-    input_path.write_text(json.dumps({"stage": stage.name, **stage.input}, indent=2) + "\n")
+    input_path = write_input(stage, layout)
+    stage_dir, result_path = input_path.parent, Path(layout.result_path(stage.name))
     result_path.unlink(missing_ok=True)
     argv = [sys.executable, "-m", "qeval", *stage.argv(str(input_path), str(result_path))[1:]]
     log_path = stage_dir / "log.txt"
     t0 = time.monotonic()
     with log_path.open("w") as log, console.status(f"{label} {stage.name}") as spinner:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=stage_env())
-        while True:
-            try:
-                proc.wait(timeout=0.5)  # returns as soon as the stage ends
-                break
-            except subprocess.TimeoutExpired:
-                spinner.update(
-                    f"{label} {stage.name}  {time.monotonic() - t0:5.0f} s  "
-                    f"[dim]{_tail(log_path, 1)[:80]}[/dim]"
-                )
+        try:
+            while True:
+                try:
+                    proc.wait(timeout=0.5)  # returns as soon as the stage ends
+                    break
+                except subprocess.TimeoutExpired:
+                    spinner.update(
+                        f"{label} {stage.name}  {time.monotonic() - t0:5.0f} s  "
+                        f"[dim]{tail(log_path, 1)[:80]}[/dim]"
+                    )
+        except BaseException:  # Ctrl-C, SIGTERM: the stage does not outlive the run
+            proc.kill()
+            proc.wait()
+            raise
     if result_path.exists():
         return StageResult.read(result_path)
     doc = failed(
         stage.name,
         stage.kind,
         "ProcessDied",
-        f"exit code {proc.returncode} and no result document; log tail:\n{_tail(log_path)}",
+        f"exit code {proc.returncode} and no result document; log tail:\n{tail(log_path)}",
         wall_seconds=round(time.monotonic() - t0, 3),
     )
     doc.write(result_path)
@@ -174,6 +181,7 @@ def execute_run(
         PurePosixPath(run_dir),
         PurePosixPath((workdir / "models").resolve()),
         PurePosixPath(cache_root),
+        endpoints=LocalEndpoints(),
     )
     try:
         stages = build_plan(run, models, layout)
@@ -187,29 +195,7 @@ def execute_run(
     )
 
     started = now()
-    docs: dict[str, StageResult] = {}
-    blocked: dict[str, str] = {}  # stage -> the failed stage it depends on
-    for i, stage in enumerate(stages, 1):
-        label = f"[{i}/{len(stages)}]"
-        if stage.name in blocked and not stage.always:
-            docs[stage.name] = skip(stage, layout, blocked[stage.name])
-            console.print(f"{label} {stage.name}: skipped ({blocked[stage.name]} failed)")
-            continue
-        reused = reuse_stage(stage, layout)
-        doc = reused or run_stage(stage, layout, console, label)
-        docs[stage.name] = doc
-        took = f"{doc.wall_seconds:.1f} s" if doc.wall_seconds is not None else ""
-        if reused is not None:
-            console.print(f"{label} {stage.name}: [cyan]reused[/cyan] (cached result)")
-        elif doc.status == StageStatus.SUCCEEDED:
-            console.print(f"{label} {stage.name}: [green]succeeded[/green] in {took}")
-        else:
-            console.print(
-                f"{label} {stage.name}: [red]{doc.status}[/red] ({doc.reason}) "
-                f"{took}\n    {doc.message}\n    log: {layout.stage_dir(stage.name)}/log.txt"
-            )
-            for name in dependents(stages, stage.name):
-                blocked.setdefault(name, stage.name)
+    docs = run_stages(stages, layout, console)
 
     agg = docs.get(AGGREGATE_STAGE)
     aggregate = (
@@ -217,7 +203,8 @@ def execute_run(
         if agg and agg.status == StageStatus.SUCCEEDED and agg.result
         else None
     )
-    status = finish_evalrun(aggregate, list(docs.values()), len(stages), started, now())
+    in_order = [docs[s.name] for s in stages if s.name in docs]
+    status = finish_evalrun(aggregate, in_order, len(stages), started, now())
     made = [
         models[s.produces].model_copy(update={"status": quantized_model_status(docs[s.name])})
         for s in stages
@@ -233,6 +220,85 @@ def execute_run(
         if report:
             console.print(f"report: {report}")
     return RunOutcome(run, status, run_dir)
+
+
+def run_stages(stages: list[Stage], layout: Layout, console: Console) -> dict[str, StageResult]:
+    """Every stage's result document: each run (or reused) in order, skipped when a stage
+    it needs failed; servers started for the stages that need them and always stopped."""
+    docs: dict[str, StageResult] = {}
+    blocked: dict[str, str] = {}  # stage -> the failed stage it depends on
+    labels = {s.name: f"[{i}/{len(stages)}]" for i, s in enumerate(stages, 1)}
+    servers = Servers(stages, layout)
+
+    def record(stage: str, doc: StageResult, reused: bool = False) -> None:
+        docs[stage] = doc
+        label = labels[stage]
+        took = f"{doc.wall_seconds:.1f} s" if doc.wall_seconds is not None else ""
+        if reused:
+            console.print(f"{label} {stage}: [cyan]reused[/cyan] (cached result)")
+        elif doc.status == StageStatus.SKIPPED:
+            console.print(f"{label} {stage}: skipped ({blocked[stage]} failed)")
+        elif doc.status == StageStatus.SUCCEEDED:
+            what = f": {doc.message}" if doc.kind == SERVE_KIND else f" in {took}"
+            console.print(f"{label} {stage}: [green]succeeded[/green]{what}")
+        else:
+            console.print(
+                f"{label} {stage}: [red]{doc.status}[/red] ({doc.reason}) "
+                f"{took}\n    {doc.message}\n    log: {layout.stage_dir(stage)}/log.txt"
+            )
+            for name in dependents(stages, stage):
+                blocked.setdefault(name, stage)
+
+    def settle() -> None:
+        """Stop (or close as not needed) the servers whose users are all done."""
+        for name, users in servers.users.items():
+            if name in docs or not all(u in docs for u in users):
+                continue
+            if name in servers.running:
+                record(name, servers.stop(name))
+            else:
+                record(name, servers.not_needed(name))
+
+    def serve(stage: Stage) -> bool:
+        """Make sure every server ``stage`` needs is up; False if one is not."""
+        names = [n for n in stage.needs if n in servers.stages and n not in docs]
+        for name in names:
+            if name in servers.running:
+                problem = servers.check(name)
+            else:
+                console.print(f"{labels[name]} {name}: starting (for {stage.name})")
+                problem = servers.start(servers.stages[name], console, labels[name])
+                if problem is None:
+                    console.print(
+                        f"{labels[name]} {name}: ready at {servers.running[name].url} in "
+                        f"{time.monotonic() - servers.running[name].t0:.1f} s"
+                    )
+            if problem is not None:
+                record(name, problem)
+                return False
+        for name in names:
+            servers.running[name].served.append(stage.name)
+        return True
+
+    with ExitStack() as stack:
+        if servers.stages:
+            stack.enter_context(sigterm_as_exit())
+        try:
+            for stage in stages:
+                if stage.name in blocked and not stage.always:
+                    record(stage.name, skip(stage, layout, blocked[stage.name]))
+                elif stage.serves:
+                    pass  # started when the first stage that needs it runs
+                elif (reused := reuse_stage(stage, layout)) is not None:
+                    record(stage.name, reused, reused=True)
+                elif serve(stage):
+                    record(stage.name, run_stage(stage, layout, console, labels[stage.name]))
+                else:  # a server it needs did not come up
+                    record(stage.name, skip(stage, layout, blocked[stage.name]))
+                settle()
+        finally:
+            servers.stop_all()
+    return docs
 
 
 def write_run_report(run: EvalRun, status: EvalRunStatus, run_dir: Path) -> Path | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -103,10 +104,10 @@ def problems(run: EvalRun, models: dict[str, QuantizedModel]) -> Iterator[str]:
     for i, p in enumerate(spec.task_paths):
         if not Path(p).is_dir():
             yield f"{where}: spec.taskPaths[{i}]: {p}: no such directory"
-    if spec.backend == Backend.VLLM_SERVER:
+    if spec.backend == Backend.VLLM_SERVER and shutil.which("vllm") is None:
         yield (
-            f"{where}: spec.backend: vllm-server needs the serving stage, which runs in a "
-            "cluster; use backend hf (or vllm with a GPU) under qeval run"
+            f"{where}: spec.backend: vllm-server needs vLLM's `vllm` command (a GPU machine, "
+            "or the evaluator image); use backend hf here"
         )
     if spec.backend == Backend.VLLM and importlib.util.find_spec("vllm") is None:
         yield f"{where}: spec.backend: vllm is not installed here; use backend hf"

@@ -119,7 +119,7 @@ def served(
     with log_path.open("w") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
     try:
-        _wait(proc, base_url, start_timeout, log_path)
+        wait_ready(proc, base_url, start_timeout, log_path)
         yield Server(base_url, name, "hf" if backend == Backend.HF else "vllm")
     finally:
         proc.terminate()
@@ -130,7 +130,10 @@ def served(
             proc.wait()
 
 
-def _wait(proc: subprocess.Popen[bytes], base_url: str, timeout: float, log: Path) -> None:
+def wait_ready(proc: subprocess.Popen[bytes], base_url: str, timeout: float, log: Path) -> None:
+    """Return once the server at ``base_url`` is healthy; StageError(ServerFailed) if its
+    process exits first or the timeout passes (with the log's tail)."""
+
     async def watch() -> None:
         health = asyncio.ensure_future(wait_healthy(base_url, timeout))
         while not health.done():

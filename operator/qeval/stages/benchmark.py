@@ -43,9 +43,6 @@ class BenchmarkInput(ApiModel):
     )
     performance: Performance = Field(default_factory=Performance)
     serving: Serving | None = Field(default=None, description="vLLM server settings.")
-    ready_timeout_seconds: float = Field(
-        default=60, gt=0, description="How long to wait for base_url's /health."
-    )
     seed: int = 1234
     output_dir: str
 
@@ -100,7 +97,8 @@ def endpoint(inp: BenchmarkInput, path: Path, out_dir: Path) -> Iterator[tuple[s
 
     if inp.base_url:
         try:
-            asyncio.run(wait_healthy(inp.base_url, inp.ready_timeout_seconds))
+            deadline = min(60.0, inp.performance.request_timeout_seconds)
+            asyncio.run(wait_healthy(inp.base_url, deadline))
         except TimeoutError as e:
             raise StageError("ServerUnavailable", f"{e}; is the server running?") from e
         label = "hf" if inp.backend == Backend.HF else "vllm"
