@@ -37,6 +37,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _endpoint(name: str, host: str, port: int) -> list[str]:
+    """Where a server listens and the model name requests carry (both servers' flags)."""
+    return ["--served-model-name", name, "--host", host, "--port", str(port)]
+
+
 def vllm_arguments(
     model_path: str, name: str, host: str, port: int, serving: Serving | None = None
 ) -> list[str]:
@@ -45,12 +50,7 @@ def vllm_arguments(
     args = [
         "serve",
         model_path,
-        "--served-model-name",
-        name,
-        "--host",
-        host,
-        "--port",
-        str(port),
+        *_endpoint(name, host, port),
         "--tensor-parallel-size",
         str(serving.tensor_parallel_size),
         "--gpu-memory-utilization",
@@ -78,12 +78,7 @@ def server_argv(
             "qeval.serving.hf_server",
             "--model",
             model_path,
-            "--served-model-name",
-            name,
-            "--host",
-            host,
-            "--port",
-            str(port),
+            *_endpoint(name, host, port),
         ]
     vllm = shutil.which("vllm")
     if vllm is None:
