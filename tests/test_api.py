@@ -82,7 +82,7 @@ def test_examples_parse():
         (qm(scheme="W4A16", algorithm="RTN", dampeningFrac=0.1), "spec", "only to GPTQ"),
         (qm(scheme="W4A16", model={"uri": "ftp://x"}), "spec.model.uri", "unsupported scheme"),
         (
-            qm(scheme="W4A16", calibration={"dataset": "demo", "path": "/x"}),
+            qm(scheme="W4A16", calibration={"dataset": "demo", "path": "/x.jsonl"}),
             "spec.calibration",
             "not both",
         ),

@@ -7,9 +7,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import PurePosixPath
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "qeval.dev"
@@ -77,10 +77,106 @@ def enforce(obj: Any, rules: tuple[Rule, ...]) -> None:
             raise ValueError(rule.message)
 
 
+ECHO_LIMIT = 120  # characters of a user's value echoed back in an error
+
+
+def shorten(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, saying how long it was."""
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit - 1]}… ({len(text):,} characters)"
+
+
+def clip(value: object, limit: int = ECHO_LIMIT) -> str:
+    """``repr(value)``, cut to ``limit`` characters (a 70 KB recipe is not echoed whole)."""
+    return shorten(repr(value), limit)
+
+
+# --- paths and URIs --------------------------------------------------------------------
+#
+# Each form is one regular expression, used by pydantic (``re``) and by the API server
+# (CEL ``matches``, RE2): both engines read these simple patterns the same way, and a
+# test evaluates both on the same strings. A segment never is "." or ".." (a path that
+# leaves its root: its folder, its volume, its bucket) and there is no empty one ("//"),
+# so a path is already normalised; characters a shell, YAML or a URL read specially are
+# not allowed.
+
+_SEGMENT = r"\.?[A-Za-z0-9_][-A-Za-z0-9_.+=@~]*"
+_PATH = rf"{_SEGMENT}(/{_SEGMENT})*/?"
+URI_FORMS: dict[str, str] = {
+    "demo": r"^demo://tiny-llama$",
+    "pvc": rf"^pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?/{_PATH}$",
+    "s3": rf"^s3://[a-z0-9]([-a-z0-9.]*[a-z0-9])?(/{_PATH})?$",
+    "huggingface": r"^(hf://)?[A-Za-z0-9][-A-Za-z0-9_.]*(/[A-Za-z0-9_][-A-Za-z0-9_.]*)?$",
+    "local": rf"^(/|\./|~/)({_PATH})?$",
+}
+# A path: absolute, relative to the spec file's folder (``./x`` or ``x``), or a volume path.
+PATH_FORM = rf"^(/|\./)?{_PATH}$|{URI_FORMS['pvc']}"
+
+
+def _cel_string(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+URI_RULE = Rule(
+    cel=" || ".join(f"self.matches({_cel_string(f)})" for f in URI_FORMS.values()),
+    message="a model is a Hugging Face id (org/name or hf://org/name), a path (/... or ./...), "
+    "pvc://<claim>/<path>, s3://<bucket>/<key> or demo://tiny-llama: letters, digits and "
+    "-_.+=@~ only, no '.' or '..' segments and no '//'",
+    check=lambda uri: any(re.match(f, uri) for f in URI_FORMS.values()),
+)
+PATH_RULE = Rule(
+    cel=f"self.matches({_cel_string(PATH_FORM)})",
+    message="a path is absolute (/...), relative to the spec's folder (./...) or a volume path "
+    "(pvc://<claim>/<path>): letters, digits and -_.+=@~ only, no '.' or '..' segments and "
+    "no '//'",
+    check=lambda path: re.match(PATH_FORM, path) is not None,
+)
+
+
+def _checked(rule: Rule) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        if not rule.check(value):
+            raise ValueError(f"{rule.message} (got {clip(value)})")
+        return value
+
+    return check
+
+
+def ruled(rule: Rule, max_length: int) -> Any:
+    """A string type carrying ``rule`` twice: pydantic runs ``rule.check``, the CRD its CEL."""
+    return Annotated[
+        str,
+        Field(min_length=1, max_length=max_length, json_schema_extra=cel_rules(rule)),
+        AfterValidator(_checked(rule)),
+    ]
+
+
+def data_file_rule(suffixes: tuple[str, ...]) -> Rule:
+    """A data file: a path (see PATH_RULE) whose name ends in one of ``suffixes``."""
+    ends = "|".join(re.escape(x) for x in suffixes)
+    return Rule(
+        cel=f"{PATH_RULE.cel} && self.matches({_cel_string(f'({ends})$')})",
+        message=f"{PATH_RULE.message}; the file's name ends in {' or '.join(suffixes)}",
+        check=lambda path: PATH_RULE.check(path) and re.search(f"({ends})$", path) is not None,
+    )
+
+
+if TYPE_CHECKING:
+    ModelUri: TypeAlias = str
+    PathStr: TypeAlias = str
+    JsonlPath: TypeAlias = str
+    DataPath: TypeAlias = str
+else:
+    ModelUri = ruled(URI_RULE, 1024)
+    PathStr = ruled(PATH_RULE, 1024)
+    JsonlPath = ruled(data_file_rule((".jsonl",)), 1024)
+    DataPath = ruled(data_file_rule((".jsonl", ".txt")), 1024)
+
+
 # --- model sources -------------------------------------------------------------------
 
 ModelKind = Literal["huggingface", "local", "pvc", "s3", "demo"]
-_HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 class ModelSource(ApiModel):
@@ -94,12 +190,14 @@ class ModelSource(ApiModel):
             "`hf://meta-llama/Llama-3.1-8B-Instruct`), a local path (absolute, or starting "
             "with `./`; relative to the spec file when run locally), a volume path "
             "`pvc://<claim>/<path>`, an object-store URI `s3://<bucket>/<key>`, or "
-            "`demo://tiny-llama`, the small model qeval trains for itself."
+            "`demo://tiny-llama`, the small model qeval trains for itself. No `.` or `..` segments."
         ),
+        json_schema_extra=cel_rules(URI_RULE),
     )
     revision: str | None = Field(
         default=None,
         max_length=256,
+        pattern=r"^[A-Za-z0-9][-A-Za-z0-9_./]*$",
         description="Hugging Face revision (branch, tag or commit) to pin; ignored for paths.",
     )
 
@@ -107,7 +205,7 @@ class ModelSource(ApiModel):
     @classmethod
     def _known_form(cls, uri: str) -> str:
         model_kind(uri)  # raises with the accepted forms
-        return uri
+        return _checked(URI_RULE)(uri)
 
 
 DEMO_MODELS = ("tiny-llama",)
@@ -117,11 +215,11 @@ def model_kind(uri: str) -> ModelKind:
     """Classify a model URI; raise ValueError naming the accepted forms."""
     if uri.startswith("demo://"):
         if uri.removeprefix("demo://") not in DEMO_MODELS:
-            raise ValueError(f"unknown demo model {uri!r}; the demo model is demo://tiny-llama")
+            raise ValueError(f"unknown demo model {clip(uri)}; the demo model is demo://tiny-llama")
         return "demo"
     if uri.startswith("pvc://"):
         if not re.match(r"^pvc://[a-z0-9][-a-z0-9.]*/.+", uri):
-            raise ValueError(f"{uri!r}: write a volume path as pvc://<claim>/<path>")
+            raise ValueError(f"{clip(uri)}: write a volume path as pvc://<claim>/<path>")
         return "pvc"
     if uri.startswith("s3://"):
         return "s3"
@@ -131,11 +229,14 @@ def model_kind(uri: str) -> ModelKind:
         return "local"
     if "://" in uri:
         raise ValueError(
-            f"{uri!r}: unsupported scheme; use a Hugging Face id, a path, pvc://, s3:// or demo://"
+            f"{clip(uri)}: unsupported scheme; use a Hugging Face id, a path, pvc://, s3:// "
+            "or demo://"
         )
-    if _HF_ID.match(uri):
+    if re.match(URI_FORMS["huggingface"], uri):
         return "huggingface"
-    raise ValueError(f"{uri!r} is neither a Hugging Face id (org/name) nor a path (/... or ./...)")
+    raise ValueError(
+        f"{clip(uri)} is neither a Hugging Face id (org/name) nor a path (/... or ./...)"
+    )
 
 
 # Volumes named by pvc://<claim>/<path> are mounted at <VOLUMES_ROOT>/<claim> in stage pods.
@@ -149,33 +250,49 @@ def volume_path(uri: str, root: PurePosixPath = VOLUMES_ROOT) -> PurePosixPath:
 
 # --- scheduling ----------------------------------------------------------------------
 
-Quantity = int | str
+Quantity = int | Annotated[str, Field(min_length=1, max_length=64)]
+# A qualified name (a label key, a resource name): an optional DNS prefix and a name.
+QUALIFIED_NAME = r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+LabelKey = Annotated[str, Field(min_length=1, max_length=317, pattern=QUALIFIED_NAME)]
+LabelValue = Annotated[
+    str, Field(max_length=63, pattern=r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
+]
+ResourceName = Annotated[str, Field(min_length=1, max_length=253, pattern=QUALIFIED_NAME)]
 
 
 class ResourceRequirements(ApiModel):
     """Container resources, as in a Kubernetes pod spec."""
 
-    requests: dict[str, Quantity] = Field(
-        default_factory=dict, description="Minimum resources, e.g. {cpu: '8', memory: 64Gi}."
+    requests: dict[ResourceName, Quantity] = Field(
+        default_factory=dict,
+        max_length=16,
+        description="Minimum resources, e.g. {cpu: '8', memory: 64Gi}.",
     )
-    limits: dict[str, Quantity] = Field(
-        default_factory=dict, description="Maximum resources, e.g. {memory: 96Gi}."
+    limits: dict[ResourceName, Quantity] = Field(
+        default_factory=dict, max_length=16, description="Maximum resources, e.g. {memory: 96Gi}."
     )
 
 
 class Toleration(ApiModel):
     """A Kubernetes toleration, so stage pods can land on tainted GPU nodes."""
 
-    key: str | None = Field(default=None, description="Taint key; empty matches all keys.")
+    key: str | None = Field(
+        default=None, max_length=317, description="Taint key; empty matches all keys."
+    )
     operator: Literal["Exists", "Equal"] | None = Field(
         default=None, description="Exists or Equal (default Equal)."
     )
-    value: str | None = Field(default=None, description="Taint value for operator Equal.")
+    value: str | None = Field(
+        default=None, max_length=63, description="Taint value for operator Equal."
+    )
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         default=None, description="Taint effect to tolerate; empty matches all effects."
     )
     toleration_seconds: int | None = Field(
-        default=None, description="How long a NoExecute taint is tolerated."
+        default=None,
+        ge=0,
+        le=2**63 - 1,
+        description="How long a NoExecute taint is tolerated.",
     )
 
 
@@ -188,21 +305,33 @@ class Scheduling(ApiModel):
     resources: ResourceRequirements = Field(
         default_factory=ResourceRequirements, description="CPU and memory requests and limits."
     )
-    node_selector: dict[str, str] = Field(
-        default_factory=dict, description="Node labels the pods require, e.g. a GPU product."
+    node_selector: dict[LabelKey, LabelValue] = Field(
+        default_factory=dict,
+        max_length=64,
+        description="Node labels the pods require, e.g. a GPU product.",
     )
     tolerations: list[Toleration] = Field(
         default_factory=list, max_length=32, description="Taints the pods tolerate."
     )
-    affinity: dict[str, Any] | None = Field(
-        default=None, description="A Kubernetes affinity object, passed through unchanged."
+    affinity: (
+        dict[Annotated[str, Field(pattern=r"^(nodeAffinity|podAffinity|podAntiAffinity)$")], Any]
+        | None
+    ) = Field(
+        default=None,
+        max_length=3,
+        description="A Kubernetes affinity object (nodeAffinity, podAffinity, "
+        "podAntiAffinity), passed through unchanged.",
     )
     priority_class_name: str | None = Field(
-        default=None, max_length=253, description="PriorityClass of the pods."
+        default=None,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="PriorityClass of the pods.",
     )
     queue_name: str | None = Field(
         default=None,
         max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
         description="Kueue LocalQueue to submit the Jobs to (label kueue.x-k8s.io/queue-name).",
     )
 
@@ -210,8 +339,19 @@ class Scheduling(ApiModel):
 class SecretKeyRef(ApiModel):
     """A reference to one key of a Secret in the object's namespace (never the value)."""
 
-    name: str = Field(min_length=1, max_length=253, description="Secret name.")
-    key: str = Field(default="token", min_length=1, max_length=253, description="Key in it.")
+    name: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="Secret name.",
+    )
+    key: str = Field(
+        default="token",
+        min_length=1,
+        max_length=253,
+        pattern=r"^[-._a-zA-Z0-9]+$",
+        description="Key in it.",
+    )
 
 
 # --- status --------------------------------------------------------------------------
@@ -246,9 +386,21 @@ class ObjectMeta(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     name: str = Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
-    namespace: str | None = None
-    labels: dict[str, str] = Field(default_factory=dict)
-    annotations: dict[str, str] = Field(default_factory=dict)
+    namespace: str | None = Field(default=None, max_length=63, pattern=DNS_LABEL)
+    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict)
+    annotations: dict[LabelKey, str] = Field(default_factory=dict)
+
+    @field_validator("annotations")
+    @classmethod
+    def _annotations_size(cls, annotations: dict[str, str]) -> dict[str, str]:
+        # The API server's own limit on the total size of an object's annotations.
+        size = sum(len(k) + len(v) for k, v in annotations.items())
+        if size > ANNOTATIONS_BYTES:
+            raise ValueError(f"annotations total {size:,} bytes; at most {ANNOTATIONS_BYTES:,}")
+        return annotations
+
+
+ANNOTATIONS_BYTES = 256 * 1024
 
 
 class Resource(ApiModel):

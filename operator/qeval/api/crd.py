@@ -36,6 +36,33 @@ def _inline(target: Schema, node: Schema) -> Schema:
     return merged
 
 
+def key_rules(names: Schema) -> list[dict[str, str]]:
+    """CEL rules on a map's keys for a JSON-schema ``propertyNames`` (pattern, lengths)."""
+    rules = []
+    if "pattern" in names:
+        pattern = names["pattern"].replace("\\", "\\\\").replace("'", "\\'")
+        rules.append(
+            {
+                "rule": f"self.all(k, k.matches('{pattern}'))",
+                "message": f"keys match {names['pattern']}",
+            }
+        )
+    if "maxLength" in names:
+        n = names["maxLength"]
+        rules.append(
+            {"rule": f"self.all(k, size(k) <= {n})", "message": f"keys are at most {n} characters"}
+        )
+    if names.get("minLength", 0) > 0:
+        n = names["minLength"]
+        rules.append(
+            {"rule": f"self.all(k, size(k) >= {n})", "message": f"keys have {n} characters or more"}
+        )
+    unknown = set(names) - {"pattern", "maxLength", "minLength", "type"}
+    if unknown:
+        raise ValueError(f"no CEL form for propertyNames {sorted(unknown)}")
+    return rules
+
+
 def structural(node: Schema, defs: dict[str, Schema]) -> Schema:
     """Rewrite one pydantic JSON-schema node (and everything below it) into a structural one."""
     node = dict(node)
@@ -61,6 +88,12 @@ def structural(node: Schema, defs: dict[str, Schema]) -> Schema:
         node["maximum"], node["exclusiveMaximum"] = node["exclusiveMaximum"], True
     if "const" in node:
         node["enum"] = [node.pop("const")]
+    if "propertyNames" in node:  # not in a structural schema: the same rule in CEL
+        node[RULES] = [*node.get(RULES, []), *key_rules(node.pop("propertyNames"))]
+    if "patternProperties" in node:  # a map whose keys have a pattern: the same, in CEL
+        ((pattern, values),) = node.pop("patternProperties").items()
+        node[RULES] = [*node.get(RULES, []), *key_rules({"pattern": pattern})]
+        node["additionalProperties"] = values
     extra = node.pop("additionalProperties", False)
     if extra is True:
         node["x-kubernetes-preserve-unknown-fields"] = True

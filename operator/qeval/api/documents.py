@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from difflib import get_close_matches
 from pathlib import Path
 from typing import Any, get_args
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
-from qeval.api.common import Resource
+from qeval.api.common import Resource, clip, shorten
 from qeval.api.evalrun import EvalRun
 from qeval.api.quantizedmodel import QuantizedModel
+from qeval.api.yamldocs import YamlError, load_all
 
 KINDS: dict[str, type[Resource]] = {"QuantizedModel": QuantizedModel, "EvalRun": EvalRun}
 
@@ -50,8 +51,8 @@ def _message(err: Any, kind: str) -> str:
         close = get_close_matches(field, sorted(_field_names(KINDS[kind])), n=1)
         return f"unknown field{f'; did you mean {close[0]!r}?' if close else '; remove it'}"
     if err["type"] != "value_error" and not isinstance(got, dict | list):
-        return f"{msg} (got {got!r})"
-    return msg
+        return f"{shorten(msg, 600)} (got {clip(got)})"
+    return shorten(msg, 600)
 
 
 def explain(error: ValidationError, source: str, kind: str) -> str:
@@ -63,18 +64,27 @@ def explain(error: ValidationError, source: str, kind: str) -> str:
     return "\n".join(lines)
 
 
-def parse(doc: dict[str, Any], source: str) -> Resource:
-    """Validate one YAML document as a qeval resource."""
+def parse(doc: Any, source: str) -> Resource:
+    """Validate one YAML document as a qeval resource, with the API server's strict types:
+    the document goes through JSON (as kubectl sends it) and nothing is coerced ("5" is
+    no integer, "no" no boolean, "0.99" no number)."""
     if not isinstance(doc, dict):
         raise SpecError(f"{source}: expected a mapping with apiVersion, kind, metadata and spec")
     kind = doc.get("kind")
-    if kind not in KINDS:
-        raise SpecError(f"{source}: kind {kind!r} is not a qeval kind; use one of {sorted(KINDS)}")
-    name = (doc.get("metadata") or {}).get("name", "?")
+    if not isinstance(kind, str) or kind not in KINDS:
+        raise SpecError(
+            f"{source}: kind {clip(kind)} is not a qeval kind; use one of {sorted(KINDS)}"
+        )
+    meta = doc.get("metadata")
+    name = meta.get("name", "?") if isinstance(meta, dict) else "?"
     try:
-        return KINDS[kind].model_validate(doc)
+        # YAML dates become strings on the way to JSON, as they do for kubectl.
+        text = json.dumps(doc, default=str)
+        return KINDS[kind].model_validate_json(text, strict=True)
     except ValidationError as e:
-        raise SpecError(explain(e, f"{source}: {kind} {name}", kind)) from None
+        raise SpecError(explain(e, f"{source}: {kind} {shorten(str(name), 80)}", kind)) from None
+    except ValueError as e:  # e.g. a key JSON cannot hold
+        raise SpecError(f"{source}: {kind} {shorten(str(name), 80)}: {e}") from None
 
 
 def load_documents(path: Path) -> list[Resource]:
@@ -83,12 +93,21 @@ def load_documents(path: Path) -> list[Resource]:
     if not files:
         raise SpecError(f"{path}: no YAML files")
     out: list[Resource] = []
+    seen: dict[tuple[str, str], str] = {}
     for file in files:
         try:
-            docs = list(yaml.safe_load_all(file.read_text()))
-        except OSError as e:
-            raise SpecError(f"{file}: cannot read: {e.strerror}") from None
-        except yaml.YAMLError as e:
-            raise SpecError(f"{file}: not valid YAML: {e}") from None
-        out += [parse(d, str(file)) for d in docs if d is not None]
+            docs = load_all(file.read_text())
+        except (OSError, UnicodeDecodeError) as e:
+            raise SpecError(f"{file}: cannot read: {getattr(e, 'strerror', None) or e}") from None
+        except YamlError as e:
+            raise SpecError(f"{file}: {e}") from None
+        for line, doc in docs:
+            obj = parse(doc, f"{file}:{line}")
+            where = seen.setdefault((obj.kind, obj.name), f"{file}:{line}")  # type: ignore[attr-defined]
+            if where != f"{file}:{line}":
+                raise SpecError(
+                    f"{file}:{line}: {obj.kind} {obj.name}: a second object of this kind "  # type: ignore[attr-defined]
+                    f"and name (the first is at {where}); rename or remove one"
+                )
+            out.append(obj)
     return out

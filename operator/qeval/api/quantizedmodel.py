@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
-import yaml
 from pydantic import Field, field_validator, model_validator
 
 from qeval.api.common import (
     ApiModel,
     Condition,
+    DataPath,
     ModelSource,
+    ModelUri,
     Resource,
     Rule,
     Scheduling,
@@ -20,6 +22,7 @@ from qeval.api.common import (
     enforce,
     immutable,
 )
+from qeval.api.yamldocs import YamlError, load_one
 
 
 class Scheme(StrEnum):
@@ -51,23 +54,33 @@ class Observer(StrEnum):
     MSE = "mse"
 
 
+CALIBRATION_RULES = (
+    Rule(
+        cel="!has(self.dataset) || !has(self.path)",
+        message="set calibration.dataset or calibration.path, not both",
+        check=lambda c: c.dataset is None or c.path is None,
+    ),
+)
+
+
 class Calibration(ApiModel):
     """Calibration data for the algorithms that need it (GPTQ, AWQ, SmoothQuant)."""
 
     dataset: str | None = Field(
         default=None,
         max_length=256,
+        pattern=r"^[A-Za-z0-9][-A-Za-z0-9_.]*(/[A-Za-z0-9_][-A-Za-z0-9_.]*)?$",
         description=(
             "A named dataset: `demo` (the demo model's own text, offline), or a dataset "
             "llm-compressor knows by name (e.g. `open_platypus`, `ultrachat_200k`; needs the "
             "hub). Default `open_platypus`, or `demo` for the demo model."
         ),
     )
-    path: str | None = Field(
+    path: DataPath | None = Field(
         default=None,
-        max_length=1024,
-        description="A local JSONL file with a `text` field per line (or a plain text file, one "
-        "sample per line), instead of a named dataset.",
+        description="A JSONL file with a `text` field per line (or a plain `.txt` file, one "
+        "sample per line), instead of a named dataset: a path relative to the spec's folder "
+        "or absolute, or a volume path pvc://<claim>/<path>.",
     )
     num_samples: int = Field(
         default=512, ge=1, le=100_000, description="Number of calibration samples."
@@ -79,27 +92,41 @@ class Calibration(ApiModel):
         description="Calibration samples are cut to this many tokens.",
     )
 
+    model_config = ApiModel.model_config | {"json_schema_extra": cel_rules(*CALIBRATION_RULES)}
+
     @model_validator(mode="after")
-    def _one_source(self) -> Calibration:
-        if self.dataset is not None and self.path is not None:
-            raise ValueError("set calibration.dataset or calibration.path, not both")
+    def _rules(self) -> Calibration:
+        enforce(self, CALIBRATION_RULES)
         return self
 
 
 class Output(ApiModel):
     """Where the quantized model is written."""
 
-    uri: str = Field(
-        min_length=1,
-        max_length=1024,
-        description="`pvc://<claim>/<path>`, `s3://<bucket>/<key>` or a local path. Default: "
-        "the operator's model volume, or `<workdir>/models/<name>` under `qeval run`.",
+    uri: ModelUri = Field(
+        description="`pvc://<claim>/<path>` or a local path (absolute, or `./` relative to the "
+        "spec's folder). Default: the operator's model volume, or `<workdir>/models/<name>` "
+        "under `qeval run`.",
     )
 
 
 def _has(value: object) -> bool:
     return value is not None
 
+
+# llm-compressor 0.14's modifiers that quantize (its QuantizationMixin): a recipe without one
+# leaves the weights as they were. AWQ and SmoothQuant only rescale, ahead of one of these.
+QUANTIZING_MODIFIERS = ("QuantizationModifier", "GPTQModifier", "AutoRoundModifier")
+_QUANTIZING = "(^|[^A-Za-z0-9_])(" + "|".join(QUANTIZING_MODIFIERS) + ")([^A-Za-z0-9_]|$)"
+
+
+RECIPE_RULE = Rule(
+    cel=f"!has(self.recipe) || self.recipe.matches('{_QUANTIZING}')",
+    message="spec.recipe applies no quantization: it names none of "
+    + ", ".join(QUANTIZING_MODIFIERS)
+    + " (AWQModifier and SmoothQuantModifier only rescale, ahead of one of them)",
+    check=lambda s: not _has(s.recipe) or re.search(_QUANTIZING, s.recipe) is not None,
+)
 
 # Each rule is written once here; the CRD carries the CEL, pydantic runs the lambda.
 RULES: tuple[Rule, ...] = (
@@ -109,6 +136,7 @@ RULES: tuple[Rule, ...] = (
         "or spec.recipe (a raw llm-compressor recipe)",
         check=lambda s: _has(s.scheme) != _has(s.recipe),
     ),
+    RECIPE_RULE,
     Rule(
         cel="!has(self.recipe) || (!has(self.algorithm) && !has(self.groupSize) && "
         "!has(self.dampeningFrac) && !has(self.smoothquantStrength) && !has(self.observer))",
@@ -213,7 +241,7 @@ class QuantizedModelSpec(ApiModel):
         description="Range observer for weights: minmax (default) or mse (MSE-optimal clipping).",
         json_schema_extra=immutable("spec.observer"),
     )
-    ignore: list[str] = Field(
+    ignore: list[Annotated[str, Field(min_length=1, max_length=512)]] = Field(
         default_factory=lambda: ["lm_head"],
         max_length=256,
         description="Layers left unquantized (names or `re:` patterns).",
@@ -251,9 +279,9 @@ class QuantizedModelSpec(ApiModel):
         if recipe is None:
             return None
         try:
-            parsed = yaml.safe_load(recipe)
-        except yaml.YAMLError as e:
-            raise ValueError(f"spec.recipe is not valid YAML: {e}") from e
+            parsed = load_one(recipe)
+        except YamlError as e:
+            raise ValueError(f"spec.recipe: {e}") from None
         if not isinstance(parsed, dict):
             raise ValueError("spec.recipe must be a YAML mapping (an llm-compressor recipe)")
         return recipe
