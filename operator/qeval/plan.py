@@ -207,6 +207,7 @@ def build_plan(run: EvalRun, models: Mapping[str, QuantizedModel], layout: Layou
             base_url=layout.endpoints.url(needs[0]) if servers else None,
             serving=serving if servers else None,
             allow_code_execution=spec.allow_code_execution,
+            trust_remote_code=spec.trust_remote_code,
             cache_dir=layout.cache_dir(),
             reuse_cached=spec.cache,
             output_dir=str(layout.stage_dir(stage)),

@@ -612,6 +612,22 @@ class Recovery(ApiModel):
     )
 
 
+class Difference(ApiModel):
+    """A candidate's score minus the baseline's, where a ratio means nothing: a metric that
+    can be negative (Matthews correlation, a correlation, a *_diff) or a baseline not
+    clearly above 0. Kept out of the mean recovery."""
+
+    model: str = Field(description="Candidate name.")
+    task: str = Field(description="lm-eval task.")
+    metric: str = Field(description="Metric name.")
+    filter: str = Field(default="none", description="lm-eval filter.")
+    value: float = Field(description="candidate - baseline, in the metric's own units.")
+    stderr: float | None = Field(default=None, description="Standard error.")
+    ci_low: float | None = Field(default=None, description="95 % confidence interval, low end.")
+    ci_high: float | None = Field(default=None, description="95 % confidence interval, high end.")
+    reason: str = Field(description="Why no ratio: the metric or the baseline.")
+
+
 Verdict = Literal["Pass", "Degraded", "Inconclusive"]
 
 
@@ -631,8 +647,9 @@ class CandidateSummary(ApiModel):
     verdict: Verdict | None = Field(
         default=None,
         description="Against spec.recoveryThreshold: Pass (mean recovery's interval above it, "
-        "no task's interval below it), Degraded (the mean's or a task's interval wholly below "
-        "it), else Inconclusive (more items needed to tell).",
+        "no task's interval below it, every task scored), Degraded (the mean's or a task's "
+        "interval wholly below it), else Inconclusive (more items needed to tell, a task "
+        "without a score, or a difference wholly below 0).",
     )
     degraded_tasks: list[str] = Field(
         default_factory=list,
@@ -730,6 +747,11 @@ class EvalRunStatus(ApiModel):
     baseline_size_bytes: int | None = Field(default=None, description="Baseline size on disk.")
     scores: list[Score] = Field(default_factory=list, description="Every model x task metric.")
     recovery: list[Recovery] = Field(default_factory=list, description="Every candidate x task.")
+    differences: list[Difference] = Field(
+        default_factory=list,
+        description="Candidate x task metrics where a ratio is undefined (signed metric, or a "
+        "baseline not clearly above 0): the difference with its interval instead.",
+    )
     candidates: list[CandidateSummary] = Field(
         default_factory=list, description="Per-candidate summary."
     )

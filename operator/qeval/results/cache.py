@@ -29,7 +29,7 @@ import json
 import os
 import shutil
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -257,6 +257,7 @@ class CachedTask:
     task: str
     results: dict[str, Any]
     samples: dict[str, Path]  # leaf task -> JSONL file in the cache
+    primary: dict[str, str] = field(default_factory=dict)  # judged task -> metric,filter
 
 
 class ResultCache:
@@ -280,7 +281,8 @@ class ResultCache:
             samples = {name: folder / "samples" / f"{name}.jsonl" for name in entry["samples"]}
             if entry["key"] != key or not all(p.is_file() for p in samples.values()):
                 return None
-            return CachedTask(key, entry["task"], entry["results"], samples)
+            primary = entry.get("primary") or {}
+            return CachedTask(key, entry["task"], entry["results"], samples, dict(primary))
         except (OSError, ValueError, KeyError, TypeError):  # damaged: a miss, recomputed
             return None
 
@@ -292,8 +294,10 @@ class ResultCache:
         results: Mapping[str, Any],
         samples: Mapping[str, Path],
         source: str | None = None,
+        primary: Mapping[str, str] | None = None,
     ) -> None:
-        """Store one evaluation (replacing an older entry under the same key)."""
+        """Store one evaluation (replacing an older entry under the same key), with the
+        metric each of its judged tasks is scored on (``primary``)."""
         final = self._entry_dir(key)
         tmp = final.with_name(f".{key}.{os.getpid()}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -306,6 +310,7 @@ class ResultCache:
             "fields": dict(fields),
             "results": dict(results),
             "samples": sorted(samples),
+            "primary": dict(primary or {}),
             "created": _now(),
             "source": source,
         }

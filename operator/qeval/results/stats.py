@@ -131,6 +131,57 @@ def paired_recovery_interval(
     )
 
 
+# Metrics that can be negative: a ratio of two of them means nothing (a baseline of
+# -0.0005 Matthews correlation makes a "recovery" of -291).
+SIGNED_METRICS = frozenset({"mcc", "pearson", "spearman", "kendall", "kendall_tau", "r2"})
+
+
+def ratio_problem(
+    metric: str, denominator: float, numerator: float, se_denominator: float | None
+) -> str | None:
+    """Why recovery (a ratio) is undefined for these scores, or None when it is defined:
+    on a metric bounded below by 0 whose denominator (the baseline; the candidate when
+    lower is better) is clearly positive: above 0, and by more than its 95 % half-width
+    when its standard error is known."""
+    if metric in SIGNED_METRICS or metric.endswith("_diff") or metric.startswith("log"):
+        return f"{metric} can be negative: a ratio of two values means nothing"
+    if denominator < 0 or numerator < 0:
+        return f"{metric} is negative here: a ratio of two values means nothing"
+    if denominator == 0 or (
+        se_denominator is not None and denominator <= z_value() * se_denominator
+    ):
+        return f"{metric} {denominator:.4g} is not clearly above 0: a ratio would be noise"
+    return None
+
+
+def difference_interval(
+    candidate: float,
+    baseline: float,
+    se_candidate: float | None,
+    se_baseline: float | None,
+    level: float = LEVEL,
+) -> Interval:
+    """candidate - baseline with a normal interval from two independent standard errors."""
+    d = candidate - baseline
+    if se_candidate is None or se_baseline is None:
+        return Interval(d, None, None, None)
+    se = math.sqrt(se_candidate**2 + se_baseline**2)
+    z = z_value(level)
+    return Interval(d, se, d - z * se, d + z * se)
+
+
+def paired_difference_interval(
+    baseline: np.ndarray, candidate: np.ndarray, level: float = LEVEL
+) -> Interval:
+    """mean(candidate - baseline) over the same items, with a normal interval."""
+    d = np.asarray(candidate, dtype=float) - np.asarray(baseline, dtype=float)
+    if d.ndim != 1 or len(d) < 2:
+        raise ValueError("a paired difference needs at least 2 items")
+    mean, se = float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d)))
+    z = z_value(level)
+    return Interval(mean, se, mean - z * se, mean + z * se)
+
+
 def mean_interval(intervals: Sequence[Interval], level: float = LEVEL) -> Interval:
     """The mean of independent estimates (e.g. recovery on different tasks), normal interval."""
     if not intervals:

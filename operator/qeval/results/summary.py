@@ -15,6 +15,7 @@ import numpy as np
 
 from qeval.api.evalrun import (
     CandidateSummary,
+    Difference,
     EvalRunStatus,
     Recovery,
     Score,
@@ -28,7 +29,7 @@ from qeval.results.suites import suite_score
 ScoreKey = tuple[str, str, str]  # task, metric, filter
 
 
-def score_key(s: Score | Recovery) -> ScoreKey:
+def score_key(s: Score | Recovery | Difference) -> ScoreKey:
     return s.task, s.metric, s.filter
 
 
@@ -59,7 +60,10 @@ def _paired(
         return None
     if not (consistent(base, b.value) and consistent(cand, c.value)):
         return None
-    return paired_vectors(base, cand)
+    pair = paired_vectors(base, cand)
+    if pair is None or len(pair[0]) < 2:  # limit: 1 leaves one item: no spread to pair on
+        return None
+    return pair
 
 
 def recovery_of(baseline: ModelOutcome, candidate: ModelOutcome, b: Score, c: Score) -> Recovery:
@@ -83,18 +87,50 @@ def recovery_of(baseline: ModelOutcome, candidate: ModelOutcome, b: Score, c: Sc
     return rec
 
 
-def candidate_recovery(baseline: ModelOutcome, candidate: ModelOutcome) -> list[Recovery]:
-    """Recovery for every task metric both models report (a baseline of 0 is skipped)."""
+def difference_of(
+    baseline: ModelOutcome, candidate: ModelOutcome, b: Score, c: Score, reason: str
+) -> Difference:
+    """candidate - baseline on one task metric, paired over the same items when it can be."""
+    pair = _paired(baseline, candidate, b, c) if b.primary else None
+    if pair is not None:
+        interval = stats.paired_difference_interval(*pair)
+    else:
+        interval = stats.difference_interval(c.value, b.value, c.stderr, b.stderr)
+    return Difference(
+        model=c.model,
+        task=c.task,
+        metric=c.metric,
+        filter=c.filter,
+        value=interval.value,
+        stderr=interval.stderr,
+        ci_low=interval.low,
+        ci_high=interval.high,
+        reason=reason,
+    )
+
+
+def candidate_recovery(
+    baseline: ModelOutcome, candidate: ModelOutcome
+) -> tuple[list[Recovery], list[Difference]]:
+    """Recovery for every task metric both models report where a ratio is defined
+    (``stats.ratio_problem``); the difference with its interval where it is not."""
     assert baseline.scores is not None and candidate.scores is not None
     base = {score_key(s): s for s in baseline.scores}
-    out = []
+    ratios, differences = [], []
     for c in candidate.scores:
         b = base.get(score_key(c))
-        if b is None or b.value == 0 or (not c.higher_is_better and c.value == 0):
+        if b is None:
             continue
         # The baseline decides which metric is primary, so both sides pair up.
-        out.append(recovery_of(baseline, candidate, b, c.model_copy(update={"primary": b.primary})))
-    return out
+        c = c.model_copy(update={"primary": b.primary})
+        # Recovery divides by the baseline (by the candidate when lower is better).
+        num, den = (c, b) if c.higher_is_better else (b, c)
+        problem = stats.ratio_problem(c.metric, den.value, num.value, den.stderr)
+        if problem is not None:
+            differences.append(difference_of(baseline, candidate, b, c, problem))
+        else:
+            ratios.append(recovery_of(baseline, candidate, b, c))
+    return ratios, differences
 
 
 def _interval(r: Recovery) -> stats.Interval:
@@ -106,16 +142,34 @@ def judge(
     recoveries: Sequence[Recovery],
     primary: set[ScoreKey],
     threshold: float,
+    differences: Sequence[Difference] = (),
+    candidate_primary: set[ScoreKey] | None = None,
 ) -> None:
-    """Fill in the candidate's mean recovery, its interval, the verdict and degraded tasks."""
+    """Fill in the candidate's mean recovery, its interval, the verdict and degraded tasks.
+
+    Never Pass when a judged task has no primary score on either side (or the two judge
+    different tasks), or when a difference (a task without a ratio) lies wholly below 0.
+    """
     chosen = [r for r in recoveries if score_key(r) in primary]
+    covered = {score_key(r) for r in chosen} | {
+        score_key(d) for d in differences if score_key(d) in primary
+    }
+    unscored = (primary - covered) or (
+        candidate_primary is not None and candidate_primary != primary
+    )
+    worse = [d for d in differences if score_key(d) in primary and d.ci_high is not None]
+    worse = [d for d in worse if d.ci_high is not None and d.ci_high < 0]
     if not chosen:
+        if unscored or worse:
+            summary.verdict = "Inconclusive"
         return
     tasks = [_interval(r) for r in chosen]
     mean = stats.mean_interval(tasks)
     summary.mean_recovery, summary.mean_recovery_stderr = mean.value, mean.stderr
     summary.mean_recovery_ci_low, summary.mean_recovery_ci_high = mean.low, mean.high
     summary.verdict = stats.verdict(mean, tasks, threshold)
+    if summary.verdict == "Pass" and (unscored or worse):
+        summary.verdict = "Inconclusive"
     summary.degraded_tasks = [r.task for r in chosen if r.significant]
 
 
@@ -146,6 +200,7 @@ def summarize(
     results reused from the cache and the failures of a run."""
     scores: list[Score] = list(baseline.scores or ())
     recovery: list[Recovery] = []
+    differences: list[Difference] = []
     summaries: list[CandidateSummary] = []
     failures = [m.failure for m in (baseline, *candidates) if m.failure]
     primary = {score_key(s) for s in baseline.scores or () if s.primary}
@@ -156,15 +211,18 @@ def summarize(
         if c.scores is not None:
             scores += c.scores
         if c.scores is not None and baseline.scores is not None:
-            rec = candidate_recovery(baseline, c)
+            rec, diff = candidate_recovery(baseline, c)
             recovery += rec
-            judge(summary, rec, primary, threshold)
+            differences += diff
+            mine = {score_key(s) for s in c.scores if s.primary}
+            judge(summary, rec, primary, threshold, diff, mine)
         summaries.append(summary)
     means = [s.mean_recovery for s in summaries if s.mean_recovery is not None]
     return EvalRunStatus(
         baseline_size_bytes=baseline.size_bytes,
         scores=scores,
         recovery=recovery,
+        differences=differences,
         candidates=summaries,
         suite_scores=suite_scores(suites, baseline, candidates),
         cached=[f"{m.name}/{t}" for m in (baseline, *candidates) for t in m.cached],

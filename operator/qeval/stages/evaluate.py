@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 from collections import defaultdict
+from collections.abc import Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
 from importlib import resources
@@ -36,7 +37,13 @@ from qeval.results.cache import (
     task_config_digest,
     task_slice,
 )
-from qeval.results.lmeval import harness_version, parse_scores
+from qeval.results.lmeval import (
+    LayoutError,
+    harness_version,
+    judged_tasks,
+    parse_scores,
+    primary_metrics,
+)
 from qeval.results.samples import leaf_tasks
 from qeval.stages.envelope import StageError
 from qeval.stages.models import resolve, size_on_disk
@@ -77,6 +84,9 @@ class EvaluateInput(ApiModel):
     allow_code_execution: bool = Field(
         default=False, description="Let lm-eval run tasks that execute model-written code."
     )
+    trust_remote_code: bool = Field(
+        default=False, description="Let transformers run the model repository's own code."
+    )
     cache_dir: str | None = Field(default=None, description="The result cache; None: none.")
     reuse_cached: bool = Field(
         default=True, description="False: recompute every task (and refresh the cache)."
@@ -97,6 +107,11 @@ class EvaluateResult(ApiModel):
     )
     cache_keys: dict[str, str] = Field(
         default_factory=dict, description="Each task's result cache key."
+    )
+    primary: dict[str, str] = Field(
+        default_factory=dict,
+        description="The metric,filter each judged task is scored on: chosen once, when the "
+        "task was evaluated, and kept with its cached result.",
     )
 
 
@@ -158,7 +173,17 @@ def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
+def parse_model_args(model_args: Mapping[str, str]) -> dict[str, Any]:
+    """spec.modelArgs read as lm-eval's own ``--model_args`` reads its values ("False" is
+    False, "8" is 8, "'8'" is the string 8): with lm-eval's own helper."""
+    from lm_eval.utils import handle_arg_string
+
+    return {key: handle_arg_string(value) for key, value in model_args.items()}
+
+
 def _model_args(inp: EvaluateInput, path: Path) -> dict[str, Any]:
+    """The model_args lm-eval gets. The API refuses the keys set here in spec.modelArgs;
+    remote code runs only with spec.trustRemoteCode (False is passed explicitly)."""
     # The revision is already pinned: resolve() fetched exactly that snapshot.
     args: dict[str, Any] = {"pretrained": str(path)}
     if inp.backend == Backend.VLLM_SERVER:
@@ -171,7 +196,7 @@ def _model_args(inp: EvaluateInput, path: Path) -> dict[str, Any]:
             "base_url": f"{inp.base_url.rstrip('/')}/v1/completions",
             "num_concurrent": serving.num_concurrent,
         }
-    return args | dict(inp.model_args)
+    return parse_model_args(inp.model_args) | args | {"trust_remote_code": inp.trust_remote_code}
 
 
 # --- the result cache ------------------------------------------------------------------
@@ -193,6 +218,7 @@ def backend_config(inp: EvaluateInput) -> dict[str, Any]:
     config: dict[str, Any] = {
         "batchSize": inp.batch_size,
         "modelArgs": dict(inp.model_args),
+        "trustRemoteCode": inp.trust_remote_code,
         "libraries": {p: installed_version(p) for p in BACKEND_LIBRARIES[backend]},
     }
     if backend == Backend.VLLM_SERVER:  # what the server does can change scores too
@@ -251,9 +277,15 @@ def reuse(inp: EvaluateInput) -> EvaluateResult | None:
 
 
 def store(
-    inp: EvaluateInput, found: Lookup, tasks: list[Task], results: dict[str, Any], samples: Path
+    inp: EvaluateInput,
+    found: Lookup,
+    tasks: list[Task],
+    results: dict[str, Any],
+    samples: Path,
+    primary: Mapping[str, str],
 ) -> None:
-    """Put the freshly computed tasks into the cache."""
+    """Put the freshly computed tasks into the cache, each with the metrics it is judged on
+    (``finish`` has made sure every task has one: nothing empty is cached)."""
     if found.cache is None:
         return
     for task in tasks:
@@ -262,6 +294,7 @@ def store(
             for leaf in leaf_tasks(results, task.name)
             if (samples / f"{leaf}.jsonl").is_file()
         }
+        judged = {t: primary[t] for t in judged_tasks(results, task.name) if t in primary}
         found.cache.put_task(
             found.keys[task.name],
             task.name,
@@ -269,7 +302,36 @@ def store(
             task_slice(results, task.name),
             files,
             source=f"{inp.output_dir} ({inp.model_name})",
+            primary=judged,
         )
+
+
+def choose_primary(inp: EvaluateInput, found: Lookup, fresh: Mapping[str, Any]) -> dict[str, str]:
+    """The metric,filter each judged task is scored on: chosen from lm-eval's fresh results
+    by its task configs (``primary_metrics``), or as recorded with a cached result, so a
+    re-run from the cache judges on exactly what the first run did. Raises StageError for a
+    task that reports no score (a tag, a group of nothing) or not the metric asked for."""
+    out: dict[str, str] = {}
+    for task in inp.tasks:
+        hit = found.hits.get(task.name)
+        try:
+            if hit is not None and hit.primary:
+                chosen = dict(hit.primary)
+            else:
+                source = hit.results if hit is not None else fresh
+                chosen = primary_metrics(source, {task.name: task.metric})
+        except LayoutError as e:
+            raise StageError("UnreadableResults", f"{task.name}: {e}") from e
+        except ValueError as e:
+            raise StageError("UnknownMetric", f"{e}; fix spec.tasks[].metric") from e
+        if not chosen:
+            raise StageError(
+                "NoScore",
+                f"lm-eval reported no score for {task.name!r} (a tag, or a group whose tasks "
+                "report none): list the tasks it stands for in spec.tasks",
+            )
+        out |= chosen
+    return out
 
 
 def finish(
@@ -280,6 +342,7 @@ def finish(
     fresh_samples: dict[str, list[Any]],
 ) -> EvaluateResult:
     """Write results.json and samples/ from fresh and cached results; parse the scores."""
+    primary = choose_primary(inp, found, fresh)  # before anything is written or cached
     out_dir = Path(inp.output_dir)
     samples_dir = out_dir / "samples"
     samples_dir.mkdir(parents=True, exist_ok=True)
@@ -295,23 +358,19 @@ def finish(
     results = merge_results(([fresh] if fresh else []) + [h.results for h in found.hits.values()])
     results_path = out_dir / "results.json"
     results_path.write_text(json.dumps(results, indent=2, default=str))
-    store(inp, found, [t for t in inp.tasks if t.name not in found.hits], fresh, samples_dir)
-
-    primary = {t.name: t.metric for t in inp.tasks if t.metric}
-    try:
-        scores = parse_scores(json.loads(results_path.read_text()), inp.model_name, primary)
-    except ValueError as e:
-        raise StageError("UnknownMetric", f"{e}; fix spec.tasks[].metric") from e
+    todo = [t for t in inp.tasks if t.name not in found.hits]
+    store(inp, found, todo, fresh, samples_dir, primary)
     return EvaluateResult(
         model_name=inp.model_name,
         backend=str(inp.backend),
         harness_version=harness_version(results),
-        scores=scores,
+        scores=parse_scores(results, inp.model_name, primary),
         model_size_bytes=size_on_disk(path),
         results_path=str(results_path),
         samples_dir=str(samples_dir),
         cached_tasks=[t.name for t in inp.tasks if t.name in found.hits],
         cache_keys=found.keys,
+        primary=primary,
     )
 
 
