@@ -649,8 +649,8 @@ class _Pod(threading.Thread):
                 self.stopping.wait(1)
         if self.stopping.is_set():
             return
+        self.write_hosts(self.k.resolve_services())  # fresh: not the last refresh's
         self.sandbox = True
-        self.write_hosts(self.k.services)
         for c in self.inits:
             self._container_loop(c)
             if self.stopping.is_set():
@@ -702,13 +702,15 @@ class _Pod(threading.Thread):
                 ran = self.initialized and all(code == 0 for code in codes)
                 self.phase = "Succeeded" if ran else "Failed"
             self.report()
-            with contextlib.suppress(Exception):
+            try:
                 self.api.delete_namespaced_pod(
                     self.pod_name,
                     self.ns,
-                    grace_period_seconds=0,
-                    body={"preconditions": {"uid": self.uid}},
+                    # in the body: with a body, the API server ignores the query parameters
+                    body={"gracePeriodSeconds": 0, "preconditions": {"uid": self.uid}},
                 )
+            except Exception as e:  # gone already, or the uid is another pod's now
+                log.info("%s: final delete of %s/%s: %s", STANDIN, self.ns, self.pod_name, e)
         shutil.rmtree(self.dir, ignore_errors=True)
 
     # -- volumes --
@@ -1236,7 +1238,6 @@ class Kubelet:
         self.allocatable = {n["metadata"]["name"]: n["status"]["allocatable"] for n in nodes}
         self.pods: dict[str, _Pod] = {}
         self.finished: set[str] = set()  # uids whose worker ended: never run twice
-        self.services: dict[tuple[str, str], str] = {}
         self.created: list[Path] = []
         self.lock = threading.Lock()
         self.stopped = threading.Event()
@@ -1304,7 +1305,17 @@ class Kubelet:
         except ApiException as e:
             if e.status != 409:  # registered before (e.g. by a fixture): keep it
                 raise
-        api.patch_node_status(node["metadata"]["name"], {"status": node["status"]})
+        name = node["metadata"]["name"]
+        api.patch_node_status(name, {"status": node["status"]})
+        # The TaintNodesByCondition admission plugin registers every Node with the
+        # node.kubernetes.io/not-ready taint, which the node lifecycle controller lifts once
+        # the node is Ready; that controller is off (and NodeRestriction forbids a node to
+        # change its own taints), so the stand-in lifts it as that controller, as the admin.
+        current = _raw(self.admin.read_node(name, _preload_content=False))
+        taints = current["spec"].get("taints") or []
+        keep = [t for t in taints if t["key"] != "node.kubernetes.io/not-ready"]
+        if keep != taints:
+            self.admin.patch_node(name, [{"op": "replace", "path": "/spec/taints", "value": keep}])
 
     def stop(self) -> None:
         """Kill every pod's processes, remove the mount points it created, deregister."""
@@ -1384,8 +1395,8 @@ class Kubelet:
                         api.delete_namespaced_pod(
                             meta["name"],
                             meta["namespace"],
-                            grace_period_seconds=0,
-                            body={"preconditions": {"uid": meta["uid"]}},
+                            # in the body: with a body, the API server ignores the query parameters
+                            body={"gracePeriodSeconds": 0, "preconditions": {"uid": meta["uid"]}},
                         )
                     return
                 if meta["uid"] in self.finished:
@@ -1408,17 +1419,19 @@ class Kubelet:
                     pods = list(self.pods.values())
                 if not pods:
                     continue
-                services = _raw(self.admin.list_service_for_all_namespaces(_preload_content=False))[
-                    "items"
-                ]
-                listed = _raw(self.admin.list_pod_for_all_namespaces(_preload_content=False))
-                self.services = service_addresses(services, listed["items"])
+                services = self.resolve_services()
                 for pod in pods:
                     if pod.sandbox:
-                        pod.write_hosts(self.services)
+                        pod.write_hosts(services)
             except Exception as e:
                 if not self.stopped.is_set():
                     log.warning("%s: cluster loop: %s", STANDIN, e)
+
+    def resolve_services(self) -> dict[tuple[str, str], str]:
+        """Every Service with a ready pod: (namespace, name) -> that pod's IP, as listed now."""
+        services = _raw(self.admin.list_service_for_all_namespaces(_preload_content=False))
+        pods = _raw(self.admin.list_pod_for_all_namespaces(_preload_content=False))
+        return service_addresses(services["items"], pods["items"])
 
     def _bind_claims(self) -> None:
         from kubernetes.client.exceptions import ApiException
