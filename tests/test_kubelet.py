@@ -273,7 +273,9 @@ def kubelet(
     control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Kubelet]:
     nodes = [gpu_node(GPU_NODE), cpu_node(CPU_NODE)]
-    with Kubelet(control_plane, nodes, tmp_path_factory.mktemp("kubelet"), grace_cap=3) as k:
+    with Kubelet(
+        control_plane, nodes, tmp_path_factory.mktemp("kubelet"), backoff_base=0.5, grace_cap=3
+    ) as k:
         yield k
     assert not k.threads or not any(t.is_alive() for t in k.threads)
 
@@ -611,3 +613,118 @@ def test_deleting_a_pod_kills_its_process(api: Api, kubelet: Kubelet) -> None:
     wait_for(lambda: api.get("/api/v1/namespaces/{ns}/pods/sleeper") is None, 30, "deleted")
     assert process.poll() is not None
     assert time.monotonic() - began < 10  # python exits on SIGTERM: no 30 s grace wait
+
+
+def events(api: Api, pod: str, reason: str) -> list[dict[str, Any]]:
+    items = api("GET", "/api/v1/namespaces/{ns}/events")["items"]
+    return [e for e in items if e["reason"] == reason and e["involvedObject"]["name"] == pod]
+
+
+def finished(api: Api, name: str) -> Callable[[], dict[str, Any] | None]:
+    def check() -> dict[str, Any] | None:
+        pod = api.get(f"/api/v1/namespaces/{{ns}}/pods/{name}")
+        phase = (pod or {}).get("status", {}).get("phase")
+        return pod if phase in ("Succeeded", "Failed") else None
+
+    return check
+
+
+def test_on_failure_restarts_with_backoff(api: Api, kubelet: Kubelet) -> None:
+    code = (
+        "import os, sys\n"
+        "f = '/scratch/runs'\n"
+        "n = len(open(f).read()) if os.path.exists(f) else 0\n"
+        "open(f, 'a').write('x')\n"
+        "print('run', n, flush=True)\n"
+        "sys.exit(0 if n >= 2 else 1)\n"
+    )
+    mount = [{"name": "scratch", "mountPath": "/scratch"}]
+    spec = pod_spec(
+        container("main", ["python", "-c", code], volumeMounts=mount),
+        restartPolicy="OnFailure",
+        volumes=[{"name": "scratch", "emptyDir": {"medium": "Memory"}}],
+    )
+    api("POST", "/api/v1/namespaces/{ns}/pods", {"metadata": {"name": "flaky"}, "spec": spec})
+    pod = wait_for(finished(api, "flaky"), 60, "finished")
+    (status,) = pod["status"]["containerStatuses"]
+    assert pod["status"]["phase"] == "Succeeded"
+    assert status["restartCount"] == 2
+    assert status["lastState"]["terminated"]["exitCode"] == 1
+    assert kubelet.logs(api.ns, "flaky", "main").split("\n")[:3] == ["run 0", "run 1", "run 2"]
+    assert len(events(api, "flaky", "BackOff")) == 2  # reported CrashLoopBackOff meanwhile
+
+
+def test_a_failing_liveness_probe_restarts_the_container(api: Api, kubelet: Kubelet) -> None:
+    code = "import time\nprint('start', flush=True)\ntime.sleep(600)"
+    probe = {"tcpSocket": {"port": 9}, "periodSeconds": 1, "failureThreshold": 2}
+    spec = pod_spec(container("main", ["python", "-c", code], livenessProbe=probe))
+    api("POST", "/api/v1/namespaces/{ns}/pods", {"metadata": {"name": "unhealthy"}, "spec": spec})
+
+    def restarted() -> dict[str, Any] | None:
+        pod = api.get("/api/v1/namespaces/{ns}/pods/unhealthy") or {}
+        statuses = pod.get("status", {}).get("containerStatuses") or [{}]
+        running = "running" in statuses[0].get("state", {})
+        return statuses[0] if running and statuses[0].get("restartCount", 0) >= 1 else None
+
+    status = wait_for(restarted, 60, "restarted after its liveness probe failed")
+    assert status["lastState"]["terminated"]["exitCode"] == 143  # SIGTERM
+    assert events(api, "unhealthy", "Killing")
+    assert "Liveness probe failed" in events(api, "unhealthy", "Unhealthy")[0]["message"]
+    assert kubelet.logs(api.ns, "unhealthy", "main").startswith("start\nstart\n")
+
+
+def test_exec_readiness_probe_runs_inside_the_pods_mounts(api: Api, kubelet: Kubelet) -> None:
+    code = "import time\ntime.sleep(1)\nopen('/state/ready', 'w')\ntime.sleep(600)"
+    probe = {"exec": {"command": ["test", "-f", "/state/ready"]}, "periodSeconds": 1}
+    startup = {"exec": {"command": ["true"]}, "periodSeconds": 1}
+    spec = pod_spec(
+        container(
+            "main",
+            ["python", "-c", code],
+            readinessProbe=probe,
+            startupProbe=startup,
+            volumeMounts=[{"name": "state", "mountPath": "/state"}],
+        ),
+        volumes=[{"name": "state", "emptyDir": {}}],
+    )
+    api("POST", "/api/v1/namespaces/{ns}/pods", {"metadata": {"name": "slow"}, "spec": spec})
+    wait_for(
+        lambda: condition(api.get("/api/v1/namespaces/{ns}/pods/slow"), "ContainersReady"),
+        60,
+        "ready",
+    )
+    # The probe saw the file inside the mount namespace; on the host, /state is only the
+    # (empty) mount point the stand-in made, removed when it stops.
+    assert not Path("/state/ready").exists()
+
+
+def test_missing_config_map_is_a_failed_mount_until_it_exists(api: Api, kubelet: Kubelet) -> None:
+    code = (
+        "print(open('/etc/app/greeting').read())\n"
+        "open('/dev/termination-log', 'w').write('all done')\n"
+    )
+    spec = pod_spec(
+        container(
+            "main",
+            ["python", "-c", code],
+            volumeMounts=[{"name": "config", "mountPath": "/etc/app", "readOnly": True}],
+        ),
+        restartPolicy="Never",
+        volumes=[{"name": "config", "configMap": {"name": "app"}}],
+    )
+    api("POST", "/api/v1/namespaces/{ns}/pods", {"metadata": {"name": "configured"}, "spec": spec})
+    (event,) = wait_for(lambda: events(api, "configured", "FailedMount"), 60, "FailedMount")
+    assert 'configmap "app" not found' in event["message"]
+    pod = api("GET", "/api/v1/namespaces/{ns}/pods/configured")
+    waiting = pod["status"]["containerStatuses"][0]["state"]["waiting"]
+    assert pod["status"]["phase"] == "Pending" and waiting["reason"] == "ContainerCreating"
+    api(
+        "POST",
+        "/api/v1/namespaces/{ns}/configmaps",
+        {"metadata": {"name": "app"}, "data": {"greeting": "hello"}},
+    )
+    pod = wait_for(finished(api, "configured"), 60, "finished")
+    assert pod["status"]["phase"] == "Succeeded", kubelet.logs(api.ns, "configured", "main")
+    terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert terminated["message"] == "all done"  # terminationMessagePath, written by the container
+    assert kubelet.logs(api.ns, "configured", "main") == "hello\n"

@@ -563,6 +563,14 @@ def _raw(response: Any) -> Any:
     return json.loads(response.data)
 
 
+def _why(e: Exception) -> str:
+    """An API error in one line: its code and the server's message."""
+    try:
+        return f"{e.status} {json.loads(e.body)['message']}"  # type: ignore[attr-defined]
+    except Exception:
+        return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
 @dataclass
 class _Container:
     spec: Obj
@@ -710,7 +718,7 @@ class _Pod(threading.Thread):
                     body={"gracePeriodSeconds": 0, "preconditions": {"uid": self.uid}},
                 )
             except Exception as e:  # gone already, or the uid is another pod's now
-                log.info("%s: final delete of %s/%s: %s", STANDIN, self.ns, self.pod_name, e)
+                log.info("%s: final delete of %s/%s: %s", STANDIN, self.ns, self.pod_name, _why(e))
         shutil.rmtree(self.dir, ignore_errors=True)
 
     # -- volumes --
@@ -1176,7 +1184,7 @@ class _Pod(threading.Thread):
             self.api.patch_namespaced_pod_status(self.pod_name, self.ns, {"status": status})
             self.sent = status
         except Exception as e:  # the next change retries
-            log.warning("%s: status of %s/%s: %s", STANDIN, self.ns, self.pod_name, e)
+            log.warning("%s: status of %s/%s: %s", STANDIN, self.ns, self.pod_name, _why(e))
 
     def event(self, reason: str, message: str, kind: str = "Normal", once: bool = False) -> None:
         if once and f"{reason}:{message}" in self.reported_events:
@@ -1206,8 +1214,8 @@ class _Pod(threading.Thread):
         }
         try:
             self.api.create_namespaced_event(self.ns, body)
-        except Exception as e:
-            log.warning("%s: event %s for %s/%s: %s", STANDIN, reason, self.ns, self.pod_name, e)
+        except Exception as e:  # e.g. 403 in a namespace being deleted: as the kubelet, go on
+            log.info("%s: event %s for %s/%s: %s", STANDIN, reason, self.ns, self.pod_name, _why(e))
 
 
 class Kubelet:
@@ -1380,7 +1388,7 @@ class Kubelet:
                         self._sync(node, api, pod)
             except Exception as e:
                 if not self.stopped.is_set():
-                    log.warning("%s: watch of node %s: %s", STANDIN, node, e)
+                    log.warning("%s: watch of node %s: %s", STANDIN, node, _why(e))
                     self.stopped.wait(0.5)
 
     def _sync(self, node: str, api: Any, pod: Obj) -> None:
@@ -1425,7 +1433,7 @@ class Kubelet:
                         pod.write_hosts(services)
             except Exception as e:
                 if not self.stopped.is_set():
-                    log.warning("%s: cluster loop: %s", STANDIN, e)
+                    log.warning("%s: cluster loop: %s", STANDIN, _why(e))
 
     def resolve_services(self) -> dict[tuple[str, str], str]:
         """Every Service with a ready pod: (namespace, name) -> that pod's IP, as listed now."""
