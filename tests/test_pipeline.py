@@ -154,7 +154,8 @@ def test_a_failing_stage_is_reported_and_skips_what_depends_on_it(tmp_path):
         "spec": {
             "model": {"uri": "demo://tiny-llama"},
             "scheduling": {"gpus": 0},
-            "recipe": "quant_stage:\n  quant_modifiers:\n    NoSuchModifier: {}\n",
+            # Names a quantizing modifier (the API requires one) with an argument it lacks.
+            "recipe": "quant_stage:\n  quant_modifiers:\n    GPTQModifier: {no_such_argument: 1}\n",
         },
     }
     run = {
@@ -173,7 +174,7 @@ def test_a_failing_stage_is_reported_and_skips_what_depends_on_it(tmp_path):
     assert status["phase"] == "Failed" and status["progress"] == "3/5"
     failures = {f["stage"]: f for f in status["failures"]}
     assert failures["quantize-broken"]["reason"] in ("QuantizationFailed", "Crashed")
-    assert "NoSuchModifier" in failures["quantize-broken"]["message"]
+    assert "no_such_argument" in failures["quantize-broken"]["message"]
     assert failures["evaluate-broken"]["reason"] == "DependencyFailed"
     succeeded = next(c for c in status["conditions"] if c["type"] == "Succeeded")
     assert succeeded["status"] == "False" and "quantize-broken" in succeeded["message"]

@@ -19,14 +19,16 @@ def _console() -> Console:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from rich.markup import escape
+
     from qeval.api.documents import SpecError
     from qeval.local.executor import run_file
 
     console = _console()
     try:
         outcomes = run_file(args.path, args.workdir, console, use_cache=not args.no_cache)
-    except SpecError as e:
-        console.print(f"[red]invalid spec[/red]\n{e}", highlight=False)
+    except SpecError as e:  # user input: escaped (a path may hold "[...]"), no traceback
+        console.print(f"[red]invalid spec[/red]\n{escape(str(e))}", highlight=False, soft_wrap=True)
         return EXIT_INVALID
     return EXIT_OK if all(o.status.phase == "Succeeded" for o in outcomes) else EXIT_FAILED
 
@@ -45,16 +47,25 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from qeval.api.documents import SpecError, load_documents
+    """Each file or folder as ``qeval run`` reads it, with the same checks as its preflight
+    (less those that depend on this machine: installed backends, cluster volumes)."""
+    from qeval.api.documents import SpecError
+    from qeval.local.executor import load_objects
+    from qeval.local.preflight import problems
 
     code = EXIT_OK
     for path in args.paths:
         try:
-            for obj in load_documents(path):
-                print(f"{path}: {obj.kind} {obj.name}: valid")  # type: ignore[attr-defined]
+            runs, models, objects = load_objects(path)
+            found = [p for run in runs for p in problems(run, models, local=False)]
+            if found:
+                raise SpecError("\n".join(found))
         except SpecError as e:
             print(e, file=sys.stderr)
             code = EXIT_INVALID
+            continue
+        for obj in objects:
+            print(f"{path}: {obj.kind} {obj.name}: valid")  # type: ignore[attr-defined]
     return code
 
 

@@ -76,6 +76,15 @@ def structural(node: Schema, defs: dict[str, Schema]) -> Schema:
         types = sorted(b.get("type", "") for b in branches)
         if types == ["integer", "string"]:
             node["x-kubernetes-int-or-string"] = True
+            text = next(b for b in branches if b.get("type") == "string")
+            if "maxLength" in text:  # the string branch's bound, which the anyOf loses
+                node[RULES] = [
+                    *node.get(RULES, []),
+                    {
+                        "rule": f"type(self) != string || size(self) <= {text['maxLength']}",
+                        "message": f"at most {text['maxLength']} characters",
+                    },
+                ]
         elif len(branches) == 1:
             return structural(_inline(branches[0], node), defs)
         else:

@@ -23,6 +23,7 @@ from pathlib import Path, PurePosixPath
 
 import yaml
 from rich.console import Console
+from rich.markup import escape
 
 from qeval.api.common import Resource
 from qeval.api.documents import SpecError, load_documents
@@ -61,14 +62,23 @@ class RunOutcome:
     run_dir: Path
 
 
-def load(path: Path) -> tuple[list[EvalRun], dict[str, QuantizedModel]]:
-    """The EvalRuns and QuantizedModels in a file or folder, with local paths made absolute."""
+def load_objects(
+    path: Path,
+) -> tuple[list[EvalRun], dict[str, QuantizedModel], list[Resource]]:
+    """The EvalRuns and QuantizedModels in a file or folder, with local paths made absolute
+    (against the file's folder), and every object as read."""
     objects: list[Resource] = load_documents(path)
     base = path if path.is_dir() else path.parent
     runs = [localize_evalrun(o, base) for o in objects if isinstance(o, EvalRun)]
     models = {
         o.name: localize_quantized_model(o, base) for o in objects if isinstance(o, QuantizedModel)
     }
+    return runs, models, objects
+
+
+def load(path: Path) -> tuple[list[EvalRun], dict[str, QuantizedModel]]:
+    """The EvalRuns and QuantizedModels in a file or folder, with local paths made absolute."""
+    runs, models, _ = load_objects(path)
     if not runs:
         raise SpecError(
             f"{path}: no EvalRun found; qeval run needs one (with the "
@@ -160,6 +170,24 @@ def skip(stage: Stage, layout: Layout, because: str) -> StageResult:
     return doc
 
 
+def prepare(
+    run: EvalRun, models: dict[str, QuantizedModel], workdir: Path
+) -> tuple[Layout, list[Stage]]:
+    """Preflight and plan: everything ``qeval run`` decides before it writes anything
+    (raises SpecError naming every problem)."""
+    preflight(run, models)
+    layout = Layout(
+        PurePosixPath((workdir / "runs" / run.name).resolve()),
+        PurePosixPath((workdir / "models").resolve()),
+        PurePosixPath((workdir / "cache").resolve()),
+        endpoints=LocalEndpoints(),
+    )
+    try:
+        return layout, build_plan(run, models, layout)
+    except PlanError as e:
+        raise SpecError(str(e)) from None
+
+
 def execute_run(
     run: EvalRun,
     models: dict[str, QuantizedModel],
@@ -174,19 +202,8 @@ def execute_run(
     """
     if not use_cache:
         run = run.model_copy(update={"spec": run.spec.model_copy(update={"cache": False})})
-    preflight(run, models)
-    cache_root = (workdir / "cache").resolve()
-    run_dir = (workdir / "runs" / run.name).resolve()
-    layout = Layout(
-        PurePosixPath(run_dir),
-        PurePosixPath((workdir / "models").resolve()),
-        PurePosixPath(cache_root),
-        endpoints=LocalEndpoints(),
-    )
-    try:
-        stages = build_plan(run, models, layout)
-    except PlanError as e:
-        raise SpecError(str(e)) from None
+    layout, stages = prepare(run, models, workdir)
+    run_dir = Path(layout.run_root)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "plan.json").write_text(
         json.dumps(
@@ -243,8 +260,9 @@ def run_stages(stages: list[Stage], layout: Layout, console: Console) -> dict[st
             console.print(f"{label} {stage}: [green]succeeded[/green]{what}")
         else:
             console.print(
-                f"{label} {stage}: [red]{doc.status}[/red] ({doc.reason}) "
-                f"{took}\n    {doc.message}\n    log: {layout.stage_dir(stage)}/log.txt"
+                f"{label} {stage}: [red]{doc.status}[/red] ({escape(str(doc.reason))}) "
+                f"{took}\n    {escape(doc.message or '')}\n    log: "
+                f"{escape(str(layout.stage_dir(stage)))}/log.txt"
             )
             for name in dependents(stages, stage):
                 blocked.setdefault(name, stage)

@@ -148,6 +148,31 @@ def run(inp: QuantizeInput) -> QuantizeResult:
     return result
 
 
+def quantization_problem(config: dict[str, Any], size: int, base_size: int) -> str | None:
+    """Why a saved checkpoint is not a quantized model, or None: its config.json names no
+    quantization (the recipe applied no quantizing modifier), or it quantizes weights to 8
+    bits or fewer and yet is not smaller than its base (nothing matched the targets)."""
+    quant = config.get("quantization_config")
+    groups = quant.get("config_groups") if isinstance(quant, dict) else None
+    if not groups:
+        return (
+            "the recipe applied no quantization (config.json has no quantization_config "
+            "config_groups): use a QuantizationModifier, GPTQModifier or AutoRoundModifier"
+        )
+    bits = [
+        g["weights"].get("num_bits")
+        for g in groups.values()
+        if isinstance(g, dict) and isinstance(g.get("weights"), dict)
+    ]
+    if any(isinstance(b, int) and b <= 8 for b in bits) and size >= base_size:
+        return (
+            f"weights quantized to {min(b for b in bits if isinstance(b, int))} bits, yet the "
+            f"model is not smaller than its base ({size:,} >= {base_size:,} bytes): the "
+            "recipe's targets or ignore list matched no layer"
+        )
+    return None
+
+
 def quantize(inp: QuantizeInput) -> QuantizeResult:
     """llm-compressor ``oneshot`` with the recipe; the compressed model saved to output_dir."""
     import torch
@@ -184,6 +209,9 @@ def quantize(inp: QuantizeInput) -> QuantizeResult:
     tmp.replace(out)  # a crash never leaves a half-written model that looks finished
 
     size, base_size = size_on_disk(out), size_on_disk(base)
+    config = json.loads((out / "config.json").read_text())
+    if (problem := quantization_problem(config, size, base_size)) is not None:
+        raise StageError("NotQuantized", problem)
     return QuantizeResult(
         name=inp.name,
         scheme=inp.scheme,
