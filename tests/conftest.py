@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -20,13 +24,42 @@ def root() -> Path:
     return ROOT
 
 
-# --- the emulated Kubernetes API server -------------------------------------------------------
-
-from collections.abc import Iterator  # noqa: E402  (kept with the fixture it serves)
-from typing import TYPE_CHECKING  # noqa: E402
+# --- the real control plane (tests/cluster) --------------------------------------------------
 
 if TYPE_CHECKING:
+    from tests.cluster.controlplane import ControlPlane
     from tests.kube.emulator import Cluster
+
+
+@pytest.fixture(scope="session")
+def control_plane() -> Iterator[ControlPlane]:
+    """A real kube-apiserver, controller-manager and scheduler with etcd, for the whole
+    session, with the repository's CRDs applied (by the real kubectl) and the nodes of a
+    small GPU cluster registered: an 8-GPU H100 node tainted ``nvidia.com/gpu``, an untainted
+    8-GPU A100 node and a CPU-only node (no kubelet runs them: tests play it, or start the
+    kubelet stand-in)."""
+    from tests.cluster.controlplane import ControlPlane
+    from tests.cluster.kubelet import cpu_node, gpu_node
+
+    with ControlPlane() as cp:
+        cp.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
+        a100 = gpu_node("gpu-1", product="NVIDIA-A100-SXM4-80GB", compute_major=8, tainted=False)
+        for node in (gpu_node("gpu-0"), a100, cpu_node("cpu-0")):
+            cp.register_node(node)
+        yield cp
+
+
+@pytest.fixture
+def namespace(control_plane: ControlPlane, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace of the control plane for one test (Pod Security: restricted)."""
+    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:40].strip("-")
+    digest = hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:6]
+    name = control_plane.create_namespace(f"{slug}-{digest}")
+    yield name
+    control_plane.request("DELETE", f"/api/v1/namespaces/{name}")
+
+
+# --- the emulated Kubernetes API server -------------------------------------------------------
 
 
 @pytest.fixture

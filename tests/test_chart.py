@@ -304,6 +304,8 @@ OPERATOR_RULES = {
     ("qeval.dev", "evalruns"): {"get", "list", "watch"},
     ("qeval.dev", "quantizedmodels/status"): {"get", "patch"},
     ("qeval.dev", "evalruns/status"): {"get", "patch"},
+    ("qeval.dev", "quantizedmodels/finalizers"): {"update"},
+    ("qeval.dev", "evalruns/finalizers"): {"update"},
     ("batch", "jobs"): {"get", "list", "watch", "create"},
     ("", "configmaps"): {"get", "list", "watch", "create"},
     ("apps", "deployments"): {"list", "watch", "create", "delete"},

@@ -1,9 +1,12 @@
-"""The operator for real (kopf, the kubernetes client) against the emulated API server.
+"""The operator for real (kopf, the kubernetes client) against the real control plane.
 
-There is no Job controller and there are no nodes: the test plays them. It sets a Job's
-status to succeeded or failed, creates a pod stuck on an image pull, and publishes the
-result ConfigMaps a stage pod would (with ``qeval.k8s.publish``, from the Job's own
-environment). Waits are bounded and wait on conditions only.
+The API server, scheduler and the Job, Deployment and ReplicaSet controllers are real
+(``tests/cluster``); the operator runs under the chart's RBAC (its ServiceAccount's token)
+and stage results are published with the stage ServiceAccount's token. No kubelet runs
+here: the test plays it for each pod the real controllers make and the scheduler binds
+(``tests/kube/play.py``: the container exited, runs, or waits on an image pull), and plays
+the stage processes by publishing their result ConfigMaps. Waits are bounded and wait on
+conditions only.
 """
 
 from __future__ import annotations
@@ -16,28 +19,36 @@ import pytest
 import yaml
 
 from qeval.k8s import manifests as m
+from tests.cluster.chart import Identities, install_identities
+from tests.cluster.controlplane import ControlPlane
 from tests.conftest import EXAMPLES
-from tests.kube.emulator import Cluster
 from tests.kube.play import (
     aggregate_result,
     evaluate_result,
     finish_job,
     free_port,
+    play_pod,
     publish_result,
     quantize_result,
+    scheduled_pod,
     stage_input,
     wait_for,
 )
 from tests.kube.running import Operator
 
-NS = "default"
+
+@pytest.fixture
+def identities(control_plane: ControlPlane, namespace: str) -> Identities:
+    return install_identities(control_plane, namespace)
 
 
 @pytest.fixture
-def operator_env(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+def operator_env(
+    identities: Identities, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, str]:
     env = {
-        "KUBECONFIG": str(cluster.kubeconfig),
-        "QEVAL_NAMESPACES": NS,
+        "KUBECONFIG": str(identities.operator),  # the chart's RBAC is all it has
+        "QEVAL_NAMESPACES": namespace,
         "QEVAL_RESYNC_SECONDS": "2",
         "QEVAL_METRICS_PORT": str(free_port()),
         "QEVAL_LIVENESS_ENDPOINT": f"http://127.0.0.1:{free_port()}/healthz",
@@ -56,65 +67,104 @@ def operator(operator_env: dict[str, str]) -> Iterator[Operator]:
 
 
 @pytest.fixture
-def api(cluster: Cluster) -> Any:
+def api(control_plane: ControlPlane) -> Any:
+    """A client as the cluster's admin: the person applying the resources."""
     from kubernetes import client, config
 
     configuration = client.Configuration()
-    config.load_kube_config(config_file=str(cluster.kubeconfig), client_configuration=configuration)
+    config.load_kube_config(
+        config_file=str(control_plane.kubeconfig), client_configuration=configuration
+    )
     return client.ApiClient(configuration)
 
 
-# --- the test plays users, the Job controller and stage pods -------------------------------
+@pytest.fixture
+def kube(control_plane: ControlPlane, namespace: str, api: Any, identities: Identities) -> Kube:
+    return Kube(control_plane, namespace, api, identities)
 
 
-def apply(api: Any, path: Path, names: set[str] | None = None) -> None:
-    from kubernetes import client
+class Kube:
+    """One test's namespace of the control plane: what the test reads and does there."""
 
-    custom = client.CustomObjectsApi(api)
-    for doc in yaml.safe_load_all(path.read_text()):
-        if names is not None and doc["metadata"]["name"] not in names:
-            continue
-        plural = {"EvalRun": "evalruns", "QuantizedModel": "quantizedmodels"}[doc["kind"]]
-        custom.create_namespaced_custom_object(m.GROUP, m.VERSION, NS, plural, doc)
+    def __init__(self, cluster: ControlPlane, ns: str, api: Any, identities: Identities):
+        self.cluster, self.ns, self.api, self.identities = cluster, ns, api, identities
 
+    def apply(self, path: Path, names: set[str] | None = None) -> None:
+        for doc in yaml.safe_load_all(path.read_text()):
+            if names is not None and doc["metadata"]["name"] not in names:
+                continue
+            plural = {"EvalRun": "evalruns", "QuantizedModel": "quantizedmodels"}[doc["kind"]]
+            self.create(plural, doc)
 
-def get(api: Any, plural: str, name: str) -> dict[str, Any]:
-    from kubernetes import client
+    def claim(self, name: str) -> None:
+        """A PersistentVolumeClaim, bound to a volume of its own (as a user would make it)."""
+        pvc = {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": name, "namespace": self.ns},
+            "spec": {
+                "accessModes": ["ReadWriteMany"],
+                "resources": {"requests": {"storage": "200Gi"}},
+            },
+        }
+        self.cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(pvc))
+        self.cluster.provide_volume(self.ns, name)
 
-    obj = client.CustomObjectsApi(api).get_namespaced_custom_object(
-        m.GROUP, m.VERSION, NS, plural, name
-    )
-    return dict(obj)
+    def create(self, plural: str, body: dict[str, Any]) -> None:
+        from kubernetes import client
 
+        client.CustomObjectsApi(self.api).create_namespaced_custom_object(
+            m.GROUP, m.VERSION, self.ns, plural, body, field_validation="Strict"
+        )
 
-def status(api: Any, plural: str, name: str) -> dict[str, Any]:
-    return get(api, plural, name).get("status") or {}
+    def get(self, plural: str, name: str) -> dict[str, Any]:
+        found = self.cluster.get(f"{m.GROUP}/{m.VERSION}/{plural}", self.ns, name)
+        assert found is not None, f"{plural}/{name} is gone"
+        return found
 
+    def status(self, plural: str, name: str) -> dict[str, Any]:
+        return self.get(plural, name).get("status") or {}
 
-def jobs(cluster: Cluster, **labels: str) -> dict[str, dict[str, Any]]:
-    """Jobs by stage name."""
-    found = cluster.list("batch/v1/jobs", namespace=NS, labels=labels or None)
-    return {j["metadata"]["labels"][m.LABEL_STAGE]: j for j in found}
+    def phase_is(self, plural: str, name: str, phase: str) -> dict[str, Any] | None:
+        st = self.status(plural, name)
+        return st if st.get("phase") == phase else None
 
+    def jobs(self, **labels: str) -> dict[str, dict[str, Any]]:
+        """Jobs by stage name."""
+        found = self.cluster.list("batch/v1/jobs", self.ns, labels or None)
+        return {j["metadata"]["labels"][m.LABEL_STAGE]: j for j in found}
 
-def events_for(cluster: Cluster, name: str) -> list[tuple[str, str]]:
-    found = cluster.list("v1/events", namespace=NS)
-    return [
-        (e.get("type", ""), e.get("reason", ""))
-        for e in found
-        if e.get("involvedObject", {}).get("name") == name
-    ]
+    def servers(self, kind: str, run: str) -> dict[str, dict[str, Any]]:
+        """A run's Deployments (apps/v1/deployments) or Services (v1/services) by stage."""
+        found = self.cluster.list(kind, self.ns, {m.LABEL_RUN: run})
+        return {o["metadata"]["labels"][m.LABEL_STAGE]: o for o in found}
+
+    def events_for(self, name: str) -> list[tuple[str, str]]:
+        return [
+            (e.get("type", ""), e.get("reason", ""))
+            for e in self.cluster.list("v1/events", self.ns)
+            if e.get("involvedObject", {}).get("name") == name
+        ]
+
+    def complete(
+        self, stage: str, result: dict[str, Any], ok: bool = True, run: str | None = None
+    ) -> None:
+        """Play a stage pod: publish its result as the stage account, then exit 0 (or 1)."""
+        job = self.jobs(**({m.LABEL_RUN: run} if run else {}))[stage]
+        publish_result(job, result, ok, kubeconfig=self.identities.stage)
+        finish_job(self.cluster, job, ok)
 
 
 # --- QuantizedModel ---------------------------------------------------------------------------
 
 
-def test_a_quantized_model_runs_as_one_gpu_job_and_becomes_ready(
-    cluster: Cluster, api: Any, operator: Operator
+def test_a_quantized_model_runs_as_one_gpu_job_on_a_gpu_node_and_becomes_ready(
+    kube: Kube, operator: Operator
 ) -> None:
-    apply(api, EXAMPLES / "llama-3.1-8b" / "quantizedmodels.yaml", {"llama-3.1-8b-w4a16"})
-    qm = get(api, "quantizedmodels", "llama-3.1-8b-w4a16")
-    job = wait_for(lambda: jobs(cluster).get("quantize-llama-3.1-8b-w4a16"), "the quantize Job")
+    kube.claim("qeval-models")  # where the example writes its model
+    kube.apply(EXAMPLES / "llama-3.1-8b" / "quantizedmodels.yaml", {"llama-3.1-8b-w4a16"})
+    qm = kube.get("quantizedmodels", "llama-3.1-8b-w4a16")
+    job = wait_for(lambda: kube.jobs().get("quantize-llama-3.1-8b-w4a16"), "the quantize Job")
 
     pod = job["spec"]["template"]["spec"]
     (container,) = pod["containers"]
@@ -124,27 +174,15 @@ def test_a_quantized_model_runs_as_one_gpu_job_and_becomes_ready(
     assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
     assert job["metadata"]["ownerReferences"][0]["uid"] == qm["metadata"]["uid"]
     assert len(job["metadata"]["name"]) <= 63
+    # The real scheduler puts it on the tainted H100 node, which only its toleration allows.
+    assert scheduled_pod(kube.cluster, job)["spec"]["nodeName"] == "gpu-0"
 
-    st = wait_for(
-        lambda: (
-            (s := status(api, "quantizedmodels", qm["metadata"]["name"])).get("phase")
-            == "Quantizing"
-            and s
-        ),
-        "phase Quantizing",
-    )
+    st = wait_for(lambda: kube.phase_is("quantizedmodels", "llama-3.1-8b-w4a16", "Quantizing"), "")
     assert {c["type"] for c in st["conditions"]} == {"Accepted", "Quantizing", "Ready"}
     assert st["observedGeneration"] == 1
 
-    publish_result(job, quantize_result(job))
-    finish_job(api, job)
-    st = wait_for(
-        lambda: (
-            (s := status(api, "quantizedmodels", "llama-3.1-8b-w4a16")).get("phase") == "Ready"
-            and s
-        ),
-        "phase Ready",
-    )
+    kube.complete("quantize-llama-3.1-8b-w4a16", quantize_result(job))
+    st = wait_for(lambda: kube.phase_is("quantizedmodels", "llama-3.1-8b-w4a16", "Ready"), "Ready")
     assert st["compressionRatio"] == 4.0
     assert st["output"] == "/mnt/volumes/qeval-models/llama-3.1-8b-w4a16"
     assert st["wallSeconds"] == 300.0
@@ -152,79 +190,74 @@ def test_a_quantized_model_runs_as_one_gpu_job_and_becomes_ready(
     assert (ready["status"], ready["reason"]) == ("True", "Quantized")
 
     reasons = wait_for(
-        lambda: (r := {x[1] for x in events_for(cluster, "llama-3.1-8b-w4a16")}) >= {"Ready"} and r,
+        lambda: (r := {x[1] for x in kube.events_for("llama-3.1-8b-w4a16")}) >= {"Ready"} and r,
         "events",
     )
     assert {"JobCreated", "Quantizing", "Ready"} <= reasons
     text = wait_for(
-        lambda: operator.metrics_with("qeval_compression_ratio{"),
-        "the compression ratio metric",
+        lambda: operator.metrics_with("qeval_compression_ratio{"), "the compression ratio metric"
     )
+    ns = kube.ns
     assert (
-        'qeval_compression_ratio{namespace="default",quantizedmodel="llama-3.1-8b-w4a16",'
+        f'qeval_compression_ratio{{namespace="{ns}",quantizedmodel="llama-3.1-8b-w4a16",'
         'scheme="W4A16"} 4.0' in text
     )
-    assert 'qeval_jobs_created_total{namespace="default",stage_kind="quantize"} 1.0' in text
-    assert 'qeval_resources{kind="QuantizedModel",namespace="default",phase="Ready"} 1.0' in text
-    assert len(jobs(cluster)) == 1  # never a second Job
+    assert f'qeval_jobs_created_total{{namespace="{ns}",stage_kind="quantize"}} 1.0' in text
+    assert f'qeval_resources{{kind="QuantizedModel",namespace="{ns}",phase="Ready"}} 1.0' in text
+    assert len(kube.jobs()) == 1  # never a second Job
 
 
-def test_an_image_that_cannot_be_pulled_fails_the_model(
-    cluster: Cluster, api: Any, operator: Operator
+def test_a_gpu_job_without_the_toleration_stays_pending_with_the_schedulers_reason(
+    kube: Kube, operator: Operator
 ) -> None:
-    from kubernetes import client
+    (doc,) = [
+        d
+        for d in yaml.safe_load_all(
+            (EXAMPLES / "llama-3.1-8b" / "quantizedmodels.yaml").read_text()
+        )
+        if d["metadata"]["name"] == "llama-3.1-8b-w4a16"
+    ]
+    del doc["spec"]["scheduling"]["tolerations"]  # the H100 node is tainted nvidia.com/gpu
+    kube.claim("qeval-models")
+    kube.create("quantizedmodels", doc)
+    job = wait_for(lambda: kube.jobs().get("quantize-llama-3.1-8b-w4a16"), "the quantize Job")
 
-    apply(api, EXAMPLES / "llama-3.1-8b" / "quantizedmodels.yaml", {"llama-3.1-8b-fp8"})
-    job = wait_for(lambda: jobs(cluster).get("quantize-llama-3.1-8b-fp8"), "the quantize Job")
-    # Play the Job controller and the kubelet: an active Job whose pod cannot pull its image.
-    client.BatchV1Api(api).patch_namespaced_job_status(
-        job["metadata"]["name"], NS, {"status": {"active": 1, "ready": 0}}
-    )
-    template = job["spec"]["template"]
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": f"{job['metadata']['name']}-x7k2p",
-            "labels": template["metadata"]["labels"],
-        },
-        "spec": template["spec"],
-    }
-    core = client.CoreV1Api(api)
-    core.create_namespaced_pod(NS, pod)
+    def unschedulable() -> dict[str, Any] | None:
+        pods = [
+            p
+            for p in kube.cluster.list("v1/pods", kube.ns)
+            if p["metadata"]["labels"].get("batch.kubernetes.io/job-name")
+            == job["metadata"]["name"]
+        ]
+        for p in pods:
+            for c in p.get("status", {}).get("conditions") or []:
+                if c["type"] == "PodScheduled" and "untolerated taint" in c.get("message", ""):
+                    return c
+        return None
+
+    # The claim is bound first; then the real scheduler says why no node fits: the A100
+    # node fails the nodeSelector, the CPU node has no GPU, the H100 node has the taint.
+    condition = wait_for(unschedulable, "the scheduler to give up on the pod", timeout=40)
+    assert condition["reason"] == "Unschedulable"
+    assert "0/3 nodes are available" in condition["message"]
+    assert kube.status("quantizedmodels", "llama-3.1-8b-w4a16").get("phase") != "Ready"
+
+
+def test_an_image_that_cannot_be_pulled_fails_the_model(kube: Kube, operator: Operator) -> None:
+    kube.claim("qeval-models")
+    kube.apply(EXAMPLES / "llama-3.1-8b" / "quantizedmodels.yaml", {"llama-3.1-8b-fp8"})
+    job = wait_for(lambda: kube.jobs().get("quantize-llama-3.1-8b-fp8"), "the quantize Job")
+    # Play the kubelet: the Job controller's pod cannot pull its image.
     waiting = {
         "reason": "ImagePullBackOff",
         "message": 'Back-off pulling image "ghcr.io/qeval/quantizer:0.1.0"',
     }
-    core.patch_namespaced_pod_status(
-        pod["metadata"]["name"],
-        NS,
-        {
-            "status": {
-                "phase": "Pending",
-                "containerStatuses": [
-                    {
-                        "name": "quantize",
-                        "state": {"waiting": waiting},
-                        "ready": False,
-                        "restartCount": 0,
-                        "image": "x",
-                        "imageID": "",
-                    }
-                ],
-            }
-        },
-    )
-    st = wait_for(
-        lambda: (
-            (s := status(api, "quantizedmodels", "llama-3.1-8b-fp8")).get("phase") == "Failed" and s
-        ),
-        "phase Failed",
-    )
+    play_pod(kube.cluster, scheduled_pod(kube.cluster, job), waiting=waiting)
+    st = wait_for(lambda: kube.phase_is("quantizedmodels", "llama-3.1-8b-fp8", "Failed"), "Failed")
     ready = next(c for c in st["conditions"] if c["type"] == "Ready")
     assert ready["reason"] == "ImagePullBackOff"
     assert "Back-off pulling image" in ready["message"]
-    wait_for(lambda: ("Warning", "Failed") in events_for(cluster, "llama-3.1-8b-fp8"), "a Warning")
+    wait_for(lambda: ("Warning", "Failed") in kube.events_for("llama-3.1-8b-fp8"), "a Warning")
 
 
 # --- EvalRun ---------------------------------------------------------------------------------
@@ -233,67 +266,51 @@ def test_an_image_that_cannot_be_pulled_fails_the_model(
 SCORES = {"fp32": 0.976, "fp8": 0.975, "int8": 0.972, "w4a16": 0.970, "w2a16-rtn": 0.90}
 
 
-def complete(
-    api: Any,
-    cluster: Cluster,
-    stage: str,
-    result: dict[str, Any],
-    ok: bool = True,
-    run: str | None = None,
-) -> None:
-    job = jobs(cluster, **({m.LABEL_RUN: run} if run else {}))[stage]
-    publish_result(job, result, ok)
-    finish_job(api, job, ok)
-
-
 def test_the_demo_study_runs_to_the_end_across_an_operator_restart(
-    cluster: Cluster, api: Any, operator_env: dict[str, str]
+    kube: Kube, operator_env: dict[str, str]
 ) -> None:
     first = Operator(int(operator_env["QEVAL_METRICS_PORT"])).start()
-    apply(api, EXAMPLES / "evalrun.yaml")
+    kube.apply(EXAMPLES / "evalrun.yaml")
 
     # Every QuantizedModel gets its Job; the run starts the demo model and waits for them.
-    wait_for(lambda: len(jobs(cluster, **{m.LABEL_STAGE_KIND: "quantize"})) == 4, "4 quantize Jobs")
-    wait_for(lambda: "demo-model" in jobs(cluster), "the demo-model Job")
-    st = wait_for(
-        lambda: (s := status(api, "evalruns", "demo")).get("phase") == "Running" and s, "Running"
-    )
+    quantize = {m.LABEL_STAGE_KIND: "quantize"}
+    wait_for(lambda: len(kube.jobs(**quantize)) == 4, "4 quantize Jobs")
+    wait_for(lambda: "demo-model" in kube.jobs(), "the demo-model Job")
+    st = wait_for(lambda: kube.phase_is("evalruns", "demo", "Running"), "Running")
     waiting = next(c for c in st["conditions"] if c["type"] == "WaitingForModels")
     assert waiting["status"] == "True"
 
-    complete(api, cluster, "demo-model", {"path": "/mnt/volumes/qeval-data/cache/demo-model"})
-    for stage, job in jobs(cluster, **{m.LABEL_STAGE_KIND: "quantize"}).items():
-        complete(api, cluster, stage, quantize_result(job))
-    wait_for(lambda: len(jobs(cluster, **{m.LABEL_STAGE_KIND: "evaluate"})) == 5, "5 evaluate Jobs")
+    kube.complete("demo-model", {"path": "/mnt/volumes/qeval-data/cache/demo-model"})
+    for stage, job in kube.jobs(**quantize).items():
+        kube.complete(stage, quantize_result(job))
+    evaluate = {m.LABEL_STAGE_KIND: "evaluate"}
+    wait_for(lambda: len(kube.jobs(**evaluate)) == 5, "5 evaluate Jobs", timeout=60)
 
     # The operator goes away in the middle of the run; a new one picks up from the objects.
     first.stop_now()
     evaluations = {}
-    for stage, job in list(jobs(cluster, **{m.LABEL_STAGE_KIND: "evaluate"}).items())[:2]:
+    for stage, job in list(kube.jobs(**evaluate).items())[:2]:
         evaluations[stage.removeprefix("evaluate-")] = evaluate_result(job, SCORES)
-        complete(api, cluster, stage, evaluations[stage.removeprefix("evaluate-")])
+        kube.complete(stage, evaluations[stage.removeprefix("evaluate-")])
     second = Operator(free_port()).start()
     try:
-        for stage, job in jobs(cluster, **{m.LABEL_STAGE_KIND: "evaluate"}).items():
+        for stage, job in kube.jobs(**evaluate).items():
             name = stage.removeprefix("evaluate-")
             if name not in evaluations:
                 evaluations[name] = evaluate_result(job, SCORES)
-                complete(api, cluster, stage, evaluations[name])
-        job = wait_for(lambda: jobs(cluster).get("aggregate"), "the aggregate Job")
-        complete(api, cluster, "aggregate", aggregate_result(job, evaluations))
-        st = wait_for(
-            lambda: (s := status(api, "evalruns", "demo")).get("phase") == "Succeeded" and s,
-            "Succeeded",
-        )
+                kube.complete(stage, evaluations[name])
+        job = wait_for(lambda: kube.jobs().get("aggregate"), "the aggregate Job")
+        kube.complete("aggregate", aggregate_result(job, evaluations))
+        st = wait_for(lambda: kube.phase_is("evalruns", "demo", "Succeeded"), "Succeeded")
         # Results are labelled for lookup by content (the cache key over their tasks).
-        results = cluster.list("v1/configmaps", namespace=NS, labels={m.LABEL_RUN: "demo"})
+        results = kube.cluster.list("v1/configmaps", kube.ns, {m.LABEL_RUN: "demo"})
         evaluated = [
             r for r in results if r["metadata"]["labels"][m.LABEL_STAGE_KIND] == "evaluate"
         ]
         assert len(evaluated) == 5
         assert all(m.LABEL_CACHE_KEY in r["metadata"]["labels"] for r in evaluated)
         # One Job per stage, whoever ran the operator: 4 quantize + demo + 5 evaluate + aggregate.
-        assert len(cluster.list("batch/v1/jobs", namespace=NS)) == 11
+        assert len(kube.cluster.list("batch/v1/jobs", kube.ns)) == 11
         assert st["progress"] == "7/7"
         assert st["completedAt"] and st["startedAt"]
         recovery = {c["name"]: c["meanRecovery"] for c in st["candidates"]}
@@ -303,25 +320,25 @@ def test_the_demo_study_runs_to_the_end_across_an_operator_restart(
         assert (succeeded["status"], succeeded["reason"]) == ("True", "AllStagesSucceeded")
 
         text = wait_for(
-            lambda: second.metrics_with("qeval_mean_recovery_ratio{"),
-            "the recovery metrics",
+            lambda: second.metrics_with("qeval_mean_recovery_ratio{"), "the recovery metrics"
         )
+        ns = kube.ns
         assert (
-            'qeval_recovery_ratio{metric="acc",model="w4a16",namespace="default",run="demo",'
+            f'qeval_recovery_ratio{{metric="acc",model="w4a16",namespace="{ns}",run="demo",'
             'scheme="W4A16",task="qeval_demo_facts"}' in text
         )
-        assert 'qeval_score{metric="acc",model="fp32",namespace="default",run="demo",' in text
-        assert 'qeval_resources{kind="EvalRun",namespace="default",phase="Succeeded"} 1.0' in text
+        assert f'qeval_score{{metric="acc",model="fp32",namespace="{ns}",run="demo",' in text
+        assert f'qeval_resources{{kind="EvalRun",namespace="{ns}",phase="Succeeded"}} 1.0' in text
 
-        # Deleting the run removes its children (owner references) and its metrics.
+        # Deleting the run: the real garbage collector removes its children (owner refs).
         from kubernetes import client
 
-        client.CustomObjectsApi(api).delete_namespaced_custom_object(
-            m.GROUP, m.VERSION, NS, "evalruns", "demo"
+        client.CustomObjectsApi(kube.api).delete_namespaced_custom_object(
+            m.GROUP, m.VERSION, kube.ns, "evalruns", "demo"
         )
-        wait_for(lambda: not jobs(cluster, **{m.LABEL_RUN: "demo"}), "the run's Jobs to go")
+        wait_for(lambda: not kube.jobs(**{m.LABEL_RUN: "demo"}), "the run's Jobs to go")
         wait_for(
-            lambda: not cluster.list("v1/configmaps", namespace=NS, labels={m.LABEL_RUN: "demo"}),
+            lambda: not kube.cluster.list("v1/configmaps", kube.ns, {m.LABEL_RUN: "demo"}),
             "the run's results to go",
         )
         wait_for(lambda: 'run="demo"' not in second.metrics(), "the run's metrics to go")
@@ -329,10 +346,9 @@ def test_the_demo_study_runs_to_the_end_across_an_operator_restart(
         second.stop_now()
 
 
-def test_a_failed_stage_fails_the_run_with_its_reason(
-    cluster: Cluster, api: Any, operator: Operator
-) -> None:
-    apply(api, EXAMPLES / "llama-3.1-8b" / "quantizedmodels.yaml", {"llama-3.1-8b-fp8"})
+def test_a_failed_stage_fails_the_run_with_its_reason(kube: Kube, operator: Operator) -> None:
+    kube.claim("qeval-models")
+    kube.apply(EXAMPLES / "llama-3.1-8b" / "quantizedmodels.yaml", {"llama-3.1-8b-fp8"})
     run = {
         "apiVersion": "qeval.dev/v1alpha1",
         "kind": "EvalRun",
@@ -343,93 +359,120 @@ def test_a_failed_stage_fails_the_run_with_its_reason(
             "tasks": [{"name": "gsm8k", "numFewshot": 5}],
         },
     }
-    from kubernetes import client
-
-    client.CustomObjectsApi(api).create_namespaced_custom_object(
-        m.GROUP, m.VERSION, NS, "evalruns", run
-    )
-    job = wait_for(lambda: jobs(cluster).get("evaluate-bf16"), "the baseline's evaluate Job")
+    kube.create("evalruns", run)
+    job = wait_for(lambda: kube.jobs().get("evaluate-bf16"), "the baseline's evaluate Job")
     assert job["spec"]["template"]["spec"]["containers"][0]["image"] == (
         "registry.local/qeval/evaluator:test"
     )
-    finish_job(api, job, ok=False)  # backoff exhausted, no result published
-    qjob = jobs(cluster)["quantize-llama-3.1-8b-fp8"]
-    complete(api, cluster, "quantize-llama-3.1-8b-fp8", quantize_result(qjob), ok=False)
+    finish_job(kube.cluster, job, ok=False)  # every pod exits 1, no result published
+    kube.complete(
+        "quantize-llama-3.1-8b-fp8",
+        quantize_result(kube.jobs()["quantize-llama-3.1-8b-fp8"]),
+        ok=False,
+    )
     st = wait_for(
-        lambda: (
-            (s := status(api, "quantizedmodels", "llama-3.1-8b-fp8")).get("phase") == "Failed" and s
-        ),
-        "the model to fail",
+        lambda: kube.phase_is("quantizedmodels", "llama-3.1-8b-fp8", "Failed"), "the model to fail"
     )
     assert next(c for c in st["conditions"] if c["type"] == "Ready")["reason"] == "Crashed"
 
     # The aggregate still runs, to report what happened.
-    agg = wait_for(lambda: jobs(cluster).get("aggregate"), "the aggregate Job")
-    complete(api, cluster, "aggregate", {"failures": []})
-    st = wait_for(
-        lambda: (s := status(api, "evalruns", "fp8-vs-bf16")).get("phase") == "Failed" and s,
-        "the run to fail",
-    )
-    assert agg
+    wait_for(lambda: kube.jobs().get("aggregate"), "the aggregate Job")
+    kube.complete("aggregate", {"failures": []})
+    st = wait_for(lambda: kube.phase_is("evalruns", "fp8-vs-bf16", "Failed"), "the run to fail")
     failures = {f["stage"]: f["reason"] for f in st["failures"]}
     assert failures["evaluate-bf16"] == "BackoffLimitExceeded"
     assert failures["quantize-llama-3.1-8b-fp8"] == "QuantizedModelFailed"
     assert failures["evaluate-fp8"] == "DependencyFailed"
-    wait_for(lambda: ("Warning", "Failed") in events_for(cluster, "fp8-vs-bf16"), "a Warning")
+    wait_for(lambda: ("Warning", "Failed") in kube.events_for("fp8-vs-bf16"), "a Warning")
     text = operator.metrics()
     assert (
-        'qeval_jobs_failed_total{namespace="default",reason="BackoffLimitExceeded",'
+        f'qeval_jobs_failed_total{{namespace="{kube.ns}",reason="BackoffLimitExceeded",'
         'stage_kind="evaluate"} 1.0' in text
     )
 
 
-def test_an_invalid_spec_is_refused_with_the_field_and_the_fix(
-    cluster: Cluster, api: Any, operator: Operator
+def test_a_spec_the_schema_refuses_never_reaches_the_operator(
+    kube: Kube, operator: Operator
 ) -> None:
-    from kubernetes import client
-
-    # The emulator validates nothing (a real API server's schema would refuse this one).
     run = {
         "apiVersion": "qeval.dev/v1alpha1",
         "kind": "EvalRun",
-        "metadata": {"name": "typo"},
+        "metadata": {"name": "typo", "namespace": kube.ns},
         "spec": {
             "baseline": {"name": "base", "model": {"uri": "demo://tiny-llama"}},
             "candidates": [{"quantizedModel": "q", "name": "q"}],
             "tasks": [{"name": "qeval_demo_facts", "numFewShot": 5}],
         },
     }
-    client.CustomObjectsApi(api).create_namespaced_custom_object(
-        m.GROUP, m.VERSION, NS, "evalruns", run
-    )
-    st = wait_for(
-        lambda: (s := status(api, "evalruns", "typo")).get("phase") == "Failed" and s,
-        "the run to be refused",
-    )
+    # kubectl apply validates strictly: the unknown field is refused, naming it.
+    refused = kube.cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(run), check=False)
+    assert refused.returncode != 0
+    assert 'unknown field "spec.tasks[0].numFewShot"' in refused.stderr
+    # So is any client that asks for Strict. (One that leaves fieldValidation out gets the
+    # server's Warn: the field is pruned with a warning and the typo lost; kubectl never.)
+    from kubernetes import client
+
+    with pytest.raises(client.ApiException) as e:
+        kube.create("evalruns", run)  # Strict, as the tests' user asks for
+    assert e.value.status == 400  # BadRequest: strict field validation
+    assert 'unknown field \\"spec.tasks[0].numFewShot\\"' in str(e.value.body)
+    assert kube.cluster.get(f"{m.GROUP}/{m.VERSION}/evalruns", kube.ns, "typo") is None
+    assert not kube.jobs()
+
+
+def test_an_invalid_spec_is_refused_by_the_operator_with_the_field_and_the_fix(
+    kube: Kube, operator: Operator
+) -> None:
+    # Valid for the schema, but a model cannot be written to a hub: only the plan knows.
+    qm = {
+        "apiVersion": "qeval.dev/v1alpha1",
+        "kind": "QuantizedModel",
+        "metadata": {"name": "to-the-hub"},
+        "spec": {
+            "model": {"uri": "demo://tiny-llama"},
+            "scheme": "W4A16",
+            "output": {"uri": "hf://someone/tiny-w4a16"},
+            "scheduling": {"gpus": 0},
+        },
+    }
+    kube.create("quantizedmodels", qm)
+    st = wait_for(lambda: kube.phase_is("quantizedmodels", "to-the-hub", "Failed"), "refused")
     accepted = next(c for c in st["conditions"] if c["type"] == "Accepted")
     assert (accepted["status"], accepted["reason"]) == ("False", "InvalidSpec")
-    assert "spec.tasks[0].numFewShot" in accepted["message"]
-    assert "numFewshot" in accepted["message"]  # the did-you-mean fix
-    assert not jobs(cluster)
-    wait_for(lambda: ("Warning", "InvalidSpec") in events_for(cluster, "typo"), "a Warning")
+    assert "spec.output.uri" in accepted["message"]
+    assert "pvc://<claim>/<path>" in accepted["message"]  # the fix
+    assert not kube.jobs()
+    wait_for(lambda: ("Warning", "InvalidSpec") in kube.events_for("to-the-hub"), "a Warning")
 
 
-def test_changing_an_immutable_field_of_a_started_run_is_refused(
-    cluster: Cluster, api: Any, operator: Operator
+def test_changing_an_immutable_field_is_refused_at_admission_or_by_the_operator(
+    kube: Kube, operator: Operator
 ) -> None:
     from kubernetes import client
 
-    apply(api, EXAMPLES / "evalrun.yaml")
-    wait_for(lambda: "demo-model" in jobs(cluster), "the demo-model Job")
-    wait_for(lambda: status(api, "evalruns", "demo").get("phase") == "Running", "Running")
-    client.CustomObjectsApi(api).patch_namespaced_custom_object(
-        m.GROUP, m.VERSION, NS, "evalruns", "demo", {"spec": {"seed": 7}}
-    )
+    kube.apply(EXAMPLES / "evalrun.yaml")
+    wait_for(lambda: "demo-model" in kube.jobs(), "the demo-model Job")
+    wait_for(lambda: kube.phase_is("evalruns", "demo", "Running"), "Running")
+    custom = client.CustomObjectsApi(kube.api)
+
+    def patch(spec: dict[str, Any]) -> None:
+        custom.patch_namespaced_custom_object(
+            m.GROUP, m.VERSION, kube.ns, "evalruns", "demo", {"spec": spec}
+        )
+
+    # A field present before and after: the CRD's CEL rule refuses the change.
+    with pytest.raises(client.ApiException) as e:
+        patch({"seed": 7})
+    assert e.value.status == 422
+    assert "spec.seed is immutable" in str(e.value.body)
+    # Setting an optional field that was unset is no transition CEL can see: the operator's
+    # digest of the immutable fields catches it.
+    patch({"modelArgs": {"dtype": "float32"}})
     st = wait_for(
         lambda: next(
             (
                 c
-                for c in status(api, "evalruns", "demo").get("conditions", [])
+                for c in kube.status("evalruns", "demo").get("conditions", [])
                 if c["type"] == "Accepted" and c["status"] == "False"
             ),
             None,
@@ -438,39 +481,38 @@ def test_changing_an_immutable_field_of_a_started_run_is_refused(
     )
     assert st["reason"] == "SpecChanged"
     assert st["observedGeneration"] == 2
-    before = set(jobs(cluster))
-    complete(api, cluster, "demo-model", {})
+    before = set(kube.jobs())
+    kube.complete("demo-model", {})
     # The run still reports progress, but starts nothing under the changed spec.
-    wait_for(lambda: status(api, "evalruns", "demo").get("progress") == "1/7", "progress 1/7")
-    assert set(jobs(cluster)) == before
+    wait_for(lambda: kube.status("evalruns", "demo").get("progress") == "1/7", "progress 1/7")
+    assert set(kube.jobs()) == before
 
 
-def test_kubectl_apply_get_and_wait_with_the_operator_running(
-    cluster: Cluster, operator: Operator
+def test_kubectl_apply_get_explain_and_wait_with_the_operator_running(
+    kube: Kube, operator: Operator
 ) -> None:
-    applied = cluster.kubectl("apply", "-f", str(EXAMPLES)).stdout
+    kubectl = kube.cluster.kubectl
+    ns = ["-n", kube.ns]
+    applied = kubectl("apply", *ns, "-f", str(EXAMPLES)).stdout
     assert "evalrun.qeval.dev/demo created" in applied
     assert "quantizedmodel.qeval.dev/tiny-llama-w4a16 created" in applied
 
-    cluster.kubectl(
-        "wait", "--for=jsonpath={.status.phase}=Running", "evalrun/demo", "--timeout=20s"
+    kubectl("wait", *ns, "--for=jsonpath={.status.phase}=Running", "evalrun/demo", "--timeout=30s")
+    kubectl("wait", *ns, "--for=condition=WaitingForModels", "er/demo", "--timeout=30s")
+    kubectl(
+        "wait", *ns, "--for=jsonpath={.status.phase}=Quantizing", "qm", "--all", "--timeout=30s"
     )
-    cluster.kubectl("wait", "--for=condition=WaitingForModels", "er/demo", "--timeout=20s")
-    cluster.kubectl(
-        "wait", "--for=jsonpath={.status.phase}=Quantizing", "qm", "--all", "--timeout=20s"
-    )
-    table = cluster.kubectl("get", "evalruns").stdout.splitlines()
+    # The real server's printer-column Table.
+    table = kubectl("get", *ns, "evalruns").stdout.splitlines()
     assert table[0].split()[:3] == ["NAME", "PHASE", "PROGRESS"]
     assert table[1].split()[:3] == ["demo", "Running", "0/7"]
-    names = cluster.kubectl("get", "jobs", "-l", f"{m.LABEL_RUN}=demo", "-o", "name").stdout
+    names = kubectl("get", *ns, "jobs", "-l", f"{m.LABEL_RUN}=demo", "-o", "name").stdout
     assert names.split() == [f"job.batch/{m.child_name('demo', 'demo-model')}"]
+    explained = kubectl("explain", "evalrun.spec.tasks.numFewshot").stdout
+    assert "few-shot" in explained.lower()
 
 
-def test_a_second_run_takes_the_evaluations_a_first_run_did(
-    cluster: Cluster, api: Any, operator: Operator
-) -> None:
-    from kubernetes import client
-
+def test_a_second_run_takes_the_evaluations_a_first_run_did(kube: Kube, operator: Operator) -> None:
     def study(name: str) -> dict[str, Any]:
         return {
             "apiVersion": "qeval.dev/v1alpha1",
@@ -489,33 +531,40 @@ def test_a_second_run_takes_the_evaluations_a_first_run_did(
             },
         }
 
-    custom = client.CustomObjectsApi(api)
-    custom.create_namespaced_custom_object(m.GROUP, m.VERSION, NS, "evalruns", study("first"))
+    kube.create("evalruns", study("first"))
     scores = {"bf16": 0.976, "w4a16": 0.970}
     evaluations = {}
+    first = {m.LABEL_RUN: "first"}
     for stage in ("demo-model", "evaluate-bf16", "evaluate-w4a16"):
-        job = wait_for(lambda s=stage: jobs(cluster, **{m.LABEL_RUN: "first"}).get(s), stage)
+        job = wait_for(lambda s=stage: kube.jobs(**first).get(s), stage)
         result = evaluate_result(job, scores) if stage != "demo-model" else {}
         evaluations[stage.removeprefix("evaluate-")] = result
-        complete(api, cluster, stage, result, run="first")
-    job = wait_for(lambda: jobs(cluster, **{m.LABEL_RUN: "first"}).get("aggregate"), "aggregate")
-    complete(api, cluster, "aggregate", aggregate_result(job, evaluations), run="first")
-    wait_for(lambda: status(api, "evalruns", "first").get("phase") == "Succeeded", "first done")
+        kube.complete(stage, result, run="first")
+    job = wait_for(lambda: kube.jobs(**first).get("aggregate"), "aggregate")
+    kube.complete("aggregate", aggregate_result(job, evaluations), run="first")
+    wait_for(lambda: kube.phase_is("evalruns", "first", "Succeeded"), "first done")
 
     # The same study again: its evaluations are taken from the first run, not run again.
-    custom.create_namespaced_custom_object(m.GROUP, m.VERSION, NS, "evalruns", study("second"))
-    job = wait_for(lambda: jobs(cluster, **{m.LABEL_RUN: "second"}).get("aggregate"), "aggregate")
-    assert set(jobs(cluster, **{m.LABEL_RUN: "second"})) == {"aggregate"}
-    source = "/runs/default/first/stages/evaluate-bf16/result.json"
+    kube.create("evalruns", study("second"))
+    second = {m.LABEL_RUN: "second"}
+    job = wait_for(lambda: kube.jobs(**second).get("aggregate"), "aggregate")
+    assert set(kube.jobs(**second)) == {"aggregate"}
+    source = f"/runs/{kube.ns}/first/stages/evaluate-bf16/result.json"
     assert stage_input(job)["baseline"]["evaluate"].endswith(source)
     cached = ["bf16/qeval_demo_facts", "w4a16/qeval_demo_facts"]
-    wait_for(lambda: status(api, "evalruns", "second").get("cached") == cached, "cached listed")
+    wait_for(lambda: kube.status("evalruns", "second").get("cached") == cached, "cached listed")
 
 
 # --- model servers (backend vllm-server) ------------------------------------------------------
 
+GPU_SCHEDULING = {
+    "gpus": 1,
+    "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+}
 
-def served_run(name: str) -> dict[str, Any]:
+
+def served_run(name: str, ready_timeout: int = 900) -> dict[str, Any]:
     return {
         "apiVersion": "qeval.dev/v1alpha1",
         "kind": "EvalRun",
@@ -531,7 +580,12 @@ def served_run(name: str) -> dict[str, Any]:
             ],
             "tasks": [{"name": "gsm8k", "numFewshot": 5}],
             "backend": "vllm-server",
-            "serving": {"maxModelLen": 4096, "numConcurrent": 16, "readyTimeoutSeconds": 900},
+            "scheduling": GPU_SCHEDULING,
+            "serving": {
+                "maxModelLen": 4096,
+                "numConcurrent": 16,
+                "readyTimeoutSeconds": ready_timeout,
+            },
             "performance": {
                 "scenarios": [{"name": "synchronous", "kind": "synchronous", "requests": 8}]
             },
@@ -539,21 +593,15 @@ def served_run(name: str) -> dict[str, Any]:
     }
 
 
-def servers(cluster: Cluster, kind: str, run: str) -> dict[str, dict[str, Any]]:
-    """A run's Deployments (kind apps/v1/deployments) or Services (v1/services) by stage."""
-    found = cluster.list(kind, namespace=NS, labels={m.LABEL_RUN: run})
-    return {o["metadata"]["labels"][m.LABEL_STAGE]: o for o in found}
+def server_pod(kube: Kube, deployment: dict[str, Any]) -> dict[str, Any]:
+    """The server's pod, made by the real ReplicaSet controller and bound by the scheduler."""
+    selector = deployment["spec"]["selector"]["matchLabels"]
 
+    def bound() -> dict[str, Any] | None:
+        pods = kube.cluster.list("v1/pods", kube.ns, selector)
+        return next((p for p in pods if p["spec"].get("nodeName")), None)
 
-def play_server(api: Any, deployment: dict[str, Any], status: dict[str, Any]) -> None:
-    """Play the Deployment controller: set the Deployment's status."""
-    from kubernetes import client
-
-    meta = deployment["metadata"]
-    client.AppsV1Api(api).patch_namespaced_deployment_status(meta["name"], NS, {"status": status})
-
-
-AVAILABLE = {"replicas": 1, "readyReplicas": 1, "availableReplicas": 1}
+    return wait_for(bound, f"a scheduled pod of {deployment['metadata']['name']}")
 
 
 def benchmark_result(job: dict[str, Any]) -> dict[str, Any]:
@@ -580,156 +628,116 @@ def benchmark_result(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_a_vllm_server_per_model_serves_its_stages_and_goes_when_they_are_done(
-    cluster: Cluster, api: Any, operator: Operator
+    kube: Kube, operator: Operator
 ) -> None:
-    from kubernetes import client
-
-    client.CustomObjectsApi(api).create_namespaced_custom_object(
-        m.GROUP, m.VERSION, NS, "evalruns", served_run("served")
-    )
+    kube.create("evalruns", served_run("served"))
     # One server (a Deployment and its Service) per model, before any client Job.
     deployments = wait_for(
-        lambda: len(d := servers(cluster, "apps/v1/deployments", "served")) == 2 and d,
+        lambda: len(d := kube.servers("apps/v1/deployments", "served")) == 2 and d,
         "two server Deployments",
     )
     services = wait_for(
-        lambda: len(s := servers(cluster, "v1/services", "served")) == 2 and s, "two Services"
+        lambda: len(s := kube.servers("v1/services", "served")) == 2 and s, "two Services"
     )
     assert set(deployments) == set(services) == {"serve-bf16", "serve-w4a16"}
-    assert not jobs(cluster, **{m.LABEL_RUN: "served"})
+    assert not kube.jobs(**{m.LABEL_RUN: "served"})
     pod = deployments["serve-bf16"]["spec"]["template"]["spec"]
     assert pod["containers"][0]["image"] == "registry.local/qeval/evaluator:test"
-    wait_for(lambda: ("Normal", "ServerCreated") in events_for(cluster, "served"), "an Event")
+    wait_for(lambda: ("Normal", "ServerCreated") in kube.events_for("served"), "an Event")
 
-    # A ready server lets its own model's evaluation start, pointed at its Service.
-    play_server(api, deployments["serve-bf16"], AVAILABLE)
-    job = wait_for(lambda: jobs(cluster).get("evaluate-bf16"), "the baseline's evaluate Job")
+    # Its pod ready (the kubelet's part), the real controllers make the Deployment available,
+    # and the server's own model's evaluation starts, pointed at its Service.
+    bf16_pod = server_pod(kube, deployments["serve-bf16"])
+    assert bf16_pod["spec"]["nodeName"] == "gpu-0"
+    play_pod(kube.cluster, bf16_pod, exit_code=None, ready=True)
+    job = wait_for(lambda: kube.jobs().get("evaluate-bf16"), "the baseline's evaluate Job")
     host = services["serve-bf16"]["metadata"]["name"]
-    assert stage_input(job)["baseUrl"] == f"http://{host}.{NS}.svc:8000"
+    assert stage_input(job)["baseUrl"] == f"http://{host}.{kube.ns}.svc:8000"
     assert stage_input(job)["serving"]["numConcurrent"] == 16
-    assert "evaluate-w4a16" not in jobs(cluster)
-    play_server(api, deployments["serve-w4a16"], AVAILABLE)
-    wait_for(lambda: jobs(cluster).get("evaluate-w4a16"), "the candidate's evaluate Job")
+    assert "evaluate-w4a16" not in kube.jobs()
+    play_pod(kube.cluster, server_pod(kube, deployments["serve-w4a16"]), exit_code=None, ready=True)
+    wait_for(lambda: kube.jobs().get("evaluate-w4a16"), "the candidate's evaluate Job")
 
     # The benchmark has its server to itself: it starts after that model's evaluation.
     evaluations = {}
     for name in ("bf16", "w4a16"):
-        job = jobs(cluster)[f"evaluate-{name}"]
+        job = kube.jobs()[f"evaluate-{name}"]
         evaluations[name] = evaluate_result(job, {"bf16": 0.80, "w4a16": 0.79})
-    complete(api, cluster, "evaluate-bf16", evaluations["bf16"])
-    bench = wait_for(lambda: jobs(cluster).get("benchmark-bf16"), "the baseline's benchmark")
-    complete(api, cluster, "benchmark-bf16", benchmark_result(bench))
+    kube.complete("evaluate-bf16", evaluations["bf16"])
+    bench = wait_for(lambda: kube.jobs().get("benchmark-bf16"), "the baseline's benchmark")
+    kube.complete("benchmark-bf16", benchmark_result(bench))
 
     # Its consumers done, the baseline's server is recorded, then removed; the other stays.
-    wait_for(lambda: "serve-bf16" not in servers(cluster, "apps/v1/deployments", "served"), "gone")
-    wait_for(lambda: "serve-bf16" not in servers(cluster, "v1/services", "served"), "its Service")
-    assert "serve-w4a16" in servers(cluster, "apps/v1/deployments", "served")
-    records = cluster.list("v1/configmaps", namespace=NS, labels={m.LABEL_STAGE: "serve-bf16"})
-    (record,) = records
+    wait_for(lambda: "serve-bf16" not in kube.servers("apps/v1/deployments", "served"), "gone")
+    wait_for(lambda: "serve-bf16" not in kube.servers("v1/services", "served"), "its Service")
+    assert "serve-w4a16" in kube.servers("apps/v1/deployments", "served")
+    (record,) = kube.cluster.list("v1/configmaps", kube.ns, {m.LABEL_STAGE: "serve-bf16"})
     assert '"status": "Succeeded"' in record["data"]["result.json"]
     assert "served evaluate-bf16, benchmark-bf16" in record["data"]["result.json"]
 
-    complete(api, cluster, "evaluate-w4a16", evaluations["w4a16"])
-    bench = wait_for(lambda: jobs(cluster).get("benchmark-w4a16"), "the candidate's benchmark")
-    complete(api, cluster, "benchmark-w4a16", benchmark_result(bench))
-    job = wait_for(lambda: jobs(cluster).get("aggregate"), "the aggregate Job")
-    complete(api, cluster, "aggregate", aggregate_result(job, evaluations))
-    st = wait_for(
-        lambda: (s := status(api, "evalruns", "served")).get("phase") == "Succeeded" and s,
-        "Succeeded",
-    )
+    kube.complete("evaluate-w4a16", evaluations["w4a16"])
+    bench = wait_for(lambda: kube.jobs().get("benchmark-w4a16"), "the candidate's benchmark")
+    kube.complete("benchmark-w4a16", benchmark_result(bench))
+    job = wait_for(lambda: kube.jobs().get("aggregate"), "the aggregate Job")
+    kube.complete("aggregate", aggregate_result(job, evaluations))
+    st = wait_for(lambda: kube.phase_is("evalruns", "served", "Succeeded"), "Succeeded")
     assert st["progress"] == "7/7"  # 2 servers, 2 evaluations, 2 benchmarks, the aggregate
-    wait_for(lambda: not servers(cluster, "apps/v1/deployments", "served"), "no server left")
-    wait_for(lambda: not servers(cluster, "v1/services", "served"), "no Service left")
-    wait_for(lambda: ("Normal", "ServerStopped") in events_for(cluster, "served"), "an Event")
+    wait_for(lambda: not kube.servers("apps/v1/deployments", "served"), "no server left")
+    wait_for(lambda: not kube.servers("v1/services", "served"), "no Service left")
+    wait_for(lambda: ("Normal", "ServerStopped") in kube.events_for("served"), "an Event")
 
 
 def test_a_server_that_never_becomes_ready_fails_the_run_with_the_reason(
-    cluster: Cluster, api: Any, operator: Operator
+    kube: Kube, operator: Operator
 ) -> None:
-    from kubernetes import client
-
-    client.CustomObjectsApi(api).create_namespaced_custom_object(
-        m.GROUP, m.VERSION, NS, "evalruns", served_run("stuck")
-    )
+    kube.create("evalruns", served_run("stuck", ready_timeout=60))
     deployments = wait_for(
-        lambda: len(d := servers(cluster, "apps/v1/deployments", "stuck")) == 2 and d,
+        lambda: len(d := kube.servers("apps/v1/deployments", "stuck")) == 2 and d,
         "two server Deployments",
     )
-    # The baseline's server misses its deadline (the Deployment controller says so) ...
-    play_server(
-        api,
-        deployments["serve-bf16"],
-        {
-            "replicas": 1,
-            "unavailableReplicas": 1,
-            "conditions": [
-                {
-                    "type": "Progressing",
-                    "status": "False",
-                    "reason": "ProgressDeadlineExceeded",
-                    "message": 'ReplicaSet "stuck-serve-bf16" has timed out progressing.',
-                }
-            ],
-        },
-    )
+    # The baseline's server starts but never gets ready: after its 60 s progress deadline
+    # the real Deployment controller says ProgressDeadlineExceeded.
+    play_pod(kube.cluster, server_pod(kube, deployments["serve-bf16"]), exit_code=None)
     # ... and the candidate's keeps exiting: only its pod shows why (the kubelet's part).
-    play_server(api, deployments["serve-w4a16"], {"replicas": 1, "unavailableReplicas": 1})
-    template = deployments["serve-w4a16"]["spec"]["template"]
-    core = client.CoreV1Api(api)
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": "stuck-serve-w4a16-5d9f-x2x",
-            "labels": template["metadata"]["labels"],
-        },
-        "spec": template["spec"],
-    }
-    core.create_namespaced_pod(NS, pod)
-    core.patch_namespaced_pod_status(
-        pod["metadata"]["name"],
-        NS,
-        {
-            "status": {
-                "phase": "Running",
-                "containerStatuses": [
-                    {
-                        "name": "serve",
-                        "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off"}},
-                        "lastState": {
-                            "terminated": {
-                                "exitCode": 1,
-                                "reason": "Error",
-                                "message": "torch.OutOfMemoryError: CUDA out of memory.",
-                            }
-                        },
-                        "ready": False,
-                        "restartCount": 3,
-                        "image": "x",
-                        "imageID": "",
+    crashing = server_pod(kube, deployments["serve-w4a16"])
+    status = {
+        "phase": "Running",
+        "containerStatuses": [
+            {
+                "name": "serve",
+                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off"}},
+                "lastState": {
+                    "terminated": {
+                        "exitCode": 1,
+                        "reason": "Error",
+                        "message": "torch.OutOfMemoryError: CUDA out of memory.",
                     }
-                ],
+                },
+                "ready": False,
+                "restartCount": 3,
+                "image": crashing["spec"]["containers"][0]["image"],
+                "imageID": "",
             }
-        },
+        ],
+    }
+    path = f"/api/v1/namespaces/{kube.ns}/pods/{crashing['metadata']['name']}/status"
+    code, text = kube.cluster.request(
+        "PATCH", path, {"status": status}, "application/merge-patch+json"
     )
+    assert code == 200, text
     # Nothing can be evaluated; the aggregate still runs to report it.
-    job = wait_for(lambda: jobs(cluster).get("aggregate"), "the aggregate Job")
-    assert set(jobs(cluster, **{m.LABEL_RUN: "stuck"})) == {"aggregate"}
-    complete(api, cluster, "aggregate", {"failures": []})
-    st = wait_for(
-        lambda: (s := status(api, "evalruns", "stuck")).get("phase") == "Failed" and s,
-        "the run to fail",
-    )
-    assert job
+    wait_for(lambda: kube.jobs().get("aggregate"), "the aggregate Job", timeout=120)
+    assert set(kube.jobs(**{m.LABEL_RUN: "stuck"})) == {"aggregate"}
+    kube.complete("aggregate", {"failures": []})
+    st = wait_for(lambda: kube.phase_is("evalruns", "stuck", "Failed"), "the run to fail")
     failures = {f["stage"]: f for f in st["failures"]}
     assert failures["serve-bf16"]["reason"] == "ServerNotReady"
-    assert "not ready within 900 s" in failures["serve-bf16"]["message"]
+    assert "not ready within 60 s" in failures["serve-bf16"]["message"]
     assert failures["serve-w4a16"]["reason"] == "CrashLoopBackOff"
     assert "CUDA out of memory" in failures["serve-w4a16"]["message"]
     assert failures["evaluate-bf16"]["reason"] == "DependencyFailed"
     # The failed servers are removed (their record stays), so they hold no GPU.
-    wait_for(lambda: not servers(cluster, "apps/v1/deployments", "stuck"), "no server left")
-    wait_for(lambda: ("Warning", "ServerNotReady") in events_for(cluster, "stuck"), "a Warning")
+    wait_for(lambda: not kube.servers("apps/v1/deployments", "stuck"), "no server left")
+    wait_for(lambda: ("Warning", "ServerNotReady") in kube.events_for("stuck"), "a Warning")
     text = operator.metrics()
     assert 'reason="CrashLoopBackOff",stage_kind="serve"' in text

@@ -61,6 +61,11 @@ CONTROLLERS = (
     "endpointslice-controller",
     "ttl-after-finished-controller",
     "pod-garbage-collector-controller",
+    "persistentvolume-binder-controller",
+    "persistentvolume-protection-controller",
+    "persistentvolumeclaim-protection-controller",
+    "endpoints-controller",
+    "validatingadmissionpolicy-status-controller",
 )
 AUDIT_POLICY = {
     "apiVersion": "audit.k8s.io/v1",
@@ -582,6 +587,70 @@ class ControlPlane:
                 f"helm {' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
             )
         return done
+
+    def token(self, namespace: str, service_account: str, seconds: int = 7200) -> str:
+        """A token for a ServiceAccount, from the TokenRequest API (what a kubelet mounts)."""
+        body = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {"audiences": [ISSUER], "expirationSeconds": seconds},
+        }
+        path = f"/api/v1/namespaces/{namespace}/serviceaccounts/{service_account}/token"
+        status, text = self.request("POST", path, body)
+        if status != 201:
+            raise ControlPlaneError(f"token for {namespace}/{service_account}: {status} {text}")
+        return str(json.loads(text)["status"]["token"])
+
+    def service_account_kubeconfig(self, namespace: str, service_account: str) -> Path:
+        """A kubeconfig that authenticates as the ServiceAccount (a TokenRequest token)."""
+        token = self.token(namespace, service_account)
+        return self.token_kubeconfig(f"sa-{namespace}-{service_account}", token)
+
+    def provide_volume(self, namespace: str, claim: str, size: str = "200Gi") -> Path:
+        """A hostPath PersistentVolume made for ``namespace/claim`` (pre-bound by claimRef;
+        the real PV binder binds them): the folder a claim's pods see as their volume."""
+        folder = self.dir / "volumes" / namespace / claim
+        folder.mkdir(parents=True, exist_ok=True)
+        pv = {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": f"{namespace}-{claim}"[:253]},
+            "spec": {
+                "capacity": {"storage": size},
+                "accessModes": ["ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany"],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "storageClassName": "",
+                "hostPath": {"path": str(folder), "type": "Directory"},
+                "claimRef": {"namespace": namespace, "name": claim},
+            },
+        }
+        status, text = self.request("POST", "/api/v1/persistentvolumes", pv)
+        if status not in (201, 409):
+            raise ControlPlaneError(f"volume for {namespace}/{claim}: {status} {text}")
+        return folder
+
+    def register_node(self, node: dict[str, Any]) -> None:
+        """Register a Node object (spec and status) as the admin, Ready and schedulable.
+
+        The TaintNodesByCondition admission plugin gives every new Node the
+        ``node.kubernetes.io/not-ready`` taint, which the node lifecycle controller lifts once
+        the node reports Ready; that controller is off here, so this lifts it in its place."""
+        name = node["metadata"]["name"]
+        body = {k: v for k, v in node.items() if k != "status"}
+        status, text = self.request("POST", "/api/v1/nodes", body)
+        if status not in (201, 409):
+            raise ControlPlaneError(f"node {name}: {status} {text}")
+        merge = "application/merge-patch+json"
+        status, text = self.request(
+            "PATCH", f"/api/v1/nodes/{name}/status", {"status": node["status"]}, merge
+        )
+        if status != 200:
+            raise ControlPlaneError(f"node {name} status: {status} {text}")
+        current = self.get("v1/nodes", None, name) or {}
+        taints = current.get("spec", {}).get("taints") or []
+        keep = [t for t in taints if t["key"] != "node.kubernetes.io/not-ready"]
+        if keep != taints:
+            self.request("PATCH", f"/api/v1/nodes/{name}", {"spec": {"taints": keep}}, merge)
 
     def create_namespace(self, name: str, pod_security: str | None = "restricted") -> str:
         """A namespace (Pod Security ``enforce`` at ``pod_security``), once its default

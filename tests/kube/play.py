@@ -1,18 +1,23 @@
-"""The test plays what an emulated cluster lacks: the Job controller and the stage pods.
+"""The test plays what a control plane without kubelets lacks: the kubelet and the stage
+processes of the pods (the Job, Deployment and ReplicaSet controllers and the scheduler
+are the real ones).
 
 Shared by the operator tests and the operator benchmark. A stage's result is published
 with ``qeval.k8s.publish`` from the Job's own environment, as ``qeval <stage>`` does in a
 pod; results are made up (scores given by the caller) except the aggregate, which is the
-real ``summarize`` over the evaluate results.
+real ``summarize`` over the evaluate results. Tests that run the stages for real use the
+kubelet stand-in (``tests/cluster/kubelet.py``) instead.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import socket
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from qeval.api.evalrun import Score
 from qeval.k8s import manifests as m
@@ -21,8 +26,12 @@ from qeval.results.cache import key_of
 from qeval.results.summary import ModelOutcome, summarize
 from qeval.stages.envelope import StageResult, StageStatus
 
+if TYPE_CHECKING:
+    from tests.cluster.controlplane import ControlPlane
+
 T = TypeVar("T")
 NOW = "2026-11-23T10:05:00Z"
+MERGE_PATCH = "application/merge-patch+json"
 
 
 def wait_for(check: Callable[[], T | None], what: str, timeout: float = 20.0) -> T:
@@ -43,30 +52,128 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def finish_job(api: Any, job: Mapping[str, Any], ok: bool = True) -> None:
-    """Play the Job controller: mark the Job complete, or failed with backoff exhausted."""
-    from kubernetes import client
+def now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
-    now = NOW
-    if ok:
-        conditions = [
-            {"type": "SuccessCriteriaMet", "status": "True", "lastTransitionTime": now},
-            {"type": "Complete", "status": "True", "lastTransitionTime": now},
-        ]
-        body = {"status": {"succeeded": 1, "active": 0, "conditions": conditions}}
-    else:
-        conditions = [
-            {
-                "type": "Failed",
-                "status": "True",
-                "reason": "BackoffLimitExceeded",
-                "message": "Job has reached the specified backoff limit",
-                "lastTransitionTime": now,
-            }
-        ]
-        body = {"status": {"failed": 2, "active": 0, "conditions": conditions}}
+
+def job_pods(cluster: ControlPlane, job: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The pods the real Job controller made for ``job``."""
     meta = job["metadata"]
-    client.BatchV1Api(api).patch_namespaced_job_status(meta["name"], meta["namespace"], body)
+    return cluster.list(
+        "v1/pods", meta["namespace"], {"batch.kubernetes.io/job-name": meta["name"]}
+    )
+
+
+def play_pod(
+    cluster: ControlPlane,
+    pod: Mapping[str, Any],
+    *,
+    exit_code: int | None = 0,
+    waiting: Mapping[str, str] | None = None,
+    ready: bool = False,
+) -> None:
+    """Play the kubelet for one pod: its container exited (``exit_code``), is waiting
+    (``waiting``: a reason and message, e.g. ImagePullBackOff) or runs (``exit_code=None``,
+    ``ready``). The real controllers take it from there (Job Complete/Failed, Deployment
+    available)."""
+    meta, spec = pod["metadata"], pod["spec"]
+    t = now()
+    if waiting is not None:
+        phase, state = "Pending", {"waiting": dict(waiting)}
+    elif exit_code is None:
+        phase, state = "Running", {"running": {"startedAt": t}}
+    else:
+        phase = "Succeeded" if exit_code == 0 else "Failed"
+        reason = "Completed" if exit_code == 0 else "Error"
+        state = {
+            "terminated": {"exitCode": exit_code, "reason": reason, "startedAt": t, "finishedAt": t}
+        }
+    running = phase == "Running"
+    conditions = [
+        {"type": kind, "status": "True" if ok else "False", "lastTransitionTime": t}
+        for kind, ok in (
+            ("PodScheduled", True),
+            ("Initialized", True),
+            ("ContainersReady", running and ready),
+            ("Ready", running and ready),
+        )
+    ]
+    containers = [
+        {
+            "name": c["name"],
+            "image": c["image"],
+            "imageID": "",
+            "ready": running and ready,
+            "started": running,
+            "restartCount": 0,
+            "state": state,
+        }
+        for c in spec["containers"]
+    ]
+    status = {
+        "phase": phase,
+        "startTime": t,
+        "hostIP": "127.0.0.1",
+        "podIP": "127.0.0.1",
+        "conditions": conditions,
+        "containerStatuses": containers,
+    }
+    path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/status"
+    code, text = cluster.request("PATCH", path, {"status": status}, MERGE_PATCH)
+    assert code == 200, f"the kubelet's status for {meta['name']} was refused: {code} {text}"
+
+
+def scheduled_pod(cluster: ControlPlane, job: Mapping[str, Any]) -> dict[str, Any]:
+    """The Job's active pod once the real scheduler has bound it to a node."""
+    meta = job["metadata"]
+
+    def bound() -> dict[str, Any] | None:
+        active = [
+            p
+            for p in job_pods(cluster, job)
+            if p.get("status", {}).get("phase", "Pending") == "Pending"
+            and not p["metadata"].get("deletionTimestamp")
+        ]
+        return next((p for p in active if p["spec"].get("nodeName")), None)
+
+    try:
+        return wait_for(bound, f"a scheduled pod of Job {meta['name']}", timeout=30)
+    except AssertionError as e:  # say why: the scheduler's conditions, the Job's events
+        pods = [p.get("status", {}).get("conditions") for p in job_pods(cluster, job)]
+        events = [
+            (ev.get("reason"), ev.get("message"))
+            for ev in cluster.list("v1/events", meta["namespace"])
+            if ev.get("involvedObject", {}).get("name", "").startswith(meta["name"])
+        ]
+        raise AssertionError(f"{e}\npods: {pods}\nevents: {events}") from None
+
+
+def job_condition(cluster: ControlPlane, job: Mapping[str, Any], kind: str) -> bool:
+    meta = job["metadata"]
+    current = cluster.get("batch/v1/jobs", meta["namespace"], meta["name"]) or {}
+    conditions = current.get("status", {}).get("conditions") or []
+    return any(c["type"] == kind and c["status"] == "True" for c in conditions)
+
+
+def finish_job(cluster: ControlPlane, job: Mapping[str, Any], ok: bool = True) -> None:
+    """Play the kubelet until the real Job controller finishes ``job``: its pod exits 0;
+    or every pod it makes exits 1 until its backoff limit is exceeded."""
+    if ok:
+        play_pod(cluster, scheduled_pod(cluster, job), exit_code=0)
+        wait_for(lambda: job_condition(cluster, job, "Complete"), "the Job to complete")
+        return
+    deadline = time.monotonic() + 90  # the Job controller waits 10 s, 20 s, ... between pods
+    while not job_condition(cluster, job, "Failed"):
+        assert time.monotonic() < deadline, f"Job {job['metadata']['name']} did not fail"
+        pending = [
+            p
+            for p in job_pods(cluster, job)
+            if p.get("status", {}).get("phase", "Pending") == "Pending"
+            and p["spec"].get("nodeName")
+        ]
+        for pod in pending:
+            play_pod(cluster, pod, exit_code=1)
+        time.sleep(0.2)  # the poll interval, not the oracle
 
 
 def stage_env(job: Mapping[str, Any]) -> dict[str, str]:
@@ -82,8 +189,14 @@ def stage_input(job: Mapping[str, Any]) -> dict[str, Any]:
     return dict(json.loads(stage_env(job)[m.INPUT_ENV]))
 
 
-def publish_result(job: Mapping[str, Any], result: dict[str, Any] | None, ok: bool = True) -> None:
-    """Play the stage pod: publish its result document the way ``qeval <stage>`` does."""
+def publish_result(
+    job: Mapping[str, Any],
+    result: dict[str, Any] | None,
+    ok: bool = True,
+    kubeconfig: Path | None = None,
+) -> None:
+    """Play the stage pod: publish its result document the way ``qeval <stage>`` does, as
+    the stage ServiceAccount (``kubeconfig``; default $KUBECONFIG)."""
     labels = job["metadata"]["labels"]
     doc = StageResult(
         stage=labels[m.LABEL_STAGE],
@@ -96,7 +209,14 @@ def publish_result(job: Mapping[str, Any], result: dict[str, Any] | None, ok: bo
         wall_seconds=300.0,
         result=result,
     )
-    publish(doc, stage_env(job))  # with $KUBECONFIG, where a pod uses its service account
+    api = None
+    if kubeconfig is not None:
+        from kubernetes import client, config
+
+        configuration = client.Configuration()
+        config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
+        api = client.ApiClient(configuration)
+    publish(doc, stage_env(job), api=api)
 
 
 def quantize_result(job: Mapping[str, Any]) -> dict[str, Any]:

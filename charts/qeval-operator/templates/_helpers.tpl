@@ -81,6 +81,11 @@ app.kubernetes.io/part-of: qeval
 - apiGroups: [qeval.dev]
   resources: [quantizedmodels/status, evalruns/status]
   verbs: [get, patch]
+# Its children's owner references block the resource's foreground deletion, which needs
+# this where OwnerReferencesPermissionEnforcement is on (OpenShift): no finalizer is set.
+- apiGroups: [qeval.dev]
+  resources: [quantizedmodels/finalizers, evalruns/finalizers]
+  verbs: [update]
 # Stage Jobs: created once each (never updated or deleted: owner references clean them up).
 - apiGroups: [batch]
   resources: [jobs]

@@ -314,7 +314,10 @@ class Scheduling(ApiModel):
         default_factory=list, max_length=32, description="Taints the pods tolerate."
     )
     affinity: (
-        dict[Annotated[str, Field(pattern=r"^(nodeAffinity|podAffinity|podAntiAffinity)$")], Any]
+        dict[
+            Annotated[str, Field(pattern=r"^(nodeAffinity|podAffinity|podAntiAffinity)$")],
+            dict[str, Any],
+        ]
         | None
     ) = Field(
         default=None,

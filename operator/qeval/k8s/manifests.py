@@ -68,14 +68,18 @@ class Owner:
     def label(self) -> str:
         return LABEL_RUN if self.kind == "EvalRun" else LABEL_QUANTIZED_MODEL
 
-    def reference(self) -> dict[str, Any]:
+    def reference(self, block_owner_deletion: bool = True) -> dict[str, Any]:
+        """An owner reference to the resource. Blocking its foreground deletion needs
+        ``update`` on its ``finalizers`` where OwnerReferencesPermissionEnforcement is on:
+        the operator's children block it; stage pods' results (their account may only
+        write ConfigMaps) do not."""
         return {
             "apiVersion": API_VERSION,
             "kind": self.kind,
             "name": self.name,
             "uid": self.uid,
             "controller": True,
-            "blockOwnerDeletion": True,
+            "blockOwnerDeletion": block_owner_deletion,
         }
 
 
@@ -208,7 +212,10 @@ def _env(
         {"name": "HF_HOME", "value": str(root / "cache" / "huggingface")},
         {"name": "QEVAL_RESULT_CONFIGMAP", "value": name},
         {"name": "QEVAL_RESULT_LABELS", "value": json.dumps(result_labels, sort_keys=True)},
-        {"name": "QEVAL_RESULT_OWNER", "value": json.dumps(owner.reference(), sort_keys=True)},
+        {
+            "name": "QEVAL_RESULT_OWNER",
+            "value": json.dumps(owner.reference(block_owner_deletion=False), sort_keys=True),
+        },
         {
             "name": "QEVAL_RESULT_NAMESPACE",
             "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
@@ -218,6 +225,9 @@ def _env(
         ref = {"name": token.name, "key": token.key}
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": ref}})
     return env
+
+
+STAGE_UID = 10001  # the user every qeval image runs as (images/*/Dockerfile)
 
 
 def _container(
@@ -248,6 +258,15 @@ def _pod(
     """The stage's pod spec: service account, claims, and the spec's scheduling."""
     pod: dict[str, Any] = {
         "serviceAccountName": settings.stage_service_account,
+        # Pod Security "restricted", as the images run: uid 10001, and the claim writable by
+        # it (fsGroup: a fresh volume's root is root-owned).
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": STAGE_UID,
+            "runAsGroup": STAGE_UID,
+            "fsGroup": STAGE_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
         "containers": [container],
         "volumes": [
             {"name": _volume_name(c), "persistentVolumeClaim": {"claimName": c}} for c in volumes

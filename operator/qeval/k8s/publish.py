@@ -38,13 +38,14 @@ def content_key(doc: StageResult) -> str | None:
     return label_value(key_of(sorted(keys.items())))
 
 
-def publish(doc: StageResult, env: Mapping[str, str] | None = None) -> str | None:
-    """Write ``doc`` to its ConfigMap if this runs as a stage Job; return the name."""
+def publish(doc: StageResult, env: Mapping[str, str] | None = None, api: Any = None) -> str | None:
+    """Write ``doc`` to its ConfigMap if this runs as a stage Job; return the name
+    (``api``: the client to write with; default the pod's service account or $KUBECONFIG)."""
     where = target(os.environ if env is None else env)
     if where is None:
         return None
     from qeval.k8s.kube import Kube, api_client
 
     manifest = build_result_configmap(document=doc.dump(), cache_key=content_key(doc), **where)
-    Kube(api_client()).put_configmap(manifest)
+    Kube(api or api_client()).put_configmap(manifest)
     return str(where["name"])
