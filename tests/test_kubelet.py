@@ -18,6 +18,7 @@ import pytest
 
 from tests.cluster.kubelet import (
     SITECUSTOMIZE,
+    TOKEN_DIR,
     ConfigError,
     Kubelet,
     Probe,
@@ -273,11 +274,15 @@ def kubelet(
     control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Kubelet]:
     nodes = [gpu_node(GPU_NODE), cpu_node(CPU_NODE)]
+    had_token_dir = Path(TOKEN_DIR).exists()  # e.g. when the tests themselves run in a pod
     with Kubelet(
         control_plane, nodes, tmp_path_factory.mktemp("kubelet"), backoff_base=0.5, grace_cap=3
     ) as k:
         yield k
-    assert not k.threads or not any(t.is_alive() for t in k.threads)
+    # stop() leaves nothing running and removes the mount points it made on the host
+    assert k.processes and all(p.poll() is not None for p in k.processes)
+    assert not any(t.is_alive() for t in k.threads)
+    assert not k.created and Path(TOKEN_DIR).exists() == had_token_dir
 
 
 class Api:

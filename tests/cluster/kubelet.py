@@ -965,6 +965,7 @@ class _Pod(threading.Thread):
                 start_new_session=True,
                 cwd="/",
             )
+        self.k.processes.append(process)
         with self.lock:
             c.process, c.container_id = process, f"standin://{uuid.uuid4().hex}"
             c.state = {"running": {"startedAt": now()}}
@@ -1223,7 +1224,13 @@ class Kubelet:
     of the control plane ``cp``; ``root_dir`` holds claims, pod folders and logs.
 
     ``backoff_base``: the first restart delay (the kubelet's is 10 s); ``grace_cap``: the most
-    a deletion waits after SIGTERM; ``extra_env``: what an image's ENV would set."""
+    a deletion waits after SIGTERM; ``extra_env``: what an image's ENV would set;
+    ``delete_nodes``: delete at stop the Nodes it registered (not those that existed).
+
+        with Kubelet(cp, [gpu_node("gpu-0"), cpu_node("cpu-0")], tmp_path) as kubelet:
+            ...  # create Jobs/Deployments; the real scheduler binds, the stand-in runs
+            kubelet.logs("ns", "pod", "container")
+    """
 
     def __init__(
         self,
@@ -1252,6 +1259,7 @@ class Kubelet:
         self.threads: list[threading.Thread] = []
         self.apis: dict[str, Any] = {}
         self.registered: list[str] = []  # the Nodes it created, deleted again at stop
+        self.processes: list[subprocess.Popen[bytes]] = []  # every container it started
 
     def __enter__(self) -> Kubelet:
         return self.start()
