@@ -48,9 +48,15 @@ class Rule:
     cel: str
     message: str
     check: Callable[[Any], bool]
+    # The field a refusal names (CEL ``fieldPath``) when the rule, set on its parent to
+    # read a sibling too, is about that one field: kubectl then says ``spec.modelArgs``.
+    field: str | None = None
 
     def schema(self) -> dict[str, str]:
-        return {"rule": self.cel, "message": self.message}
+        out = {"rule": self.cel, "message": self.message}
+        if self.field:
+            out["fieldPath"] = f".{self.field}"
+        return out
 
 
 def cel_rules(*rules: Rule) -> dict[str, Any]:

@@ -162,6 +162,7 @@ MODEL_ARGS_RULES = (
         + ": qeval sets them (the models come from spec.baseline and spec.candidates, the "
         "batch size from spec.batchSize, remote code only with spec.trustRemoteCode: true)",
         check=lambda s: not any(k in RESERVED_MODEL_ARGS for k in s.model_args),
+        field="modelArgs",
     ),
     Rule(
         cel="!has(self.modelArgs) || !has(self.backend) || self.backend != 'vllm-server' || "
@@ -174,19 +175,26 @@ MODEL_ARGS_RULES = (
             s.backend != Backend.VLLM_SERVER
             or not any(k in RESERVED_SERVER_MODEL_ARGS for k in s.model_args)
         ),
+        field="modelArgs",
     ),
 )
 
+
+def _cel_label(c: str) -> str:
+    """A candidate's label in CEL: its name, else its QuantizedModel's; '' where it has
+    neither (a refusal of its own, at the candidate), so that no rule fails to evaluate."""
+    return f"(has({c}.name) ? {c}.name : has({c}.quantizedModel) ? {c}.quantizedModel : '')"
+
+
 SPEC_RULES = (
     Rule(
-        cel="self.candidates.all(c, "
-        "(has(c.name) ? c.name : c.quantizedModel) != self.baseline.name)",
+        cel=f"self.candidates.all(c, {_cel_label('c')} != self.baseline.name)",
         message="a candidate has the same name as the baseline; rename one of them",
         check=lambda s: all(c.label != s.baseline.name for c in s.candidates),
     ),
     Rule(
-        cel="self.candidates.all(c, self.candidates.exists_one(d, "
-        "(has(d.name) ? d.name : d.quantizedModel) == (has(c.name) ? c.name : c.quantizedModel)))",
+        cel=f"self.candidates.all(c, {_cel_label('c')} == '' || "
+        f"self.candidates.exists_one(d, {_cel_label('d')} == {_cel_label('c')}))",
         message="two candidates have the same name; give each a distinct name",
         check=lambda s: len({c.label for c in s.candidates}) == len(s.candidates),
     ),
