@@ -12,10 +12,10 @@ STAMP := $(VENV)/.installed
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast crds chart verify lint typecheck images clean
+.PHONY: help install demo test test-fast e2e prerequisites prometheus control-plane cluster-up cluster-down crds chart verify lint typecheck images clean
 
 help: ## List the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,11 +30,34 @@ install: $(STAMP) ## Create .venv with torch (CPU), llm-compressor, lm-eval and 
 demo: $(STAMP) ## Run the demo study on this machine: qeval run examples/evalrun.yaml
 	$(OFFLINE) $(BIN)/qeval run examples/evalrun.yaml
 
-test: $(STAMP) ## Run every test, the real quantize/evaluate pipeline included
+test: $(STAMP) prerequisites ## Run every test: the real pipeline, control plane, helm and Prometheus
 	$(OFFLINE) $(BIN)/pytest -ra
 
-test-fast: $(STAMP) ## Run the tests that take seconds (no pipeline)
+test-fast: $(STAMP) prerequisites ## Run the tests that take seconds (no pipeline, no e2e)
 	$(OFFLINE) $(BIN)/pytest -ra -m "not pipeline"
+
+e2e: $(STAMP) prerequisites ## helm install + the demo study on the real control plane (kubelet stand-in)
+	$(OFFLINE) $(BIN)/pytest -ra -m e2e
+
+# What the tests need besides the virtualenv: installed or built here, never skipped.
+prerequisites: prometheus control-plane
+
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+prometheus: ## Install Prometheus and promtool (Debian's package) unless they are on PATH
+	@if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then \
+		echo "installing Debian's prometheus package (the monitoring tests run it)"; \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	fi
+
+control-plane: ## Build kube-apiserver, -controller-manager, -scheduler and etcd once (Go; cached)
+	@bash tests/cluster/build.sh >/dev/null
+
+cluster-up: $(STAMP) control-plane ## Start a local cluster (real control plane, kubelet stand-in)
+	@$(BIN)/python -m tests.cluster up
+
+cluster-down: ## Stop the local cluster; nothing is left running
+	@$(BIN)/python -m tests.cluster down
 
 crds: $(STAMP) ## Regenerate crds/ from the pydantic models (and the chart's copy)
 	$(BIN)/qeval crds --out crds

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pytest
 
 from tests.cluster.kubelet import (
+    NET,
     SITECUSTOMIZE,
     TOKEN_DIR,
     ConfigError,
@@ -157,8 +158,10 @@ def test_gpu_node_is_shaped_like_a_real_one() -> None:
 def test_pod_ips_are_unique_loopback_addresses() -> None:
     ips = [pod_ip(n) for n in range(600)]
     assert len(set(ips)) == 600
-    assert all(ip.startswith("127.0.") and not ip.startswith("127.0.1.") for ip in ips)
-    assert pod_ip(0) == "127.0.10.1"
+    # Never the host's 127.0.x.y (127.0.0.1, Debian's 127.0.1.1, the Services' 127.0.9.N).
+    assert all(ip.startswith("127.") and not ip.startswith("127.0.") for ip in ips)
+    assert pod_ip(0, net=12) == "127.12.0.1"
+    assert pod_ip(254, net=12) == "127.12.1.1"
 
 
 def _ready(name: str, ns: str, ip: str, labels: dict[str, str], ready: bool = True) -> dict:
@@ -184,13 +187,13 @@ def test_services_resolve_to_a_ready_pod_and_hosts_name_them() -> None:
     addresses = service_addresses(services, pods)
     assert addresses == {("a", "web"): "127.0.10.3", ("b", "db"): "127.0.10.4"}
     text = hosts_file(
-        _pod() | {"metadata": {"name": "p", "namespace": "a"}}, "127.0.10.9", addresses
+        _pod() | {"metadata": {"name": "p", "namespace": "a"}}, "127.0.10.9", addresses, "127.0.9.7"
     )
     lines = text.splitlines()
     assert "127.0.10.9\tp" in lines
     assert "127.0.10.3\tweb web.a web.a.svc web.a.svc.cluster.local" in lines
     assert "127.0.10.4\tdb.b db.b.svc db.b.svc.cluster.local" in lines  # no short name
-    assert "127.0.0.1\tkubernetes.default kubernetes.default.svc" in text
+    assert "127.0.9.7\tkubernetes.default kubernetes.default.svc" in text
 
 
 def test_probe_defaults_and_ports() -> None:
@@ -232,11 +235,14 @@ def test_mount_namespace_binds_read_only(tmp_path: Path) -> None:
     target = tmp_path / "mnt"
     target.mkdir()
     script = "cat f; touch g 2>/dev/null || echo read-only; getent hosts web; hostname"
+    stage = tmp_path / "stage"
+    stage.mkdir()
     argv = mount_argv(
         [(str(source), str(target), True), (str(hosts), "/etc/hosts", False)],
         "pod-a",
         str(target),
         ["sh", "-c", script],
+        stage=str(stage),
     )
     done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=True)
     assert done.stdout.split() == ["hello", "read-only", "127.0.10.7", "web", "pod-a"]
@@ -361,7 +367,7 @@ def test_job_completes_through_the_job_controller(api: Api, kubelet: Kubelet) ->
     assert status["state"]["terminated"]["exitCode"] == 0
     assert status["state"]["terminated"]["reason"] == "Completed"
     assert status["image"] == "python:3.11-slim"
-    assert pod["status"]["podIP"].startswith("127.0.")
+    assert pod["status"]["podIP"].startswith(f"127.{NET}.")
     ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
     assert kubelet.logs(ns, name, "main") == "hello from a pod\n"
     print(f"Job Complete in {time.monotonic() - began:.1f} s")

@@ -21,21 +21,24 @@ and removes the folder. Typical start: a few seconds.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import json
 import os
+import random
 import shutil
 import signal
 import socket
 import ssl
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -106,6 +109,72 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+class ServiceProxy:
+    """A stand-in for kube-proxy, for the ``kubernetes`` Service only: a loopback address
+    of its own (127.0.9.N) on port 443, forwarding every connection to the API server, so a
+    client that knows only ``https://kubernetes.default.svc`` (kopf's service-account login)
+    reaches it as in a cluster (the serving certificate names kubernetes.default.svc)."""
+
+    PORT = 443
+
+    def __init__(self) -> None:
+        self.target: tuple[str, int] | None = None  # set once the API server has a port
+        self.stopped = threading.Event()
+        self.sock = socket.socket()
+        for n in random_order(range(1, 255)):
+            try:
+                self.sock.bind((f"127.0.9.{n}", self.PORT))
+                break
+            except OSError:  # taken by another control plane's proxy
+                continue
+        else:
+            raise RuntimeError("no free 127.0.9.N:443 for the kubernetes Service stand-in")
+        self.host = self.sock.getsockname()[0]
+        self.sock.listen(64)
+        self.sock.settimeout(0.2)
+        self.thread = threading.Thread(target=self._accept, name="standin-proxy", daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                client, _ = self.sock.accept()
+            except (TimeoutError, OSError):
+                continue
+            try:
+                assert self.target is not None
+                upstream = socket.create_connection(self.target, timeout=10)
+            except (OSError, AssertionError):
+                client.close()
+                continue
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            source.settimeout(None)
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join(timeout=5)
+        self.sock.close()
+
+
+def random_order(values: Iterable[int]) -> list[int]:
+    order = list(values)
+    random.shuffle(order)
+    return order
 
 
 # --- certificates ------------------------------------------------------------------------------
@@ -227,6 +296,7 @@ class ControlPlane:
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.port = 0
         self.started_seconds = 0.0
+        self.proxy: ServiceProxy | None = None
 
     def __enter__(self) -> ControlPlane:
         return self.start()
@@ -239,6 +309,14 @@ class ControlPlane:
     @property
     def server(self) -> str:
         return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def service_host(self) -> str:
+        """The ``kubernetes`` Service's address, as pods see it (the proxy stand-in's)."""
+        assert self.proxy is not None, "start the control plane first"
+        return self.proxy.host
+
+    service_port = ServiceProxy.PORT
 
     @property
     def ca_file(self) -> Path:
@@ -299,6 +377,7 @@ class ControlPlane:
         (self.dir / "logs").mkdir(exist_ok=True)
         self.authority = Authority(self.dir / "pki")
         try:
+            self.proxy = ServiceProxy()
             self._start_etcd(bins)
             self._start_apiserver(bins)
             self._wait_for("/readyz", lambda body: body.strip() == "ok")
@@ -328,6 +407,9 @@ class ControlPlane:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=5)
         self.processes.clear()
+        if self.proxy is not None:
+            self.proxy.stop()
+            self.proxy = None
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def _spawn(self, name: str, argv: list[str]) -> None:
@@ -362,12 +444,14 @@ class ControlPlane:
     def _start_apiserver(self, bins: Path) -> None:
         pki = self.dir / "pki"
         self.port = free_port()
+        assert self.proxy is not None
+        self.proxy.target = ("127.0.0.1", self.port)
         serving = self.authority.issue(
             "apiserver",
             "kube-apiserver",
             hosts=(
                 "127.0.0.1",
-                "10.96.0.1",
+                self.service_host,  # the `kubernetes` Service's address, as in a cluster
                 "localhost",
                 "kubernetes",
                 "kubernetes.default",

@@ -28,12 +28,14 @@ limit it to its own Node, its own pods and what they reference):
   real, graceful deletion (SIGTERM, grace period capped, SIGKILL, then the final delete with
   the pod's uid as precondition), events (FailedMount, Started, Unhealthy, Killing, BackOff);
 * networking stand-in: pods share the host's network namespace, each with its own loopback
-  address (127.0.X.Y) as pod IP; a ``sitecustomize.py`` shim (on ``PYTHONPATH``) rewrites
-  Python binds to 0.0.0.0 / :: into binds to that IP. Service names resolve through the
-  per-pod ``/etc/hosts`` (a stand-in for CoreDNS + kube-proxy): ``svc``, ``svc.ns``,
-  ``svc.ns.svc`` and ``svc.ns.svc.cluster.local`` map to a ready pod of the Service's
-  selector, like a headless Service, so the Service's ``targetPort`` is assumed equal to its
-  ``port``; ``kubernetes.default.svc`` maps to 127.0.0.1 (the API server);
+  address (127.N.X.Y, N per test process) as pod IP; a ``sitecustomize.py`` shim (on
+  ``PYTHONPATH``) rewrites Python binds to 0.0.0.0 / :: into binds to that IP. Service
+  names resolve through the per-pod ``/etc/hosts`` (a stand-in for CoreDNS + kube-proxy):
+  ``svc``, ``svc.ns``, ``svc.ns.svc`` and ``svc.ns.svc.cluster.local`` map to a ready pod
+  of the Service's selector, like a headless Service, so the Service's ``targetPort`` is
+  assumed equal to its ``port``; the ``kubernetes`` Service (``kubernetes.default.svc``, and
+  ``KUBERNETES_SERVICE_HOST``/``PORT``) is 127.0.9.N:443, where a kube-proxy stand-in
+  (the control plane's ``ServiceProxy``) forwards to the API server;
 * a local-path provisioner stand-in (the control plane runs no PV controller): every
   unbound PVC gets a hostPath PV on its folder and both are bound at once (also for
   ``WaitForFirstConsumer`` classes).
@@ -329,17 +331,17 @@ def _all_containers(pod: Obj) -> list[Obj]:
     return pod["spec"].get("initContainers", []) + pod["spec"]["containers"]
 
 
-def service_env(port: int) -> dict[str, str]:
-    """The ``kubernetes`` Service's variables, pointing at the API server on loopback."""
+def service_env(host: str, port: int) -> dict[str, str]:
+    """The ``kubernetes`` Service's variables (its address: the proxy stand-in's)."""
     return {
-        "KUBERNETES_SERVICE_HOST": "127.0.0.1",
+        "KUBERNETES_SERVICE_HOST": host,
         "KUBERNETES_SERVICE_PORT": str(port),
         "KUBERNETES_SERVICE_PORT_HTTPS": str(port),
-        "KUBERNETES_PORT": f"tcp://127.0.0.1:{port}",
-        f"KUBERNETES_PORT_{port}_TCP": f"tcp://127.0.0.1:{port}",
+        "KUBERNETES_PORT": f"tcp://{host}:{port}",
+        f"KUBERNETES_PORT_{port}_TCP": f"tcp://{host}:{port}",
         f"KUBERNETES_PORT_{port}_TCP_PROTO": "tcp",
         f"KUBERNETES_PORT_{port}_TCP_PORT": str(port),
-        f"KUBERNETES_PORT_{port}_TCP_ADDR": "127.0.0.1",
+        f"KUBERNETES_PORT_{port}_TCP_ADDR": host,
     }
 
 
@@ -349,13 +351,17 @@ _addresses = itertools.count()
 _addresses_lock = threading.Lock()
 
 
-def pod_ip(n: int) -> str:
-    """The ``n``-th pod IP: 127.0.X.Y with X from 10 (127.0.0.x is the host's, 127.0.1.1
-    Debian's hostname entry), Y in 1..254; Linux routes all of 127/8 to ``lo``."""
+# The second octet of this process's pod IPs: two test processes (each with its own
+# stand-in) never hand out the same address (127.0.x.y is the host's and the Services').
+NET = 10 + os.getpid() % 240
+
+
+def pod_ip(n: int, net: int | None = None) -> str:
+    """The ``n``-th pod IP: 127.NET.X.Y, Y in 1..254; Linux routes all of 127/8 to ``lo``."""
     x, y = divmod(n, 254)
-    if x > 245:
+    if x > 255:
         raise RuntimeError("the kubelet stand-in ran out of loopback pod IPs")
-    return f"127.0.{10 + x}.{1 + y}"
+    return f"127.{NET if net is None else net}.{x}.{1 + y}"
 
 
 def next_pod_ip() -> str:
@@ -396,7 +402,9 @@ def service_addresses(services: Iterable[Obj], pods: Iterable[Obj]) -> dict[tupl
     return found
 
 
-def hosts_file(pod: Obj, ip: str, services: Mapping[tuple[str, str], str]) -> str:
+def hosts_file(
+    pod: Obj, ip: str, services: Mapping[tuple[str, str], str], api_ip: str = "127.0.0.1"
+) -> str:
     """The pod's ``/etc/hosts``: as the kubelet writes it, plus the Services it can resolve
     (the stand-in for cluster DNS) and ``kubernetes.default.svc`` -> the API server."""
     meta, spec = pod["metadata"], pod["spec"]
@@ -409,7 +417,7 @@ def hosts_file(pod: Obj, ip: str, services: Mapping[tuple[str, str], str]) -> st
         "127.0.0.1\tlocalhost",
         "::1\tlocalhost ip6-localhost ip6-loopback",
         f"{ip}\t{' '.join(own)}",
-        "127.0.0.1\t" + " ".join(service_names("kubernetes", "default", ns)),
+        f"{api_ip}\t" + " ".join(service_names("kubernetes", "default", ns)),
     ]
     for alias in spec.get("hostAliases") or []:
         lines.append(f"{alias['ip']}\t{' '.join(alias.get('hostnames', []))}")
@@ -500,14 +508,25 @@ def backoff(base: float, restarts: int, cap_factor: float = 30) -> float:
     return min(base * 2**restarts, base * cap_factor)
 
 
+# Inside a pod's mount namespace the host's tree as it was, recursively bound here before
+# the pod's own mounts: a pod that mounts over /tmp (an emptyDir) must not hide its other
+# volumes' sources, which live under the stand-in's folder (often itself under /tmp).
+STAGE = "/.qeval-standin-host"
+
+
 def mount_argv(
-    mounts: Iterable[tuple[str, str, bool]], hostname: str, workdir: str, argv: list[str]
+    mounts: Iterable[tuple[str, str, bool]],
+    hostname: str,
+    workdir: str,
+    argv: list[str],
+    stage: str = STAGE,
 ) -> list[str]:
     """``argv`` in a new mount (and UTS) namespace with ``mounts`` (source, target, read
-    only) bound in, parents before children; the namespace dies with its processes."""
-    steps = ["set -e"]
+    only) bound in, parents before children, each source read through ``stage`` (the host's
+    tree as it was: an existing directory); the namespace dies with its processes."""
+    steps = ["set -e", f"mount --rbind / {shlex.quote(stage)}"]
     for source, target, read_only in sorted(mounts, key=lambda m: m[1].count("/")):
-        steps.append(f"mount --bind {shlex.quote(source)} {shlex.quote(target)}")
+        steps.append(f"mount --bind {shlex.quote(stage + source)} {shlex.quote(target)}")
         if read_only:
             steps.append(f"mount -o remount,bind,ro {shlex.quote(target)}")
     steps += [f"hostname {shlex.quote(hostname)} 2>/dev/null || true", f"cd {shlex.quote(workdir)}"]
@@ -867,7 +886,7 @@ class _Pod(threading.Thread):
         return self.dir / "termination" / c.name
 
     def write_hosts(self, services: Mapping[tuple[str, str], str]) -> None:
-        text = hosts_file(self.pod, self.ip, services)
+        text = hosts_file(self.pod, self.ip, services, self.k.cp.service_host)
         if self.hosts.exists() and self.hosts.read_text() == text:
             return
         self.hosts.parent.mkdir(parents=True, exist_ok=True)
@@ -932,20 +951,22 @@ class _Pod(threading.Thread):
             spec,
             self.fetch,
             self.k.allocatable[self.node],
-            service_env(self.k.api_port),
+            service_env(self.k.cp.service_host, self.k.cp.service_port),
         )
         argv = [expand(a, c.env) for a in spec.get("command", []) + spec.get("args", [])]
         if not argv:
             raise ConfigError(f"container {c.name} has no command: the {STANDIN} has no image")
         env = dict(self.k.base_env) | c.env
         env["PATH"] = BIN_DIR + os.pathsep + c.env.get("PATH", os.environ.get("PATH", ""))
+        # The shim through the stage: a pod's own mount over its folder cannot hide it.
         env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(self.k.shim_dir), c.env.get("PYTHONPATH")) if p
+            p for p in (STAGE + str(self.k.shim_dir), c.env.get("PYTHONPATH")) if p
         )
         env |= {"QEVAL_STANDIN_POD_IP": self.ip, "HOSTNAME": self.pod_name}
         c.env = env
         workdir = spec.get("workingDir") or "/"
         self.k.mount_point(Path(workdir), directory=True)
+        self.k.mount_point(Path(STAGE), directory=True)
         termination = self._termination_file(c)
         termination.parent.mkdir(parents=True, exist_ok=True)
         termination.write_bytes(b"")
