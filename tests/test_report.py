@@ -5,14 +5,19 @@ and the report from result documents alone."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
+import pytest
 import yaml
+from rich.console import Console
 
-from qeval.api.evalrun import CandidateSummary, EvalRunStatus, Recovery, Score
+from qeval.api.evalrun import CandidateSummary, EvalRun, EvalRunStatus, Recovery, Score
 from qeval.cli import main
+from qeval.local.report import print_summary
 from qeval.report import PerfPoint, Run, load_run, write_report
 from qeval.report.recommend import latency_pick, recommend, throughput_pick
+from qeval.results.summary import ModelOutcome, summarize
 from qeval.stages import aggregate
 from qeval.stages.envelope import StageResult, StageStatus
 
@@ -225,3 +230,73 @@ def test_aggregate_from_documents_with_paired_samples_and_report(tmp_path):
     assert status.candidates[0].verdict == "Degraded" and status.cached == ["base/t"]
     assert [f.reason for f in status.failures] == ["NoResult"]
     assert (tmp_path / "report" / "report.md").is_file()
+
+
+# --- differences: task metrics without a recovery ratio, shown with their interval ------
+
+
+def _signed_metric_run() -> tuple[EvalRun, EvalRunStatus]:
+    """cola's Matthews correlation at chance for the baseline (no ratio: a difference) next
+    to arc (a ratio), summarized as the aggregate stage does."""
+
+    def score(model: str, task: str, metric: str, value: float, stderr: float) -> Score:
+        return Score(
+            model=model, task=task, metric=metric, value=value, stderr=stderr, primary=True
+        )
+
+    base = ModelOutcome(
+        "base",
+        scores=(
+            score("base", "cola", "mcc", -0.00054, 0.031),
+            score("base", "arc", "acc", 0.8, 0.01),
+        ),
+    )
+    cand = ModelOutcome(
+        "w4",
+        scores=(score("w4", "cola", "mcc", 0.157, 0.03), score("w4", "arc", "acc", 0.79, 0.01)),
+    )
+    status = summarize(base, [cand])
+    run = EvalRun.model_validate(
+        {
+            "apiVersion": "qeval.dev/v1alpha1",
+            "kind": "EvalRun",
+            "metadata": {"name": "study"},
+            "spec": {
+                "baseline": {"name": "base", "model": {"uri": "demo://tiny-llama"}},
+                "candidates": [{"name": "w4", "model": {"uri": "demo://tiny-llama"}}],
+                "tasks": [{"name": "cola"}, {"name": "arc"}],
+            },
+        }
+    )
+    return run, status
+
+
+def _numbers(text: str) -> list[float]:
+    return [float(n) for n in re.findall(r"[-+]?\d+\.\d+", text)]
+
+
+def test_the_report_shows_a_difference_where_a_ratio_is_undefined(tmp_path):
+    run, status = _signed_metric_run()
+    (diff,) = status.differences
+    write_report(Run(name="study", baseline="base", status=status), tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| w4 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    headers = next(line for line in md.splitlines() if line.startswith("| model |"))
+    cola = [h.strip() for h in headers.strip("|").split("|")].index("cola (mcc)")
+    shown = _numbers(cells[cola + 1])  # the recovery column beside cola's score
+    assert shown == pytest.approx([diff.value, diff.ci_low, diff.ci_high], abs=5e-4)
+    assert diff.reason in md and diff.reason in (tmp_path / "report.html").read_text()
+
+
+def test_the_console_table_shows_a_difference_where_a_ratio_is_undefined(tmp_path):
+    run, status = _signed_metric_run()
+    (diff,) = status.differences
+    console = Console(record=True, width=250)
+    print_summary(console, run, status, tmp_path)
+    out = console.export_text()
+    row = next(line for line in out.splitlines() if line.lstrip("│ ").startswith("w4 "))
+    cells = [c.strip() for c in row.strip("│").split("│")]
+    # model, scheme, size, then per task its score and the recovery column; cola first
+    assert _numbers(cells[4]) == pytest.approx([diff.value, diff.ci_low, diff.ci_high], abs=5e-4)
+    assert diff.reason in out.replace("\n", " ")

@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from qeval.api.evalrun import EvalRun, EvalRunStatus
+from qeval.report.text import difference, difference_notes, primary_columns, shown_differences
 
 
 def _pm(value: float | None, stderr: float | None, percent: bool = False) -> str:
@@ -25,9 +27,9 @@ def _size(size: int | None, ratio: float | None = None) -> str:
 
 
 def summary_table(run: EvalRun, status: EvalRunStatus) -> Table:
-    """Rows: baseline then candidates; per task, the primary metric's score and recovery."""
-    primary = [s for s in status.scores if s.primary]
-    tasks = list(dict.fromkeys((s.task, s.metric, s.filter) for s in primary))
+    """Rows: baseline then candidates; per task, the primary metric's score and recovery
+    (or, where a ratio is undefined, the difference from the baseline)."""
+    tasks = primary_columns(status)
     table = Table(title=f"EvalRun {run.name}: {status.phase}", title_justify="left")
     for header in ("model", "scheme", "size"):
         table.add_column(header)
@@ -39,6 +41,7 @@ def summary_table(run: EvalRun, status: EvalRunStatus) -> Table:
 
     score = {(s.model, s.task, s.metric, s.filter): s for s in status.scores}
     recovery = {(r.model, r.task, r.metric, r.filter): r for r in status.recovery}
+    differences = {(d.model, d.task, d.metric, d.filter): d for d in status.differences}
     baseline = run.spec.baseline.name
     rows = [(baseline, "baseline", _size(status.baseline_size_bytes), None, None, "")] + [
         (
@@ -55,8 +58,14 @@ def summary_table(run: EvalRun, status: EvalRunStatus) -> Table:
         cells = [name, scheme, size]
         for key in tasks:
             s, r = score.get((name, *key)), recovery.get((name, *key))
+            d = differences.get((name, *key))
             cells.append(_pm(s.value, s.stderr) if s else "-")
-            cells.append("" if name == baseline else _pm(r.value, r.stderr, True) if r else "-")
+            if name == baseline:
+                cells.append("")
+            elif r or not d:
+                cells.append(_pm(r.value, r.stderr, True) if r else "-")
+            else:
+                cells.append(escape(difference(d)))
         cells.append("" if name == baseline else _pm(mean, mean_se, True))
         cells.append(verdict)
         table.add_row(*cells)
@@ -66,6 +75,8 @@ def summary_table(run: EvalRun, status: EvalRunStatus) -> Table:
 def print_summary(console: Console, run: EvalRun, status: EvalRunStatus, run_dir: Path) -> None:
     console.print()
     console.print(summary_table(run, status))
+    for note in difference_notes(shown_differences(status)):
+        console.print(escape(note))
     for f in status.failures:
         console.print(f"[red]{f.stage}[/red]: {f.reason}: {f.message}")
     if status.cached:

@@ -18,6 +18,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from qeval.report.model import Run  # noqa: E402
+from qeval.report.text import primary_columns  # noqa: E402
 
 DPI = 110
 
@@ -40,8 +41,7 @@ def _plain_log_ticks(ax: Axes, axis: str) -> None:
 
 def primary_tasks(run: Run) -> list[tuple[str, str, str]]:
     """(task, metric, filter) of each task's primary metric, in the order they appear."""
-    keys = [(s.task, s.metric, s.filter) for s in run.status.scores if s.primary]
-    return list(dict.fromkeys(keys))
+    return primary_columns(run.status)
 
 
 def recovery_chart(run: Run, path: Path) -> Path | None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from qeval.report.model import Run
 from qeval.report.plots import primary_tasks
 from qeval.report.recommend import pct, recommend
+from qeval.report.text import difference, difference_notes, shown_differences
 
 CACHED_MARK = "†"
 SIGNIFICANT_MARK = "*"
@@ -63,6 +64,7 @@ def results_table(run: Run) -> Table:
     cached = set(status.cached)
     score = {(s.model, s.task, s.metric, s.filter): s for s in status.scores}
     recovery = {(r.model, r.task, r.metric, r.filter): r for r in status.recovery}
+    differences = {(d.model, d.task, d.metric, d.filter): d for d in status.differences}
     headers = ["model", "scheme", "size"]
     for task, metric, _ in tasks:
         headers += [f"{task} ({metric})", "recovery [95 % CI]"]
@@ -80,7 +82,8 @@ def results_table(run: Run) -> Table:
             r = recovery.get((c.name, task, metric, filt))
             mark = CACHED_MARK if f"{c.name}/{task}" in cached else ""
             row.append((_pm(s.value, s.stderr) if s else "-") + mark)
-            cell = _interval(r.value, r.ci_low, r.ci_high) if r else "-"
+            d = differences.get((c.name, task, metric, filt))
+            cell = _interval(r.value, r.ci_low, r.ci_high) if r else difference(d) if d else "-"
             if r and r.p_value is not None:
                 cell += f" p={r.p_value:.2g}" + (SIGNIFICANT_MARK if r.significant else "")
             row.append(cell)
@@ -170,6 +173,7 @@ def outline(run: Run, figures: dict[str, Path | None]) -> tuple[str, list[Sectio
             f"{CACHED_MARK} reused from the result cache ({len(status.cached)} of {n_results} "
             "model/task results); nothing was recomputed for them."
         )
+    notes += difference_notes(shown_differences(status))
     sections = [Section("Results", [intro, results_table(run), notes])]
     if (suites := suite_table(run)) is not None:
         sections.append(Section("Suite scores", [suites]))
