@@ -105,6 +105,14 @@ def _collection(gvr: str, namespace: str | None) -> str:
     return f"{base}/namespaces/{namespace}/{plural}" if namespace else f"{base}/{plural}"
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL when the test process dies (even by SIGKILL), so
+    an interrupted run leaves no control plane behind (Linux's PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -415,7 +423,12 @@ class ControlPlane:
     def _spawn(self, name: str, argv: list[str]) -> None:
         log = (self.dir / "logs" / f"{name}.log").open("wb")
         self.processes[name] = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.dir
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=self.dir,
+            preexec_fn=_die_with_parent,
         )
 
     def log_tail(self, name: str, lines: int = 30) -> str:
