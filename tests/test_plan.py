@@ -33,6 +33,11 @@ def test_demo_plan_order_and_dependencies():
     assert by["evaluate-w4a16"].needs == ("quantize-tiny-llama-w4a16",)
     assert by["evaluate-fp32"].needs == ("demo-model",)
     assert by["aggregate"].always and len(by["aggregate"].needs) == 5
+    # The demo model is built where the run's stages run, asking what they ask (one CPU):
+    # on a small node the scheduler then runs one build at a time, not one per quantization.
+    demo = by["demo-model"].scheduling
+    assert demo is not None and demo.gpus == 0
+    assert demo.resources is not None and demo.resources.requests == {"cpu": "1"}
 
 
 def test_stage_inputs():

@@ -239,8 +239,9 @@ def build_plan(run: EvalRun, models: Mapping[str, QuantizedModel], layout: Layou
     )
     results = tuple(s.name for s in stages if s.kind in ("evaluate", "benchmark", "similarity"))
     stages.append(Stage(AGGREGATE_STAGE, "aggregate", _doc(aggregate), results, always=True))
-    if uses_demo:
-        stages.insert(0, Stage(DEMO_STAGE, "demo-model", _doc(DemoModelInput())))
+    if uses_demo:  # on the run's nodes, asking what its stages ask (one build at a time)
+        demo = Stage(DEMO_STAGE, "demo-model", _doc(DemoModelInput()), (), spec.scheduling)
+        stages.insert(0, demo)
     return ordered(stages)
 
 
