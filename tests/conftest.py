@@ -28,7 +28,6 @@ def root() -> Path:
 
 if TYPE_CHECKING:
     from tests.cluster.controlplane import ControlPlane
-    from tests.kube.emulator import Cluster
 
 
 @pytest.fixture(scope="session")
@@ -57,20 +56,3 @@ def namespace(control_plane: ControlPlane, request: pytest.FixtureRequest) -> It
     name = control_plane.create_namespace(f"{slug}-{digest}")
     yield name
     control_plane.request("DELETE", f"/api/v1/namespaces/{name}")
-
-
-# --- the emulated Kubernetes API server -------------------------------------------------------
-
-
-@pytest.fixture
-def cluster() -> Iterator[Cluster]:
-    """An emulated API server with the repo's CRDs applied (see tests/kube/emulator.py).
-
-    It fails the test at teardown if the emulator itself raised (a bug, not an API error).
-    """
-    from tests.kube.emulator import Cluster
-
-    with Cluster() as started:
-        started.apply_crds(ROOT / "crds")
-        yield started
-        assert not started.errors, f"the emulated API server failed: {started.errors!r}"

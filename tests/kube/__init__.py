@@ -1,1 +1,2 @@
-"""Test infrastructure for Kubernetes: an API server emulator and the real kubectl/helm."""
+"""Test infrastructure for Kubernetes: the real kubectl and helm, the operator in a thread,
+and the test playing the kubelet (the control plane itself is in tests/cluster)."""
