@@ -300,19 +300,20 @@ def test_deployment_follows_image_digest_peering_and_verbose_values() -> None:
 
 # --- RBAC ----------------------------------------------------------------------------------------
 
-# What the operator calls on the API (qeval.k8s.kube, handlers and kopf 1.45): exactly these.
+# What the operator calls on the API (qeval.k8s.kube, handlers and kopf 1.45): exactly these,
+# as the audit log of tests/test_monitoring.py's stack shows (no get: nothing is read by name).
 OPERATOR_RULES = {
-    ("qeval.dev", "quantizedmodels"): {"get", "list", "watch"},
-    ("qeval.dev", "evalruns"): {"get", "list", "watch"},
-    ("qeval.dev", "quantizedmodels/status"): {"get", "patch"},
-    ("qeval.dev", "evalruns/status"): {"get", "patch"},
+    ("qeval.dev", "quantizedmodels"): {"list", "watch"},
+    ("qeval.dev", "evalruns"): {"list", "watch"},
+    ("qeval.dev", "quantizedmodels/status"): {"patch"},
+    ("qeval.dev", "evalruns/status"): {"patch"},
     ("qeval.dev", "quantizedmodels/finalizers"): {"update"},
     ("qeval.dev", "evalruns/finalizers"): {"update"},
-    ("batch", "jobs"): {"get", "list", "watch", "create"},
-    ("", "configmaps"): {"get", "list", "watch", "create"},
+    ("batch", "jobs"): {"list", "watch", "create"},
+    ("", "configmaps"): {"list", "watch", "create"},
     ("apps", "deployments"): {"list", "watch", "create", "delete"},
     ("", "services"): {"create", "delete"},
-    ("", "pods"): {"get", "list"},
+    ("", "pods"): {"list"},
     ("", "events"): {"create"},
 }
 CRDS = {("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"}}
@@ -435,7 +436,7 @@ def test_stage_pods_get_their_own_account_that_may_only_write_configmaps() -> No
                 assert o["metadata"]["labels"]["app.kubernetes.io/component"] == "stage"
         for role in roles:
             # qeval.k8s.publish: create the result ConfigMap, or replace it on a retry.
-            assert grants(role) == {("", "configmaps"): {"create", "get", "update"}}
+            assert grants(role) == {("", "configmaps"): {"create", "update"}}
         for binding, namespace in zip(bindings, namespaces, strict=True):
             assert binding["roleRef"]["name"] == "qeval-stage"
             assert binding["subjects"] == [

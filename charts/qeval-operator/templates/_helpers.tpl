@@ -73,14 +73,15 @@ app.kubernetes.io/part-of: qeval
 {{/* What the operator calls on the API in each namespace it serves (RBAC rules). */}}
 {{- define "qeval.operatorRules" -}}
 # The two resources: kopf lists and watches them (the operator writes only their status; it
-# keeps no finalizers or annotations on them).
+# keeps no finalizers or annotations on them). Nothing here reads one object by name: kopf
+# and the operator only list and watch, so no rule grants get (the audit log shows none).
 - apiGroups: [qeval.dev]
   resources: [quantizedmodels, evalruns]
-  verbs: [get, list, watch]
+  verbs: [list, watch]
 # Their status: the operator merge-patches it.
 - apiGroups: [qeval.dev]
   resources: [quantizedmodels/status, evalruns/status]
-  verbs: [get, patch]
+  verbs: [patch]
 # Its children's owner references block the resource's foreground deletion, which needs
 # this where OwnerReferencesPermissionEnforcement is on (OpenShift): no finalizer is set.
 - apiGroups: [qeval.dev]
@@ -89,12 +90,12 @@ app.kubernetes.io/part-of: qeval
 # Stage Jobs: created once each (never updated or deleted: owner references clean them up).
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [get, list, watch, create]
+  verbs: [list, watch, create]
 # Result ConfigMaps: those the stage pods publish, read; one per vLLM server (backend
 # vllm-server), created by the operator itself (once: an existing one is left as it is).
 - apiGroups: [""]
   resources: [configmaps]
-  verbs: [get, list, watch, create]
+  verbs: [list, watch, create]
 # vLLM servers (backend vllm-server): a Deployment per model under evaluation, watched,
 # deleted once the stages using it are done (never patched: nothing is changed in place).
 - apiGroups: [apps]
@@ -107,7 +108,7 @@ app.kubernetes.io/part-of: qeval
 # Pods of stage Jobs that cannot start (e.g. ImagePullBackOff): listed by label.
 - apiGroups: [""]
   resources: [pods]
-  verbs: [get, list]
+  verbs: [list]
 # Events about the resources (kopf posts them; it never reads or patches them).
 - apiGroups: [""]
   resources: [events]
