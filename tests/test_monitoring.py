@@ -1,25 +1,31 @@
 """Dashboards and alerts against the real Prometheus, scraping the real qeval operator.
 
-The stack (module-scoped, about 10 s): the emulated API server; the real operator
-(``qeval.k8s.handlers.run``) watching ``default``; Prometheus (Debian's 2.42) scraping it
-every second the way the chart's ServiceMonitor does, and evaluating the chart's
-PrometheusRule. The demo study of examples/evalrun.yaml runs through the operator with the
-test playing the Job controller and the stage pods: each stage publishes its result
-ConfigMap through ``qeval.k8s.publish`` carrying the scores measured by ``make demo``
-(README), and the aggregate stage is the real one (``qeval.stages.aggregate.run``). A second
-study fails (its quantization crashes), so the failure alerts have something to show, and
-one quantization is still running (its pod not ready yet), so the operator keeps working.
-A third study (``backend: vllm-server``) has the operator start a model server per model,
-a Deployment and a Service, which the test makes available as the Deployment controller
-would; its evaluations, benchmark and similarity run against them, the operator records
-each server's outcome and removes it, and the aggregate's benchmark figures are the
-``qeval_benchmark_*`` series the serving dashboard shows.
+The stack (module-scoped): the session's real control plane (kube-apiserver, scheduler and
+the Job, Deployment and ReplicaSet controllers; ``tests/cluster``) with a namespace of its
+own, where the chart's ServiceAccounts, Roles and storage claim are applied; the real
+operator (``qeval.k8s.handlers.run``) serving that namespace under the chart's RBAC (its
+ServiceAccount's token); Prometheus (Debian's 2.42) scraping it every second the way the
+chart's ServiceMonitor does, and evaluating the chart's PrometheusRule as rendered for this
+release. The demo study of examples/evalrun.yaml, applied by the cluster's admin, runs
+through the operator with the test playing the kubelet: each pod the real Job controller
+makes and the real scheduler binds exits 0 or 1, after publishing its stage's result
+ConfigMap through ``qeval.k8s.publish`` with the stage ServiceAccount's token, carrying the
+scores measured by ``make demo`` (README); the aggregate stage is the real one
+(``qeval.stages.aggregate.run``, over the result documents on the claim's volume). A second
+study fails (its quantization crashes, every retry), so the failure alerts have something to
+show, and one quantization is still running (its pod not ready yet), so the operator keeps
+working. A third study (``backend: vllm-server``) has the operator start a model server per
+model, a Deployment and a Service; the test plays the kubelet for their pods (running and
+ready) and the real controllers make them available; its evaluations, benchmark and
+similarity run against them, the operator records each server's outcome and removes it,
+and the aggregate's benchmark figures are the ``qeval_benchmark_*`` series the serving
+dashboard shows.
 
 vLLM cannot run here: a stand-in exporter serves vLLM's own ``vllm:`` histograms and
 counters, so that every panel query of the serving dashboard runs.
 
-Every request the operator and the stage pods make is checked against the chart's RBAC:
-each identity has its own token, and the emulator's request log says who asked what.
+Every request the operator and the stage pods make is checked against the chart's RBAC by
+the API server's audit log: no call refused, and no verb granted that the stack never used.
 """
 
 from __future__ import annotations
@@ -46,8 +52,12 @@ from qeval.k8s.publish import publish
 from qeval.stages.aggregate import AggregateInput
 from qeval.stages.aggregate import run as aggregate
 from qeval.stages.envelope import StageResult, StageStatus
+from tests.cluster.chart import RBAC_TEMPLATES, Identities, install_identities
+from tests.cluster.chart import render as render_objects
+from tests.cluster.controlplane import ControlPlane
 from tests.conftest import EXAMPLES, ROOT
-from tests.kube.emulator import Cluster, _verb
+from tests.kube.play import job_condition, play_pod, stage_env
+from tests.kube.running import Operator
 from tests.prometheus import (
     Exporter,
     Prometheus,
@@ -60,17 +70,18 @@ from tests.prometheus import (
     variable_queries,
     wait_for,
 )
-from tests.test_chart import CHART, NAMESPACE, grants, render, template
+from tests.test_chart import CHART, NAMESPACE, grants, run_helm, template, value_args
 
 pytestmark = pytest.mark.skipif(
     not (binary("prometheus") and binary("promtool")),
     reason="Prometheus is not installed (apt-get install prometheus; .ci/run does)",
 )
 
-NS = "default"  # where the studies run; the operator serves it
-OPERATOR_JOB = "qeval-operator-metrics"  # the job a ServiceMonitor gives the metrics Service
+NS = "monitoring"  # the stack's namespace: the studies run there, the operator serves it
+RELEASE = f"qeval-{NS}"  # the release install_identities names for it
+DEFAULT_JOB = "qeval-operator-metrics"  # the metrics Service of the default release (promtool)
 DASHBOARDS = sorted((CHART / "dashboards").glob("*.json"))
-# The chart as installed for this stack: namespaced to `default`, monitoring switched on.
+# The chart as installed for this stack: namespaced to NS, monitoring switched on.
 VALUES = (
     f"watchNamespaces={{{NS}}}",
     "metrics.serviceMonitor.enabled=true",
@@ -172,14 +183,23 @@ spec:
 SERVED_RUN = "served"
 
 
-# --- identities: one token each, so the request log says who asked -------------------------
+# --- the chart as installed for the stack -----------------------------------------------------
 
 
-def kubeconfig_for(cluster: Cluster, token: str, path: Path) -> Path:
-    config = yaml.safe_load(cluster.kubeconfig.read_text())
-    config["users"][0]["user"]["token"] = token
-    path.write_text(yaml.safe_dump(config))
-    return path
+def stack_chart(*templates: str) -> list[dict[str, Any]]:
+    """``helm template`` of the stack's release with VALUES (``templates``: only these)."""
+    argv = ["template", RELEASE, str(CHART), "--namespace", NS, *value_args(VALUES)]
+    for name in templates:
+        argv += ["--show-only", f"templates/{name}"]
+    done = run_helm(*argv)
+    assert done.returncode == 0, done.stderr
+    return [d for d in yaml.safe_load_all(done.stdout) if d]
+
+
+def operator_job() -> str:
+    """The ``job`` label Prometheus gives the operator: its ServiceMonitor's Service's name."""
+    (service,) = stack_chart("service.yaml")
+    return str(service["metadata"]["name"])
 
 
 def client_for(kubeconfig: Path) -> Any:
@@ -190,111 +210,67 @@ def client_for(kubeconfig: Path) -> Any:
     return client.ApiClient(configuration)
 
 
-@contextmanager
-def environment(**values: str) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-class Operator:
-    """``qeval operator`` in a thread (handlers.run with stop and ready flags)."""
-
-    def __init__(self) -> None:
-        self.stop_flag, self.ready = threading.Event(), threading.Event()
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True, name="qeval-operator")
-
-    def _run(self) -> None:
-        from qeval.k8s.handlers import run
-
-        try:
-            run(stop_flag=self.stop_flag, ready_flag=self.ready)
-        except BaseException as e:
-            self.error = e
-
-    def start(self) -> Operator:
-        self.thread.start()
-        wait_for(lambda: self.ready.is_set() or self.error, "the operator to be ready")
-        assert self.error is None, self.error
-        return self
-
-    def stop(self) -> None:
-        if self.thread.is_alive():
-            self.stop_flag.set()
-            self.thread.join(timeout=20)
-        assert not self.thread.is_alive(), "the operator did not stop"
-
-
-# --- the test plays the Job controller and the stage pods -------------------------------------
+# --- the test plays the kubelet and the stage processes ----------------------------------------
 
 
 def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+def bound_and_pending(pod: dict[str, Any]) -> bool:
+    """Scheduled by the real scheduler, not started by any kubelet yet, not going."""
+    return (
+        bool(pod["spec"].get("nodeName"))
+        and pod.get("status", {}).get("phase", "Pending") == "Pending"
+        and not pod["metadata"].get("deletionTimestamp")
+    )
+
+
 @dataclass
 class Study:
-    """Finishes every stage Job the operator creates, the way its pod would, and makes every
-    model server it creates available, the way the Deployment controller would."""
+    """Plays the kubelet for every pod the real controllers make in the stack's namespace:
+    a stage pod runs its stage (publishes its result with the stage ServiceAccount) and exits
+    0, or 1 for a failing stage, each retry; a model server's pod runs and is ready."""
 
-    cluster: Cluster
-    api: Any  # the test's own identity (the Job and Deployment controllers)
-    workdir: Path  # stands in for the storage claim, /mnt/volumes/<claim>
-    done: set[str] = field(default_factory=set)
-    served: set[str] = field(default_factory=set)  # Deployments made available
+    cluster: ControlPlane
+    stage_api: Any  # the qeval-stage ServiceAccount: what stage pods publish with
+    workdir: Path  # the claims' volumes, /mnt/volumes/<claim> in a pod
+    played: set[str] = field(default_factory=set)  # pod uids
 
     def local(self, path: str) -> Path:
         return self.workdir / Path(path).relative_to("/mnt/volumes")
 
     def step(self) -> int:
-        servers = self.cluster.list("apps/v1/deployments", namespace=NS)
-        up = [d for d in servers if d["metadata"]["name"] not in self.served]
-        for deployment in up:
-            self.serve(deployment)
-            self.served.add(deployment["metadata"]["name"])
-        jobs = self.cluster.list("batch/v1/jobs", namespace=NS)
-        fresh = [j for j in jobs if j["metadata"]["name"] not in self.done]
-        for job in fresh:
-            if job["metadata"]["labels"].get(m.LABEL_QUANTIZED_MODEL) in RUNNING:
-                self.start(job)
+        # Jobs before pods: a pod listed has its Job in the list.
+        jobs = {j["metadata"]["name"]: j for j in self.cluster.list("batch/v1/jobs", NS)}
+        pods = [
+            p
+            for p in self.cluster.list("v1/pods", NS)
+            if p["metadata"]["uid"] not in self.played and bound_and_pending(p)
+        ]
+        for pod in pods:
+            job_name = pod["metadata"].get("labels", {}).get("batch.kubernetes.io/job-name")
+            if job_name is None:  # a model server's pod (its ReplicaSet's): vLLM answers /health
+                play_pod(self.cluster, pod, exit_code=None, ready=True)
+            elif jobs[job_name]["metadata"]["labels"].get(m.LABEL_QUANTIZED_MODEL) in RUNNING:
+                play_pod(self.cluster, pod, exit_code=None, ready=False)  # pulling its image
             else:
-                self.finish(job)
-            self.done.add(job["metadata"]["name"])
-        return len(up) + len(fresh)
+                ok = self.run_stage(jobs[job_name])
+                play_pod(self.cluster, pod, exit_code=0 if ok else 1)
+            self.played.add(pod["metadata"]["uid"])
+        return len(pods)
 
-    def serve(self, deployment: dict[str, Any]) -> None:
-        """The Deployment controller: its one replica is available (vLLM answers /health)."""
-        from kubernetes import client
-
-        status = {"replicas": 1, "readyReplicas": 1, "availableReplicas": 1}
-        client.AppsV1Api(self.api).patch_namespaced_deployment_status(
-            deployment["metadata"]["name"], NS, {"status": status}
-        )
-
-    def start(self, job: dict[str, Any]) -> None:
-        """The Job controller has made its pod, which is not ready yet (pulling its image)."""
-        from kubernetes import client
-
-        body = {"status": {"active": 1, "ready": 0, "startTime": now()}}
-        client.BatchV1Api(self.api).patch_namespaced_job_status(job["metadata"]["name"], NS, body)
-
-    def finish(self, job: dict[str, Any]) -> None:
+    def run_stage(self, job: dict[str, Any]) -> bool:
+        """What the stage's container does: its result document, on the claim and published;
+        whether it succeeded."""
         container = job["spec"]["template"]["spec"]["containers"][0]
-        env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
-        env["QEVAL_RESULT_NAMESPACE"] = NS  # the downward API's value in a real pod
+        env = stage_env(job)
         stage_input = json.loads(env[m.INPUT_ENV])
         output = container["command"][container["command"].index("--output") + 1]
         labels = job["metadata"]["labels"]
         kind = labels[m.LABEL_STAGE_KIND]
-        ok, result, reason, message, seconds = True, None, None, None, 1.0
+        ok, reason, message, seconds = True, None, None, 1.0
+        result: dict[str, Any] | None = None
         if kind == "demo-model":
             result = {"path": "/mnt/volumes/qeval-data/cache/demo-model", "recipeHash": "demo"}
         elif kind == "quantize":
@@ -345,7 +321,7 @@ class Study:
         elif kind == "similarity":
             result = similarity(stage_input)
         elif kind == "aggregate":
-            # The real aggregate stage, over the result documents on the "claim".
+            # The real aggregate stage, over the result documents on the claim.
             doc = json.loads(json.dumps(stage_input))
             for ref in [doc["baseline"], *doc["candidates"]]:
                 ref["evaluate"] = str(self.local(ref["evaluate"]))
@@ -370,23 +346,20 @@ class Study:
         path = self.local(output)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(doc.dump()))
-        publish(doc, env)  # as the stage pod: with the stage's identity ($KUBECONFIG)
-        self.complete(job, ok)
+        # As the stage pod: with the stage's identity. A retried pod publishes again (the
+        # ConfigMap exists: it is replaced).
+        publish(doc, env, api=self.stage_api)
+        return ok
 
-    def complete(self, job: dict[str, Any], ok: bool) -> None:
-        from kubernetes import client
-
-        condition = {"type": "Complete", "status": "True", "lastTransitionTime": now()}
-        if not ok:
-            condition = {
-                "type": "Failed",
-                "status": "True",
-                "reason": "BackoffLimitExceeded",
-                "message": "Job has reached the specified backoff limit",
-                "lastTransitionTime": now(),
-            }
-        body = {"status": {"succeeded" if ok else "failed": 1, "conditions": [condition]}}
-        client.BatchV1Api(self.api).patch_namespaced_job_status(job["metadata"]["name"], NS, body)
+    def retried_to_the_end(self) -> bool:
+        """Whether the Job controller has given up on the failing stages (every pod exited 1:
+        the retried pod published its result again)."""
+        failing = [
+            j
+            for j in self.cluster.list("batch/v1/jobs", NS)
+            if j["metadata"]["labels"].get(m.LABEL_QUANTIZED_MODEL) in FAILING
+        ]
+        return bool(failing) and all(job_condition(self.cluster, j, "Failed") for j in failing)
 
     def phase(self, plural: str, name: str) -> str | None:
         obj = self.cluster.get(f"qeval.dev/v1alpha1/{plural}", NS, name)
@@ -398,7 +371,7 @@ class Study:
         return [
             o["metadata"]["name"]
             for kind in ("apps/v1/deployments", "v1/services")
-            for o in self.cluster.list(kind, namespace=NS, labels=labels)
+            for o in self.cluster.list(kind, NS, labels)
         ]
 
 
@@ -528,96 +501,114 @@ class VllmStandIn:
 
 @dataclass
 class Stack:
-    cluster: Cluster
+    cluster: ControlPlane
+    identities: Identities
     operator: Operator
     prometheus: Prometheus
     study: Study
-    metrics_port: int
-    tokens: dict[str, str]  # identity -> bearer token
+    job: str  # the operator's scrape job (its metrics Service, as the ServiceMonitor names it)
     seconds: dict[str, float]
 
 
 def rule_file(tmp: Path) -> Path:
     """The chart's PrometheusRule (as installed for the stack) as a Prometheus rules file."""
-    (rule,) = template("prometheusrule.yaml", *VALUES)
+    (rule,) = stack_chart("prometheusrule.yaml")
     path = tmp / "qeval-rules.yaml"
     path.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}, sort_keys=False))
     return path
 
 
+def storage_claim(cluster: ControlPlane, name: str) -> None:
+    """A PersistentVolumeClaim the examples name, bound to a volume of its own."""
+    pvc = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "200Gi"}}},
+    }
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(pvc))
+    cluster.provide_volume(NS, name)
+
+
 @contextmanager
-def monitored_study(tmp: Path) -> Iterator[Stack]:
-    """The whole stack, with both studies finished and their results scraped."""
+def monitored_study(cluster: ControlPlane, tmp: Path) -> Iterator[Stack]:
+    """The whole stack, with the studies finished and their results scraped."""
     t0 = time.monotonic()
     seconds: dict[str, float] = {}
+    cluster.create_namespace(NS)
+    identities = install_identities(cluster, NS)  # the chart's RBAC and claim (qeval-data)
+    assert identities.release == RELEASE
+    studies = (EXAMPLES / "evalrun.yaml").read_text() + "\n---\n" + MORE + "---" + SERVED
+    for claim in sorted(m.claims(list(yaml.safe_load_all(studies))) - {"qeval-data"}):
+        storage_claim(cluster, claim)  # any other claim the studies name (pvc://...)
+    job = operator_job()
     metrics_port = free_port()
     vllm = VllmStandIn().start()
     targets = [
         # As the chart's ServiceMonitor: job = the Service, namespace = the operator's.
-        Target(OPERATOR_JOB, f"127.0.0.1:{metrics_port}", {"namespace": NAMESPACE}, True),
+        Target(job, f"127.0.0.1:{metrics_port}", {"namespace": NS}, True),
         Target("vllm", vllm.address, {"namespace": NS}),
     ]
     prometheus = Prometheus(targets, [rule_file(tmp)]).start()
     seconds["prometheus ready"] = time.monotonic() - t0
-    cluster = Cluster().start()
     operator: Operator | None = None
-    tokens = {"operator": "operator-token", "stage": "stage-token", "test": "test-token"}
     try:
-        cluster.apply_crds(ROOT / "crds")
-        configs = {
-            who: kubeconfig_for(cluster, t, tmp / f"{who}.kubeconfig") for who, t in tokens.items()
-        }
-        settings = {
-            "QEVAL_NAMESPACES": NS,
-            "QEVAL_RESYNC_SECONDS": "1",  # reconcile often: the latency histogram moves
-            "QEVAL_METRICS_PORT": str(metrics_port),
-            "QEVAL_LIVENESS_ENDPOINT": f"http://127.0.0.1:{free_port()}/healthz",
-        }
-        with environment(KUBECONFIG=str(configs["operator"]), **settings):
-            operator = Operator().start()
-        seconds["operator ready"] = time.monotonic() - t0
-        study = Study(cluster, client_for(configs["test"]), tmp / "volumes")
-        with environment(KUBECONFIG=str(configs["test"])):
-            kubectl = ["apply", "-f", str(EXAMPLES / "evalrun.yaml"), "-f", "-"]
-            cluster.kubectl(*kubectl, input=MORE + "---" + SERVED)
-        with environment(KUBECONFIG=str(configs["stage"])):  # what publish() logs in with
+        with pytest.MonkeyPatch.context() as env:
+            settings = {
+                "KUBECONFIG": str(identities.operator),  # the chart's RBAC is all it has
+                "QEVAL_NAMESPACES": NS,
+                "QEVAL_RESYNC_SECONDS": "1",  # reconcile often: the latency histogram moves
+                "QEVAL_METRICS_PORT": str(metrics_port),
+                "QEVAL_LIVENESS_ENDPOINT": "",  # set by Operator.start (restored here)
+            }
+            for key, value in settings.items():
+                env.setenv(key, value)
+            operator = Operator(metrics_port).start()
+            seconds["operator ready"] = time.monotonic() - t0
+            study = Study(cluster, client_for(identities.stage), cluster.dir / "volumes" / NS)
+            # The person applying the studies: the cluster's admin, as kubectl does it.
+            cluster.kubectl("apply", "-n", NS, "-f", "-", input=studies)
             wait_for(
                 lambda: (
                     study.step() >= 0
                     and study.phase("evalruns", "demo") == "Succeeded"
                     and study.phase("evalruns", "w3-study") == "Failed"
                     and study.phase("evalruns", SERVED_RUN) == "Succeeded"
+                    and study.retried_to_the_end()
                 ),
-                "the demo and served studies to succeed and the w3 study to fail",
-                timeout=60,
+                "the demo and served studies to succeed and the w3 study to fail, its Job too",
+                timeout=150,  # the real Job controller waits 10 s before retrying a failed pod
             )
-        # Their stages done and their outcome recorded, the model servers are removed.
-        wait_for(lambda: not study.servers(SERVED_RUN), "the served study's servers removed")
-        seconds["studies done"] = time.monotonic() - t0
-        stack = Stack(cluster, operator, prometheus, study, metrics_port, tokens, seconds)
-        wait_for(lambda: prometheus.scraped(OPERATOR_JOB), "a scrape of the operator")
-        wait_for(
-            lambda: (
-                len(prometheus.query('qeval_mean_recovery_ratio{run="demo"}')) == 4
-                and prometheus.query(f'qeval_mean_recovery_ratio{{run="{SERVED_RUN}"}}')
-                and prometheus.query(f'qeval_benchmark_ttft_seconds{{run="{SERVED_RUN}"}}')
-                and prometheus.query('qeval_resources{phase="Failed"} > 0')
-            ),
-            "the studies' results in Prometheus",
-        )
-        seconds["results scraped"] = time.monotonic() - t0
-        yield stack
+            # Their stages done and their outcome recorded, the model servers are removed.
+            wait_for(lambda: not study.servers(SERVED_RUN), "the served study's servers removed")
+            seconds["studies done"] = time.monotonic() - t0
+            stack = Stack(cluster, identities, operator, prometheus, study, job, seconds)
+            wait_for(lambda: prometheus.scraped(job), "a scrape of the operator")
+            wait_for(
+                lambda: (
+                    len(prometheus.query('qeval_mean_recovery_ratio{run="demo"}')) == 4
+                    and prometheus.query(f'qeval_mean_recovery_ratio{{run="{SERVED_RUN}"}}')
+                    and prometheus.query(f'qeval_benchmark_ttft_seconds{{run="{SERVED_RUN}"}}')
+                    and prometheus.query('qeval_resources{phase="Failed"} > 0')
+                ),
+                "the studies' results in Prometheus",
+            )
+            seconds["results scraped"] = time.monotonic() - t0
+            yield stack
+            operator.stop_now()
+            operator = None
     finally:
         if operator is not None:
-            operator.stop()
-        cluster.stop()
+            operator.stop.set()
+            operator.thread.join(timeout=20)
         prometheus.stop()
         vllm.stop()
+        cluster.request("DELETE", f"/api/v1/namespaces/{NS}")
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with monitored_study(tmp_path_factory.mktemp("monitoring")) as s:
+def stack(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with monitored_study(control_plane, tmp_path_factory.mktemp("monitoring")) as s:
         yield s
 
 
@@ -660,16 +651,18 @@ def test_prometheus_has_the_studys_real_results_from_the_operator(stack: Stack) 
         ("QuantizedModel", "Failed"): 1,
         ("QuantizedModel", "Quantizing"): 1,
     }
-    # honor_labels (the ServiceMonitor's honorLabels): the resources' namespace, not the operator's.
+    # honor_labels (the ServiceMonitor's honorLabels): the resources' own namespace label is
+    # kept, never renamed exported_namespace (the operator serves the namespace it runs in).
     assert {s["metric"]["namespace"] for s in p.query("qeval_score")} == {NS}
-    assert p.query(f'up{{job="{OPERATOR_JOB}", namespace="{NAMESPACE}"}} == 1')
+    assert not p.query('{exported_namespace!=""}')
+    assert p.query(f'up{{job="{stack.job}", namespace="{NS}"}} == 1')
 
 
 def test_the_served_study_ran_against_model_servers_the_operator_removed(stack: Stack) -> None:
     p, run = stack.prometheus, SERVED_RUN
     # Each server's outcome is recorded (the operator's own result ConfigMap), then it goes.
     labels = {m.LABEL_RUN: run, m.LABEL_STAGE_KIND: "serve"}
-    records = stack.cluster.list("v1/configmaps", namespace=NS, labels=labels)
+    records = stack.cluster.list("v1/configmaps", NS, labels)
     assert sorted(r["metadata"]["labels"][m.LABEL_STAGE] for r in records) == [
         "serve-fp32",
         "serve-w4a16",
@@ -699,7 +692,7 @@ def test_the_served_study_ran_against_model_servers_the_operator_removed(stack: 
     sim = series(p, f'qeval_similarity_ratio{{run="{run}"}}', "model", "metric", count=4)
     assert sim[("w4a16", "rougeL")] == pytest.approx(0.89)
     jobs = {s["metric"]["job"] for s in p.query('{__name__=~"qeval_benchmark_.+"}')}
-    assert jobs == {OPERATOR_JOB}
+    assert jobs == {stack.job}
 
 
 # --- dashboards ----------------------------------------------------------------------------
@@ -781,89 +774,145 @@ def test_every_alert_rule_loads_and_fires_on_the_failed_study(stack: Stack) -> N
     assert not p.query(down["query"])
 
 
-# --- RBAC: every call made was allowed by the chart --------------------------------------------
+# --- RBAC: the audit log says every call was allowed, and every grant was used -----------------
 
 # Non-resource URLs every authenticated user may read (system:discovery, system:public-info-viewer).
 DISCOVERY = ("/api", "/apis", "/version", "/openapi")
 
 
-def requests_by(stack: Stack, token: str) -> list[tuple[str, str, str | None]]:
-    """(verb, group/version/resource[/sub] or path, namespace) of each request with ``token``."""
+@dataclass(frozen=True)
+class Call:
+    """One request in the audit log: ``resource`` is ``"jobs"`` or ``"evalruns/status"``;
+    a non-resource request has the path as its resource and the group None."""
 
-    async def read() -> list[Any]:
-        return list(stack.cluster.emulator._requests)
+    verb: str
+    group: str | None
+    resource: str
+    namespace: str | None
+    code: int
 
+
+def calls_by(cluster: ControlPlane, user: str) -> list[Call]:
+    """Every request ``user`` made, from the API server's audit log."""
     out = []
-    for request in stack.cluster.call(read):
-        if request.headers.get("Authorization") == f"Bearer {token}":
-            verb, _, target = _verb(request).partition(" ")
-            out.append((verb, target, request.namespace))
+    for event in cluster.audit_events():
+        if event.get("user", {}).get("username") != user:
+            continue
+        code = int(event.get("responseStatus", {}).get("code", 0))
+        ref = event.get("objectRef")
+        if ref is None:
+            path = event["requestURI"].split("?")[0]
+            out.append(Call(event["verb"], None, path, None, code))
+            continue
+        resource = ref["resource"] + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+        out.append(
+            Call(event["verb"], ref.get("apiGroup", ""), resource, ref.get("namespace"), code)
+        )
     return out
 
 
-def group_resource(target: str) -> tuple[str, str]:
-    """``"qeval.dev/v1alpha1/evalruns/status"`` -> ``("qeval.dev", "evalruns/status")``."""
-    parts = target.split("/")
-    if parts[0] == "v1":  # the core group
-        return "", "/".join(parts[1:])
-    return parts[0], "/".join(parts[2:])
-
-
-def allowed(rules: list[dict[str, Any]], verb: str, target: str) -> bool:
-    key = group_resource(target)
-    return any(verb in grants(rule).get(key, set()) for rule in rules)
-
-
-# Granted but not used by the study: single reads of what the operator lists and watches
-# (cheap, read-only, and what a person debugging with the operator's identity needs).
-KEPT_UNUSED = {
-    ("get", "qeval.dev", "quantizedmodels"),
-    ("get", "qeval.dev", "evalruns"),
-    ("get", "qeval.dev", "quantizedmodels/status"),
-    ("get", "qeval.dev", "evalruns/status"),
-    ("get", "batch", "jobs"),
-    ("get", "", "configmaps"),
-    ("get", "", "pods"),
-}
-
-
-def test_the_charts_rbac_allows_every_call_the_operator_and_the_stages_made(stack: Stack) -> None:
-    objs = render(*VALUES)
-    namespaced = [o for o in objs if o["kind"] == "Role" and o["metadata"]["namespace"] == NS]
-    operator_role = [r for r in namespaced if r["metadata"]["name"] == "qeval-operator"]
-    stage_role = [r for r in namespaced if r["metadata"]["name"] == "qeval-stage"]
-    cluster_roles = [o for o in objs if o["kind"] == "ClusterRole"]
-    assert operator_role and stage_role and cluster_roles
-
-    used: set[tuple[str, str, str]] = set()
-    calls = requests_by(stack, stack.tokens["operator"])
-    assert len(calls) > 20
-    for verb, target, namespace in calls:
-        if verb.isupper():  # a non-resource URL
-            assert target.startswith(DISCOVERY), f"the operator read {target}"
+def bound_roles(
+    objects: list[dict[str, Any]], user: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The chart's Roles (in NS) and ClusterRoles bound to the ServiceAccount ``user``."""
+    _, _, sa_namespace, sa_name = user.split(":")
+    subject = {"kind": "ServiceAccount", "name": sa_name, "namespace": sa_namespace}
+    roles: list[dict[str, Any]] = []
+    cluster_roles: list[dict[str, Any]] = []
+    for binding in objects:
+        if binding["kind"] not in ("RoleBinding", "ClusterRoleBinding"):
             continue
-        assert namespace in (NS, None), f"the operator called {verb} {target} in {namespace}"
-        rules = (operator_role if namespace == NS else []) + cluster_roles
-        assert allowed(rules, verb, target), (
-            f"the chart does not allow the operator: {verb} {target}"
-        )
-        used.add((verb, *group_resource(target)))
-    # Least privilege: the Role grants nothing this study did not use, but for a few reads.
-    granted = {
+        if subject not in binding["subjects"]:
+            continue
+        ref = binding["roleRef"]
+        (role,) = [
+            o
+            for o in objects
+            if o["kind"] == ref["kind"]
+            and o["metadata"]["name"] == ref["name"]
+            and o["metadata"].get("namespace") == binding["metadata"].get("namespace")
+        ]
+        (cluster_roles if role["kind"] == "ClusterRole" else roles).append(role)
+    assert all(r["metadata"]["namespace"] == NS for r in roles)
+    return roles, cluster_roles
+
+
+def granted(roles: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    return {
         (verb, group, resource)
-        for role in operator_role
+        for role in roles
         for (group, resource), verbs in grants(role).items()
         for verb in verbs
     }
-    unused = granted - used
-    assert unused <= KEPT_UNUSED, f"granted but never used: {sorted(unused - KEPT_UNUSED)}"
 
-    stage_calls = requests_by(stack, stack.tokens["stage"])
-    assert any(v == "create" for v, _, _ in stage_calls)
-    for verb, target, namespace in stage_calls:
-        assert namespace == NS and allowed(stage_role, verb, target), (
-            f"the chart does not allow stage pods: {verb} {target} in {namespace}"
-        )
+
+# Granted and needed, but never a request of its own, so the audit log cannot show it: the
+# OwnerReferencesPermissionEnforcement admission plugin checks that whoever sets
+# blockOwnerDeletion on a child may update its owner's finalizers (an authorization check
+# inside the child's create). The test checks the children do set it.
+AUTHORIZATION_ONLY = {
+    ("update", "qeval.dev", "quantizedmodels/finalizers"),
+    ("update", "qeval.dev", "evalruns/finalizers"),
+}
+
+
+def check_identity(
+    calls: list[Call], roles: list[dict[str, Any]], cluster_roles: list[dict[str, Any]], who: str
+) -> set[tuple[str, str, str]]:
+    """Fail on a refused call or one the chart does not allow; the grants used."""
+    refused = sorted({(c.verb, c.group, c.resource, c.code) for c in calls if c.code in (403, 422)})
+    assert not refused, f"the API server refused {who}: {refused}"
+    in_namespace, cluster_wide = granted(roles), granted(cluster_roles)
+    used = set()
+    for c in calls:
+        if c.group is None:  # a non-resource URL
+            assert c.resource.startswith(DISCOVERY), f"{who} read {c.resource}"
+            continue
+        key = (c.verb, c.group, c.resource)
+        assert c.namespace in (NS, None), f"{who} called {key} in {c.namespace}"
+        allowed = cluster_wide | (in_namespace if c.namespace == NS else set())
+        assert key in allowed, f"the chart does not allow {who} {key} in {c.namespace}"
+        used.add(key)
+    return used
+
+
+def test_the_charts_rbac_allows_every_call_the_operator_and_the_stages_made(stack: Stack) -> None:
+    ids = stack.identities
+    objects = render_objects(
+        ids.release, NS, f"watchNamespaces={{{NS}}}", "storage.create=true", only=RBAC_TEMPLATES
+    )  # what install_identities applied
+
+    # The operator: every call allowed; every verb the chart grants it used by this stack.
+    roles, cluster_roles = bound_roles(objects, ids.operator_user)
+    assert roles and cluster_roles
+    calls = calls_by(stack.cluster, ids.operator_user)
+    assert len(calls) > 20
+    used = check_identity(calls, roles, cluster_roles, "the operator")
+    unused = granted(roles + cluster_roles) - used - AUTHORIZATION_ONLY
+    assert not unused, f"granted to the operator but never used: {sorted(unused)}"
+    # What the operator creates (Jobs, its record of each server) blocks its owner's deletion,
+    # for which those finalizers grants are there; the stage pods' results do not.
+    children = [
+        *stack.cluster.list("batch/v1/jobs", NS),
+        *stack.cluster.list("v1/configmaps", NS, {m.LABEL_STAGE_KIND: "serve"}),
+    ]
+    blocking = {
+        ("update", "qeval.dev", f"{ref['kind'].lower()}s/finalizers")
+        for child in children
+        for ref in child["metadata"]["ownerReferences"]
+        if ref.get("blockOwnerDeletion")
+    }
+    assert blocking == AUTHORIZATION_ONLY, f"children blocking their owners: {sorted(blocking)}"
+
+    # The stage pods: create their result ConfigMap, and replace it when a retried pod
+    # publishes again (the failing quantization's second pod).
+    stage_roles, stage_cluster_roles = bound_roles(objects, ids.stage_user)
+    assert stage_roles and not stage_cluster_roles
+    stage_calls = calls_by(stack.cluster, ids.stage_user)
+    stage_used = check_identity(stage_calls, stage_roles, [], "the stage pods")
+    stage_unused = granted(stage_roles) - stage_used
+    assert not stage_unused, f"granted to the stage pods but never used: {sorted(stage_unused)}"
+    print(f"RBAC from the audit log: operator {sorted(used)}; stage pods {sorted(stage_used)}")
 
 
 # --- promtool ---------------------------------------------------------------------------------
@@ -890,7 +939,7 @@ def test_promtool_unit_tests_of_the_alerts(tmp_path: Path) -> None:
         r for g in rule["spec"]["groups"] for r in g["rules"] if r["alert"] == "QevalOperatorDown"
     ]
     fired = {"exp_labels": {"severity": "critical"}, "exp_annotations": down["annotations"]}
-    up = f'up{{job="{OPERATOR_JOB}", namespace="{NAMESPACE}"}}'
+    up = f'up{{job="{DEFAULT_JOB}", namespace="{NAMESPACE}"}}'
     w2 = 'run="r1", scheme="W2A16", model="w2"'
     w4 = 'run="r1", scheme="W4A16", model="w4"'
 
@@ -1058,9 +1107,9 @@ def test_operator_down_fires_once_the_operator_stops(stack: Stack) -> None:
     p = stack.prometheus
     (down,) = [r for r in p.rules() if r["name"] == "QevalOperatorDown"]
     assert not p.query(down["query"])
-    stack.operator.stop()  # its cleanup closes the metrics server
-    if metrics_answer(stack.metrics_port):
-        close_metrics_server(stack.metrics_port)
+    stack.operator.stop_now()  # its cleanup closes the metrics server
+    if metrics_answer(stack.operator.metrics_port):
+        close_metrics_server(stack.operator.metrics_port)
         pytest.fail("the operator stopped but its metrics server still answers")
     samples = wait_for(lambda: finite(p.query(down["query"])), "QevalOperatorDown's expression")
     assert float(samples[0]["value"][1]) == 1
