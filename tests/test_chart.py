@@ -231,7 +231,8 @@ def test_deployment_runs_the_operator_hardened_with_probe_and_resources() -> Non
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     (container,) = pod["containers"]
     assert container["image"] == "ghcr.io/qeval/operator:0.1.0"  # the appVersion
-    assert "command" not in container and "args" not in container  # the image's entrypoint
+    # What runs is written out (a kubelet stand-in runs no image entrypoint; nor need a reader).
+    assert container["command"] == ["qeval", "operator"] and "args" not in container
     security = container["securityContext"]
     assert security["readOnlyRootFilesystem"] is True
     assert security["allowPrivilegeEscalation"] is False

@@ -957,7 +957,8 @@ class _Pod(threading.Thread):
         if not argv:
             raise ConfigError(f"container {c.name} has no command: the {STANDIN} has no image")
         env = dict(self.k.base_env) | c.env
-        env["PATH"] = BIN_DIR + os.pathsep + c.env.get("PATH", os.environ.get("PATH", ""))
+        # The container's PATH, else the image's (extra_env), else this process's.
+        env["PATH"] = BIN_DIR + os.pathsep + env.get("PATH", os.environ.get("PATH", ""))
         # The shim through the stage: a pod's own mount over its folder cannot hide it.
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (STAGE + str(self.k.shim_dir), c.env.get("PYTHONPATH")) if p
