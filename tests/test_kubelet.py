@@ -250,6 +250,27 @@ def test_mount_namespace_binds_read_only(tmp_path: Path) -> None:
     assert socket.gethostname() != "pod-a"
 
 
+def test_a_mount_over_the_checkouts_parent_keeps_the_checkout(tmp_path: Path) -> None:
+    """An emptyDir on /tmp must not hide the checkout (the image's filesystem) under /tmp."""
+    parent, empty, stage = tmp_path / "tmp", tmp_path / "empty-dir", tmp_path / "stage"
+    (parent / "checkout").mkdir(parents=True)
+    (parent / "checkout" / "marker").write_text("image\n")
+    (parent / "host-file").write_text("host")
+    empty.mkdir()
+    stage.mkdir()
+    script = f"cat {parent}/checkout/marker; ls {parent}"
+    argv = mount_argv(
+        [(str(empty), str(parent), False)],
+        "pod-b",
+        "/",
+        ["sh", "-c", script],
+        stage=str(stage),
+        keep=[str(parent / "checkout")],
+    )
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=True)
+    assert done.stdout.split() == ["image", "checkout"]  # the host's other files are hidden
+
+
 def test_network_shim_binds_to_the_pod_ip(tmp_path: Path) -> None:
     (tmp_path / "sitecustomize.py").write_text(SITECUSTOMIZE)
     code = (
@@ -681,7 +702,12 @@ def test_a_failing_liveness_probe_restarts_the_container(api: Api, kubelet: Kube
     assert status["lastState"]["terminated"]["exitCode"] == 143  # SIGTERM
     assert events(api, "unhealthy", "Killing")
     assert "Liveness probe failed" in events(api, "unhealthy", "Unhealthy")[0]["message"]
-    assert kubelet.logs(api.ns, "unhealthy", "main").startswith("start\nstart\n")
+    # The restarted container writes its first line soon after its restart is reported.
+    wait_for(
+        lambda: kubelet.logs(api.ns, "unhealthy", "main").startswith("start\nstart\n"),
+        10,
+        "the restarted container's first line",
+    )
 
 
 def test_exec_readiness_probe_runs_inside_the_pods_mounts(api: Api, kubelet: Kubelet) -> None:

@@ -514,21 +514,35 @@ def backoff(base: float, restarts: int, cap_factor: float = 30) -> float:
 STAGE = "/.qeval-standin-host"
 
 
+# What stands for the image's filesystem: this checkout (the editable package) and the
+# Python running it. A pod mounting over one of their parents (an emptyDir on /tmp, when the
+# checkout is under /tmp) gets them bound back in, as an image would still have them.
+KEEP = tuple(sorted({str(Path(__file__).resolve().parents[2]), sys.prefix, sys.base_prefix}))
+
+
 def mount_argv(
     mounts: Iterable[tuple[str, str, bool]],
     hostname: str,
     workdir: str,
     argv: list[str],
     stage: str = STAGE,
+    keep: Iterable[str] = KEEP,
 ) -> list[str]:
     """``argv`` in a new mount (and UTS) namespace with ``mounts`` (source, target, read
     only) bound in, parents before children, each source read through ``stage`` (the host's
-    tree as it was: an existing directory); the namespace dies with its processes."""
+    tree as it was: an existing directory); ``keep`` paths that a mount hides are bound
+    back in; the namespace dies with its processes."""
+    mounts = sorted(mounts, key=lambda m: m[1].count("/"))
     steps = ["set -e", f"mount --rbind / {shlex.quote(stage)}"]
-    for source, target, read_only in sorted(mounts, key=lambda m: m[1].count("/")):
+    for source, target, read_only in mounts:
         steps.append(f"mount --bind {shlex.quote(stage + source)} {shlex.quote(target)}")
         if read_only:
             steps.append(f"mount -o remount,bind,ro {shlex.quote(target)}")
+    targets = [t.rstrip("/") + "/" for _, t, _ in mounts]
+    for path in keep:
+        if any(path.startswith(t) for t in targets):
+            q = shlex.quote(path)
+            steps.append(f"mkdir -p {q}; mount --bind {shlex.quote(stage + path)} {q}")
     steps += [f"hostname {shlex.quote(hostname)} 2>/dev/null || true", f"cd {shlex.quote(workdir)}"]
     script = "; ".join(steps) + '; exec "$@"'
     return ["unshare", "-m", "-u", "--propagation", "private", "sh", "-c", script, "sh", *argv]
