@@ -743,10 +743,16 @@ class ControlPlane:
         )
         if status != 200:
             raise ControlPlaneError(f"node {name} status: {status} {text}")
+        self.lift_not_ready_taint(name)
+
+    def lift_not_ready_taint(self, name: str) -> None:
+        """Do what the (disabled) node lifecycle controller does for a Ready node: remove
+        the ``node.kubernetes.io/not-ready`` taint (a node may not change its own taints)."""
         current = self.get("v1/nodes", None, name) or {}
         taints = current.get("spec", {}).get("taints") or []
         keep = [t for t in taints if t["key"] != "node.kubernetes.io/not-ready"]
         if keep != taints:
+            merge = "application/merge-patch+json"
             self.request("PATCH", f"/api/v1/nodes/{name}", {"spec": {"taints": keep}}, merge)
 
     def create_namespace(self, name: str, pod_security: str | None = "restricted") -> str:

@@ -1359,15 +1359,9 @@ class Kubelet:
                 raise
         name = node["metadata"]["name"]
         api.patch_node_status(name, {"status": node["status"]})
-        # The TaintNodesByCondition admission plugin registers every Node with the
-        # node.kubernetes.io/not-ready taint, which the node lifecycle controller lifts once
-        # the node is Ready; that controller is off (and NodeRestriction forbids a node to
-        # change its own taints), so the stand-in lifts it as that controller, as the admin.
-        current = _raw(self.admin.read_node(name, _preload_content=False))
-        taints = current["spec"].get("taints") or []
-        keep = [t for t in taints if t["key"] != "node.kubernetes.io/not-ready"]
-        if keep != taints:
-            self.admin.patch_node(name, [{"op": "replace", "path": "/spec/taints", "value": keep}])
+        # TaintNodesByCondition registered it not-ready; the control plane lifts that taint
+        # as the node lifecycle controller would (NodeRestriction forbids the node itself).
+        self.cp.lift_not_ready_taint(name)
 
     def stop(self) -> None:
         """Kill every pod's processes, remove the mount points it created, deregister."""
