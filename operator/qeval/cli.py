@@ -81,7 +81,7 @@ def _stage_input(arg: Path, output: Path) -> Path:
 
 def cmd_stage(args: argparse.Namespace) -> int:
     from qeval.stages import KINDS
-    from qeval.stages.envelope import StageStatus, execute
+    from qeval.stages.envelope import EXIT_RECORDED_FAILURE, StageStatus, execute
 
     input_model, run = KINDS[args.command].load()
     input_path = _stage_input(args.input, args.output)
@@ -91,7 +91,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
         from qeval.k8s.publish import publish
 
         print(f"published ConfigMap {publish(doc)}")
-    return EXIT_OK if doc.status == StageStatus.SUCCEEDED else EXIT_FAILED
+    return EXIT_OK if doc.status == StageStatus.SUCCEEDED else EXIT_RECORDED_FAILURE
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -23,6 +23,12 @@ from pydantic import BaseModel, Field, ValidationError
 
 from qeval.api.common import ApiModel
 
+# The exit code of a stage process that wrote (and, in a Job, published) a Failed document:
+# the failure is recorded and deterministic, so a stage Job's podFailurePolicy fails the Job
+# on it instead of running the stage again on its GPUs. A crash outside the envelope (the
+# publish itself) exits 1 and is retried; a kill by the kernel's OOM killer is 137.
+EXIT_RECORDED_FAILURE = 3
+
 LIBRARIES = ("qeval", "torch", "transformers", "llmcompressor", "compressed-tensors", "lm_eval")
 
 
