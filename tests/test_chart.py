@@ -25,7 +25,8 @@ from qeval.k8s.settings import OperatorSettings
 from tests.cluster.controlplane import ControlPlane
 from tests.conftest import ROOT
 from tests.kube.binaries import helm
-from tests.test_manifests import server
+from tests.kube.play import wait_for
+from tests.test_manifests import quantize_job, server
 
 CHART = ROOT / "charts" / "qeval-operator"
 RELEASE, NAMESPACE = "qeval-operator", "qeval-system"
@@ -673,26 +674,66 @@ def test_dashboards_use_the_datasource_variable_never_a_fixed_uid(path: Path) ->
 # --- storage and peering --------------------------------------------------------------------------
 
 
-def test_storage_claim_is_off_by_default_and_made_in_each_stage_namespace() -> None:
-    assert not template("storage-pvc.yaml")
+def test_storage_claim_is_made_in_each_stage_namespace_readwriteonce_by_default() -> None:
+    # ReadWriteOnce: what every StorageClass gives, block storage (EBS, PD, Azure Disk) too.
+    (claim,) = template("storage-pvc.yaml")
+    assert claim["metadata"]["namespace"] == NAMESPACE  # cluster-wide: the release's
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert "storageClassName" not in claim["spec"]  # the cluster's default class
     claims = template("storage-pvc.yaml", *EVERYTHING)
     assert [c["metadata"]["namespace"] for c in claims] == ["team-a", "team-b"]
     for claim in claims:
         assert claim["metadata"]["name"] == "qeval-data"
         assert claim["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
-        assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+        assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
         assert claim["spec"]["resources"]["requests"]["storage"] == "200Gi"
     assert env_of(operator_container(*EVERYTHING))["QEVAL_STORAGE_CLAIM"] == "qeval-data"
-    custom = template(
-        "storage-pvc.yaml",
-        "storage.create=true",
+    custom = (
         "storage.claimName=models",
-        "storage.storageClassName=fast",
+        "storage.storageClassName=efs-sc",
+        "storage.accessModes={ReadWriteMany}",
+        "storage.size=2Ti",
         "storage.keep=false",
     )
-    (claim,) = custom
+    (claim,) = template("storage-pvc.yaml", *custom)
     assert claim["metadata"]["name"] == "models" and "annotations" not in claim["metadata"]
-    assert claim["spec"]["storageClassName"] == "fast"
+    assert claim["spec"]["storageClassName"] == "efs-sc"
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "2Ti"
+    assert env_of(operator_container(*custom))["QEVAL_STORAGE_CLAIM"] == "models"
+    assert not template("storage-pvc.yaml", "storage.create=false")
+
+
+def test_an_existing_claim_is_mounted_and_none_is_created() -> None:
+    brought = ("storage.existingClaim=shared-models", "watchNamespaces={ml}")
+    assert not template("storage-pvc.yaml", *brought)  # though `create` is on
+    assert env_of(operator_container(*brought))["QEVAL_STORAGE_CLAIM"] == "shared-models"
+    # What the operator then mounts in every stage pod (the chart's env, read back).
+    settings = OperatorSettings.model_validate(
+        {"storage_claim": env_of(operator_container(*brought))["QEVAL_STORAGE_CLAIM"]}
+    )
+    volumes = quantize_job(settings)["spec"]["template"]["spec"]["volumes"]
+    claims = {
+        v["persistentVolumeClaim"]["claimName"] for v in volumes if "persistentVolumeClaim" in v
+    }
+    assert "shared-models" in claims and "qeval-data" not in claims
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        # Stage pods write to it, and several run side by side.
+        ("storage.accessModes={ReadOnlyMany}", "/storage/accessModes/0"),
+        ("storage.accessModes={ReadWriteOncePod}", "/storage/accessModes/0"),
+        ("storage.existingClaim=Models_1", "/storage/existingClaim"),
+        ("storage.storageClassName=Fast SSD", "/storage/storageClassName"),
+        ("storage.size=200GB", "/storage/size"),
+    ],
+)
+def test_bad_storage_values_are_refused_naming_the_value(value: str, message: str) -> None:
+    done = run_helm("template", RELEASE, str(CHART), *value_args([value]))
+    assert done.returncode != 0, f"{value} was accepted"
+    assert message in done.stderr, done.stderr
 
 
 def test_peering_objects_follow_the_watch_scope() -> None:
@@ -782,6 +823,22 @@ def fresh_control_plane() -> Iterator[ControlPlane]:
         yield cp
 
 
+def block_volume(name: str) -> Obj:
+    """A PersistentVolume such as a block-storage class provisions: ReadWriteOnce only."""
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {"name": name},
+        "spec": {
+            "capacity": {"storage": "200Gi"},
+            "accessModes": ["ReadWriteOnce"],
+            "persistentVolumeReclaimPolicy": "Retain",
+            "storageClassName": "",
+            "hostPath": {"path": f"/tmp/{name}"},
+        },
+    }
+
+
 @pytest.mark.parametrize("values", sorted(VALUE_SETS))
 def test_helm_template_applies_to_a_real_api_server(
     fresh_control_plane: ControlPlane, values: str
@@ -819,9 +876,12 @@ def test_helm_install_upgrade_and_uninstall_on_a_real_api_server(
     cp = fresh_control_plane
     install = (
         "--namespace", NAMESPACE, "--create-namespace",
-        "--set", "watchNamespaces={ml}", "--set", "storage.create=true",
+        "--set", "watchNamespaces={ml}",
     )  # fmt: skip
     cp.kubectl("create", "namespace", "ml")
+    # The only volume there is gives ReadWriteOnce alone, as block storage does (EBS, GCE PD,
+    # Azure Disk): the default claim binds to it (a ReadWriteMany claim would stay Pending).
+    cp.kubectl("apply", "-f", "-", input=yaml.safe_dump(block_volume("block-0")))
     done = cp.helm("install", RELEASE, str(CHART), *install)
     assert "STATUS: deployed" in done.stdout
     releases = cp.list("v1/secrets", NAMESPACE, {"owner": "helm", "name": RELEASE})
@@ -833,7 +893,17 @@ def test_helm_install_upgrade_and_uninstall_on_a_real_api_server(
         for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
     }
     assert env["QEVAL_NAMESPACES"] == "ml"
-    assert cp.get("v1/persistentvolumeclaims", "ml", "qeval-data") is not None
+    claim = wait_for(
+        lambda: (
+            (c := cp.get("v1/persistentvolumeclaims", "ml", "qeval-data"))
+            and c.get("status", {}).get("phase") == "Bound"
+            and c
+        ),
+        "the chart's claim bound by the real PV binder",
+        timeout=30,
+    )
+    assert claim["spec"]["volumeName"] == "block-0"
+    assert claim["status"]["accessModes"] == ["ReadWriteOnce"]
     assert cp.get("rbac.authorization.k8s.io/v1/roles", "ml", FULLNAME) is not None
 
     cp.helm("upgrade", RELEASE, str(CHART), *install, "--set", "operator.resyncSeconds=30")
@@ -868,4 +938,5 @@ def test_notes_tell_where_the_operator_runs_and_what_to_apply() -> None:
     assert "serving the namespaces ml" in notes
     assert f"rollout status deploy/{FULLNAME}" in notes
     assert "kubectl -n ml apply -f examples/evalrun.yaml" in notes
-    assert "(created in: ml)" in notes
+    assert "(created in: ml, ReadWriteOnce)" in notes
+    assert "storage.accessModes={ReadWriteMany}" in notes  # the way out of RWO, spelt out

@@ -65,6 +65,16 @@ app.kubernetes.io/part-of: qeval
 {{- $namespaces | uniq | toJson }}
 {{- end }}
 
+{{/* The claim stage pods mount (QEVAL_STORAGE_CLAIM): the user's own, or the one the chart makes. */}}
+{{- define "qeval.storageClaim" -}}
+{{- default .Values.storage.claimName .Values.storage.existingClaim }}
+{{- end }}
+
+{{/* True (non-empty) when the chart creates the storage claim: not when one is brought. */}}
+{{- define "qeval.createsClaim" -}}
+{{- if and .Values.storage.create (not .Values.storage.existingClaim) }}true{{- end }}
+{{- end }}
+
 {{/* The Prometheus job of the metrics Service: a ServiceMonitor names it after the Service. */}}
 {{- define "qeval.metricsService" -}}
 {{- printf "%s-metrics" (include "qeval.fullname" .) | trunc 63 | trimSuffix "-" }}
