@@ -228,9 +228,9 @@ def test_a_server_is_a_deployment_running_qeval_serve_on_the_spec_gpus() -> None
     (container,) = pod["containers"]
     assert container["command"] == ["qeval", "serve", "--input", "env:QEVAL_STAGE_INPUT"]
     assert container["image"] == OperatorSettings().evaluator_image  # the image with vLLM
-    assert container["resources"] == {
-        "requests": {"nvidia.com/gpu": "1"},
-        "limits": {"nvidia.com/gpu": "1"},
+    assert container["resources"] == {  # examples/llama-3.1-8b/serving.yaml's scheduling
+        "requests": {"cpu": "8", "memory": "24Gi", "nvidia.com/gpu": "1"},
+        "limits": {"memory": "32Gi", "nvidia.com/gpu": "1"},
     }
     assert pod["tolerations"] == [
         {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
