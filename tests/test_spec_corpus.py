@@ -187,6 +187,24 @@ CASES: list[Case] = [
         {S + "backend": "vllm-server", S + "serving": {"extraArgs": ["--port=1"]}},
     ),
     bad(
+        "max-model-len-8k",
+        "spec.serving.maxModelLen",
+        {
+            S + "backend": "vllm-server",
+            S + "serving": {"maxModelLen": "8k"},
+            S + "scheduling.gpus": 1,
+        },
+    ),
+    bad(
+        "max-model-len-15",
+        "spec.serving.maxModelLen",
+        {
+            S + "backend": "vllm-server",
+            S + "serving": {"maxModelLen": 15},
+            S + "scheduling.gpus": 1,
+        },
+    ),
+    bad(
         "tp-over-gpus",
         "spec",
         {

@@ -6,7 +6,7 @@ import re
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from qeval.api.common import (
     DNS_LABEL,
@@ -397,6 +397,29 @@ SERVING_RULES = (
     ),
 )
 
+# vLLM's --max-model-len: a number of tokens, or auto (which vLLM also reads as -1): the
+# longest context the GPU memory left after loading the weights holds, measured at start.
+MAX_MODEL_LEN_AUTO = "auto"
+MAX_MODEL_LEN_RANGE = (16, 10485760)
+
+
+def _max_model_len_ok(value: object) -> bool:
+    if isinstance(value, str):
+        return value == MAX_MODEL_LEN_AUTO
+    low, high = MAX_MODEL_LEN_RANGE
+    return value is None or (type(value) is int and low <= value <= high)
+
+
+# On the field itself (CEL's self is the value), so both refusals name maxModelLen.
+MAX_MODEL_LEN_RULE = Rule(
+    cel=f"type(self) == string ? self == '{MAX_MODEL_LEN_AUTO}' : "
+    f"(self >= {MAX_MODEL_LEN_RANGE[0]} && self <= {MAX_MODEL_LEN_RANGE[1]})",
+    message=f"maxModelLen is a number of tokens from {MAX_MODEL_LEN_RANGE[0]} to "
+    f"{MAX_MODEL_LEN_RANGE[1]} (8192, not '8k'), or {MAX_MODEL_LEN_AUTO} for the longest "
+    "context the GPU memory holds; leave it out for the model's own",
+    check=_max_model_len_ok,
+)
+
 
 class Serving(ApiModel):
     """The vLLM OpenAI-compatible servers qeval starts: with backend vllm-server one
@@ -411,8 +434,13 @@ class Serving(ApiModel):
         description="vLLM --tensor-parallel-size: GPUs one server shards the model over "
         "(at most spec.scheduling.gpus, which the server pod requests).",
     )
-    max_model_len: int | None = Field(
-        default=None, ge=16, le=10485760, description="vLLM --max-model-len; default: the model's."
+    max_model_len: int | Annotated[str, Field(max_length=16)] | None = Field(
+        default=None,
+        description="vLLM --max-model-len: the context (prompt and output tokens) the server "
+        "takes, a number or auto (the longest the GPU memory left after the weights holds, "
+        "which vLLM measures when it starts); default: the model's own (its config). lm-eval "
+        "gets the server's length as its max_length, so long prompts are not cut at 2,048.",
+        json_schema_extra=cel_rules(MAX_MODEL_LEN_RULE),
     )
     gpu_memory_utilization: float = Field(
         default=0.9, gt=0, le=1, description="vLLM --gpu-memory-utilization."
@@ -444,6 +472,12 @@ class Serving(ApiModel):
     def _rules(self) -> Serving:
         enforce(self, SERVING_RULES)
         return self
+
+    @field_validator("max_model_len")
+    @classmethod
+    def _max_model_len(cls, value: int | str | None) -> int | str | None:
+        enforce(value, (MAX_MODEL_LEN_RULE,))
+        return value
 
 
 class EvalRunSpec(ApiModel):

@@ -352,7 +352,13 @@ def make_handler(model: HfModel) -> type[BaseHTTPRequestHandler]:
             if self.path == "/health":
                 self._json(200, {"status": "ok"})
             elif self.path == "/v1/models":
-                self._json(200, {"object": "list", "data": [{"id": model.name, "object": "model"}]})
+                # As vLLM's model card: the context it takes, which lm-eval's client needs.
+                card = {
+                    "id": model.name,
+                    "object": "model",
+                    "max_model_len": model.max_length or None,
+                }
+                self._json(200, {"object": "list", "data": [card]})
             else:
                 self._json(404, {"error": {"message": f"no route {self.path}"}})
 
@@ -479,8 +485,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--served-model-name", default=None)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--max-model-len", type=int, default=None, help="context taken; default: the model's"
+    )
     args = p.parse_args(argv)
     model = HfModel(args.model, args.served_model_name)
+    if args.max_model_len is not None:
+        model.max_length = args.max_model_len
     server = make_server(model, args.host, args.port)
     print(f"hf backend (transformers, not vLLM) serving {model.name} on {args.host}:{args.port}")
     server.serve_forever()

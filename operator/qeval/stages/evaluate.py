@@ -181,11 +181,78 @@ def parse_model_args(model_args: Mapping[str, str]) -> dict[str, Any]:
     return {key: handle_arg_string(value) for key, value in model_args.items()}
 
 
+def adds_special_tokens(path: Path, trust_remote_code: bool = False) -> bool:
+    """Whether the model's tokenizer adds special tokens (a BOS) to a text by default.
+
+    Backend hf (lm-eval's HFLM) encodes with the tokenizer's defaults, so it sends the BOS
+    such a tokenizer adds; lm-eval's local-completions encodes with ``add_special_tokens=
+    add_bos_token``, False unless told. Asked of the tokenizer itself, this is what to tell
+    it for the server to score the same tokens."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    probe = "1 a"
+    return bool(tok(probe)["input_ids"] != tok(probe, add_special_tokens=False)["input_ids"])
+
+
+def reported_max_model_len(models: Any, name: str) -> int:
+    """The context length vLLM's ``GET /v1/models`` answer reports for the model served as
+    ``name`` (its ``max_model_len``: the resolved one, after ``auto``)."""
+    cards = models.get("data") if isinstance(models, dict) else None
+    cards = [c for c in cards if isinstance(c, dict)] if isinstance(cards, list) else []
+    for card in cards:
+        if card.get("id") == name:
+            value = card.get("max_model_len")
+            if type(value) is int and value > 0:
+                return value
+            raise StageError(
+                "UnknownContextLength",
+                f"the server of {name!r} reports no max_model_len in GET /v1/models (got "
+                f"{value!r}); set spec.serving.maxModelLen to a number of tokens",
+            )
+    served = [c.get("id") for c in cards]
+    raise StageError("NoServer", f"the server does not serve {name!r} (it serves {served})")
+
+
+def server_max_length(base_url: str, name: str, serving: Serving, timeout: float = 30.0) -> int:
+    """The tokens of context the server takes: spec.serving.maxModelLen where it is a number,
+    else (auto, or the model's own) what the running server reports."""
+    if isinstance(serving.max_model_len, int):
+        return serving.max_model_len
+    import httpx
+
+    url = f"{base_url.rstrip('/')}/v1/models"
+    try:
+        answer = httpx.get(url, timeout=timeout)
+        answer.raise_for_status()
+        models = answer.json()
+    except (httpx.HTTPError, ValueError) as e:
+        raise StageError("ServerFailed", f"GET {url}: {e}") from e
+    return reported_max_model_len(models, name)
+
+
+# How the vllm-server client encodes and truncates (part of its results' cache key: results
+# computed before it sent the tokenizer's BOS and the server's length are not reused).
+SERVER_CLIENT = {
+    "tokenizerBackend": "huggingface",
+    "specialTokens": "tokenizer",
+    "maxLength": "server",
+}
+
+
 def _model_args(inp: EvaluateInput, path: Path) -> dict[str, Any]:
     """The model_args lm-eval gets. The API refuses the keys set here in spec.modelArgs;
-    remote code runs only with spec.trustRemoteCode (False is passed explicitly)."""
+    remote code runs only with spec.trustRemoteCode (False is passed explicitly).
+
+    With vllm-server, spec.modelArgs may still set what qeval otherwise derives: max_length
+    (default: the server's context), add_bos_token (default: whether the tokenizer adds
+    special tokens, as backend hf encodes) and tokenizer_backend (default: huggingface, the
+    model's own tokenizer; lm-eval would pick its remote one where a server offers
+    /tokenizer_info, and that one never adds a BOS)."""
+    user = parse_model_args(inp.model_args)
     # The revision is already pinned: resolve() fetched exactly that snapshot.
     args: dict[str, Any] = {"pretrained": str(path)}
+    derived: dict[str, Any] = {}
     if inp.backend == Backend.VLLM_SERVER:
         if not inp.base_url:
             raise StageError("NoServer", "backend vllm-server needs the server's base_url")
@@ -196,7 +263,25 @@ def _model_args(inp: EvaluateInput, path: Path) -> dict[str, Any]:
             "base_url": f"{inp.base_url.rstrip('/')}/v1/completions",
             "num_concurrent": serving.num_concurrent,
         }
-    return parse_model_args(inp.model_args) | args | {"trust_remote_code": inp.trust_remote_code}
+        derived = {"tokenizer_backend": SERVER_CLIENT["tokenizerBackend"]}
+        if "add_bos_token" not in user:
+            derived["add_bos_token"] = adds_special_tokens(path, inp.trust_remote_code)
+        if "max_length" not in user:
+            derived["max_length"] = server_max_length(inp.base_url, inp.model_name, serving)
+    return derived | user | args | {"trust_remote_code": inp.trust_remote_code}
+
+
+def lm_eval_model(inp: EvaluateInput, path: Path) -> Any:
+    """The lm-eval model object every task of the stage runs on (``qeval run`` and the
+    operator's Job both build it here)."""
+    from lm_eval.api.registry import get_model
+
+    extra: dict[str, Any] = {"batch_size": inp.batch_size}
+    if inp.backend == Backend.HF:
+        extra["device"] = "cuda" if _has_gpu() else "cpu"
+    return get_model(LM_EVAL_MODEL[Backend(inp.backend)]).create_from_arg_obj(
+        _model_args(inp, path), extra
+    )
 
 
 # --- the result cache ------------------------------------------------------------------
@@ -225,6 +310,7 @@ def backend_config(inp: EvaluateInput) -> dict[str, Any]:
         served = (inp.serving or Serving()).dump()
         ignored = {"numConcurrent", "readyTimeoutSeconds"}  # they cannot change a score
         config["serving"] = {k: v for k, v in served.items() if k not in ignored}
+        config["client"] = SERVER_CLIENT
     return config
 
 
@@ -382,7 +468,6 @@ def evaluate(
 ) -> tuple[dict[str, Any], dict[str, list[Any]]]:
     """Run lm-eval on ``tasks``: its results document (without samples) and the samples."""
     import lm_eval
-    from lm_eval.api.registry import get_model
     from lm_eval.utils import handle_non_serializable
 
     tm = task_manager(inp.task_paths)
@@ -396,12 +481,7 @@ def evaluate(
     if inp.allow_code_execution:
         os.environ["HF_ALLOW_CODE_EVAL"] = "1"  # HF evaluate's code_eval asks for it too
 
-    extra: dict[str, Any] = {"batch_size": inp.batch_size}
-    if inp.backend == Backend.HF:
-        extra["device"] = "cuda" if _has_gpu() else "cpu"
-    lm = get_model(LM_EVAL_MODEL[Backend(inp.backend)]).create_from_arg_obj(
-        _model_args(inp, path), extra
-    )
+    lm = lm_eval_model(inp, path)
     parts = []
     for (shots, limit), names in group_by_settings(tasks).items():
         out = lm_eval.simple_evaluate(
