@@ -113,6 +113,9 @@ def execute(
             inp = input_model.model_validate(raw)
         except (OSError, ValueError, ValidationError) as e:
             raise StageError("InvalidInput", f"cannot read stage input {input_path}: {e}") from e
+        from qeval.stages.accelerators import require_gpus  # here: it imports StageError
+
+        require_gpus()  # given GPUs that CUDA does not see: fail now, not hours later on the CPU
         result = run(inp)
         doc = StageResult(
             stage=stage,
