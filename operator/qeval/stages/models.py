@@ -3,12 +3,61 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
+from fnmatch import fnmatch
 from pathlib import Path, PurePosixPath
 
 from qeval.api.common import VOLUMES_ROOT, ModelSource, model_kind, volume_path
 from qeval.stages.envelope import StageError
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+
+# What a stage downloads of a hub model repository (fnmatch patterns, as huggingface_hub's
+# allow_patterns): what transformers, vLLM and the tokenizers load, by the names they load
+# it by, and no more. A whole repository can hold the weights twice over: Llama-3.1's
+# original/consolidated.*.pth, Mistral's consolidated.safetensors.
+MODEL_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.model",  # sentencepiece, at the top level (not original/tokenizer.model)
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "recipe.yaml",  # llm-compressor's record in a compressed-tensors checkpoint
+)
+# The weights, in transformers' own file names: safetensors where the repository has them,
+# else the PyTorch pickles.
+SAFETENSORS_WEIGHTS = (
+    "model.safetensors",
+    "model-*-of-*.safetensors",
+    "model.safetensors.index.json",
+)
+PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model-*-of-*.bin", "pytorch_model.bin.index.json")
+
+
+def download_patterns(files: Iterable[str]) -> list[str]:
+    """The allow patterns for a hub repository holding ``files``: the model files and one
+    set of weights (safetensors, else ``.bin``); StageError(ModelNotFound) when it holds
+    weights in neither form."""
+    files = list(files)
+    for weights in (SAFETENSORS_WEIGHTS, PICKLE_WEIGHTS):
+        if any(fnmatch(f, w) for f in files for w in weights if not w.endswith(".json")):
+            return [*MODEL_FILES, *weights]
+    found = sorted(f for f in files if f.endswith(WEIGHT_SUFFIXES + (".pth",)))
+    raise StageError(
+        "ModelNotFound",
+        "the repository has no weights transformers loads (model*.safetensors or "
+        f"pytorch_model*.bin; it has {', '.join(found[:5]) or 'none'}): point spec.model.uri "
+        "at a Hugging Face format checkpoint",
+    )
 
 
 def resolve(source: ModelSource, local_only: bool = False) -> Path:
@@ -30,13 +79,24 @@ def resolve(source: ModelSource, local_only: bool = False) -> Path:
         root = os.environ.get("QEVAL_VOLUMES", str(VOLUMES_ROOT))
         path = Path(volume_path(source.uri, PurePosixPath(root)))
     elif kind == "huggingface":
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import HfApi, constants, snapshot_download
 
         repo = source.uri.removeprefix("hf://")
         try:
+            patterns = None  # offline: the snapshot already in the cache, as it is
+            if not (local_only or constants.HF_HUB_OFFLINE):
+                files = HfApi().list_repo_files(repo, revision=source.revision)
+                patterns = download_patterns(files)
             return Path(
-                snapshot_download(repo, revision=source.revision, local_files_only=local_only)
+                snapshot_download(
+                    repo,
+                    revision=source.revision,
+                    allow_patterns=patterns,
+                    local_files_only=local_only,
+                )
             )
+        except StageError as e:
+            raise StageError(e.reason, f"{repo}: {e}") from e
         except Exception as e:  # offline, gated, or missing
             raise StageError(
                 "ModelNotFound",
