@@ -101,10 +101,17 @@ def test_quantize_job_command_is_an_argv_list_with_the_input_in_the_environment(
 def test_quantize_job_mounts_the_output_claim_and_the_storage_claim() -> None:
     job = quantize_job()
     pod = job["spec"]["template"]["spec"]
-    claims = {v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]}
+    claims = {
+        v["persistentVolumeClaim"]["claimName"]
+        for v in pod["volumes"]
+        if "persistentVolumeClaim" in v
+    }
     assert claims == {"qeval-models", "qeval-data"}
     mounts = {v["mountPath"] for v in pod["containers"][0]["volumeMounts"]}
-    assert mounts == {"/mnt/volumes/qeval-models", "/mnt/volumes/qeval-data"}
+    assert mounts == {"/mnt/volumes/qeval-models", "/mnt/volumes/qeval-data", "/dev/shm"}
+    # PyTorch's and vLLM's workers share tensors through /dev/shm: a RAM-backed emptyDir,
+    # not the container runtime's 64 MiB.
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory"}} in pod["volumes"]
 
 
 def test_jobs_are_owned_by_their_resource_and_labelled() -> None:
@@ -223,7 +230,9 @@ def test_a_server_is_a_deployment_running_qeval_serve_on_the_spec_gpus() -> None
     deployment, _ = server()
     spec = deployment["spec"]
     assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
-    assert spec["progressDeadlineSeconds"] == 1800  # serving.readyTimeoutSeconds
+    # No progress deadline of qeval's: it would count the queue, a node scale-up and the
+    # image pull; the startup probe counts from the container's start instead.
+    assert "progressDeadlineSeconds" not in spec
     pod = spec["template"]["spec"]
     (container,) = pod["containers"]
     assert container["command"] == ["qeval", "serve", "--input", "env:QEVAL_STAGE_INPUT"]
@@ -270,6 +279,7 @@ def test_a_server_is_ready_when_health_answers_and_has_the_whole_timeout_to_star
     health = {"path": "/health", "port": "http"}
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert container[probe]["httpGet"] == health
+        assert container[probe]["timeoutSeconds"] >= 5  # not the 1 s default under load
     startup = container["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 1800
     assert container["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
@@ -334,3 +344,94 @@ def test_server_deployments_and_services_pass_kubernetes_strict_schemas(version:
         kubernetes_validate.validate(obj, version, strict=True)
     doc = StageResult(stage="serve-bf16", kind="serve", status=StageStatus.FAILED, reason="R")
     kubernetes_validate.validate(m.build_operator_result(RUN_OWNER, doc), version, strict=True)
+
+
+# --- what a first run on a GPU cluster needs -------------------------------------------
+
+
+def test_a_stage_job_fails_at_once_on_a_recorded_failure_or_an_oom_kill() -> None:
+    from qeval.stages.envelope import EXIT_RECORDED_FAILURE
+
+    spec = quantize_job()["spec"]
+    rules = spec["podFailurePolicy"]["rules"]
+    # Disruptions (preemption, eviction, drain) are not the stage's fault: not counted.
+    assert rules[0] == {
+        "action": "Ignore",
+        "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+    }
+    fail = {tuple(r["onExitCodes"]["values"]) for r in rules if r["action"] == "FailJob"}
+    assert fail == {(EXIT_RECORDED_FAILURE,), (137,)}
+    assert all(r["onExitCodes"]["containerName"] == "quantize" for r in rules[1:])
+    assert spec["backoffLimit"] == 1  # a crash (exit 1) is still retried once
+    # A hung GPU Job gives its GPUs back: the operator's default deadline, or the spec's.
+    assert spec["activeDeadlineSeconds"] == OperatorSettings().job_active_deadline_seconds
+    qm = llama_w4a16()
+    qm.spec.scheduling.active_deadline_seconds = 7200
+    qm.spec.scheduling.runtime_class_name = "nvidia"
+    settings = OperatorSettings()
+    layout = m.cluster_layout(settings, "team-a", qm.name)
+    job = m.build_job(quantize_stage(qm, layout), OWNER, layout, settings)
+    assert job["spec"]["activeDeadlineSeconds"] == 7200
+    assert job["spec"]["template"]["spec"]["runtimeClassName"] == "nvidia"
+
+
+def test_gpu_stages_know_their_gpus_and_cpu_stages_see_none() -> None:
+    from qeval.stages.accelerators import GPUS_ENV
+
+    settings = OperatorSettings()
+    stages = {s.name: s for s in serving_plan(settings)}
+
+    def container(name: str) -> dict:
+        stage = stages[name]
+        if stage.serves:
+            return m.build_server(stage, RUN_OWNER, settings)[0]["spec"]["template"]["spec"][
+                "containers"
+            ][0]
+        layout = m.cluster_layout(settings, "team-a", "llama-3.1-8b-serving")
+        return m.build_job(stage, RUN_OWNER, layout, settings)["spec"]["template"]["spec"][
+            "containers"
+        ][0]
+
+    server = container("serve-bf16")
+    env = {e["name"]: e.get("value") for e in server["env"]}
+    assert env[GPUS_ENV] == "1" and "NVIDIA_VISIBLE_DEVICES" not in env
+    assert server["image"] == settings.evaluator_image  # vLLM
+    for name in ("evaluate-bf16", "benchmark-bf16", "similarity", "aggregate"):
+        c = container(name)
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        # vLLM's image says NVIDIA_VISIBLE_DEVICES=all; a CPU pod must not get every GPU
+        # of the node it lands on.
+        assert env["NVIDIA_VISIBLE_DEVICES"] == "void" and GPUS_ENV not in env, name
+        assert "nvidia.com/gpu" not in c["resources"].get("limits", {}), name
+        assert c["image"] == settings.client_image, name  # not the >10 GB vLLM image
+    env = {
+        e["name"]: e.get("value")
+        for e in quantize_job()["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env[GPUS_ENV] == "1"
+
+
+def test_every_pod_of_a_run_that_downloads_gets_its_hub_token() -> None:
+    from qeval.api.common import SecretKeyRef
+
+    settings = OperatorSettings()
+    token = SecretKeyRef(name="hf", key="token")
+    layout = m.cluster_layout(settings, "team-a", "llama-3.1-8b-serving")
+    ref = {"secretKeyRef": {"name": "hf", "key": "token"}}
+    got = {}
+    for stage in serving_plan(settings):
+        if stage.produces:  # a QuantizedModel's Job: its own spec's token
+            continue
+        if stage.serves:
+            pod = m.build_server(stage, RUN_OWNER, settings, None, token)[0]["spec"]["template"]
+        else:
+            pod = m.build_job(stage, RUN_OWNER, layout, settings, token)["spec"]["template"]
+        env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
+        got[stage.kind] = env.get("HF_TOKEN", {}).get("valueFrom")
+    assert got == {
+        "serve": ref,  # vllm serve downloads the model
+        "evaluate": ref,  # the tokenizer, and the datasets (leaderboard_gpqa is gated)
+        "benchmark": ref,
+        "similarity": ref,
+        "aggregate": None,  # reads only result documents
+    }

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from qeval.k8s import manifests as m
+from qeval.stages.envelope import EXIT_RECORDED_FAILURE
 from tests.cluster.chart import Identities, install_identities
 from tests.cluster.controlplane import ControlPlane
 from tests.conftest import EXAMPLES
@@ -27,6 +28,7 @@ from tests.kube.play import (
     evaluate_result,
     finish_job,
     free_port,
+    job_pods,
     play_pod,
     publish_result,
     quantize_result,
@@ -50,6 +52,7 @@ def operator_env(
         "KUBECONFIG": str(identities.operator),  # the chart's RBAC is all it has
         "QEVAL_NAMESPACES": namespace,
         "QEVAL_RESYNC_SECONDS": "2",
+        "QEVAL_IMAGE_PULL_TIMEOUT_SECONDS": "8",
         "QEVAL_METRICS_PORT": str(free_port()),
         "QEVAL_LIVENESS_ENDPOINT": f"http://127.0.0.1:{free_port()}/healthz",
         "QEVAL_EVALUATOR_IMAGE": "registry.local/qeval/evaluator:test",
@@ -149,10 +152,29 @@ class Kube:
     def complete(
         self, stage: str, result: dict[str, Any], ok: bool = True, run: str | None = None
     ) -> None:
-        """Play a stage pod: publish its result as the stage account, then exit 0 (or 1)."""
+        """Play a stage pod: publish its result as the stage account, then exit 0 (or, as
+        ``qeval <stage>`` does after publishing a Failed document, EXIT_RECORDED_FAILURE)."""
         job = self.jobs(**({m.LABEL_RUN: run} if run else {}))[stage]
         publish_result(job, result, ok, kubeconfig=self.identities.stage)
-        finish_job(self.cluster, job, ok)
+        finish_job(self.cluster, job, ok, exit_code=EXIT_RECORDED_FAILURE)
+
+
+def job_failure(kube: Kube, job: dict[str, Any]) -> dict[str, Any]:
+    """The Failed condition the real Job controller gave ``job`` (it says FailureTarget
+    first, Failed once the pods are gone)."""
+
+    def failed() -> dict[str, Any] | None:
+        current = kube.cluster.get("batch/v1/jobs", kube.ns, job["metadata"]["name"]) or {}
+        conditions = current.get("status", {}).get("conditions") or []
+        return next(
+            (c for c in conditions if c["type"] == "Failed" and c["status"] == "True"), None
+        )
+
+    return wait_for(failed, f"Job {job['metadata']['name']} to be Failed")
+
+
+def condition_of(status: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    return next((c for c in status.get("conditions") or [] if c["type"] == kind), None)
 
 
 # --- QuantizedModel ---------------------------------------------------------------------------
@@ -240,10 +262,28 @@ def test_a_gpu_job_without_the_toleration_stays_pending_with_the_schedulers_reas
     condition = wait_for(unschedulable, "the scheduler to give up on the pod", timeout=40)
     assert condition["reason"] == "Unschedulable"
     assert "0/3 nodes are available" in condition["message"]
-    assert kube.status("quantizedmodels", "llama-3.1-8b-w4a16").get("phase") != "Ready"
+
+    # The resource's status says so within a resync (2 s here; 60 s by default), with the
+    # scheduler's own words (first, maybe, the claim not bound yet; then the taint); the
+    # model waits (a node may free up or be added), it does not fail.
+    def stalled() -> dict[str, Any] | None:
+        st = kube.status("quantizedmodels", "llama-3.1-8b-w4a16")
+        c = condition_of(st, "Stalled")
+        return c if c and c["status"] == "True" and "untolerated taint" in c["message"] else None
+
+    stall = wait_for(stalled, "Stalled in the model's status", timeout=15)
+    assert stall["reason"] == "Unschedulable"
+    assert "quantize-llama-3.1-8b-w4a16: Unschedulable: pod " in stall["message"]
+    assert "0/3 nodes are available" in stall["message"]
+    assert kube.status("quantizedmodels", "llama-3.1-8b-w4a16")["phase"] == "Quantizing"
+    wait_for(
+        lambda: ("Warning", "Unschedulable") in kube.events_for("llama-3.1-8b-w4a16"), "a Warning"
+    )
 
 
-def test_an_image_that_cannot_be_pulled_fails_the_model(kube: Kube, operator: Operator) -> None:
+def test_an_image_that_cannot_be_pulled_is_retried_then_fails_the_model(
+    kube: Kube, operator: Operator
+) -> None:
     kube.claim("qeval-models")
     kube.apply(EXAMPLES / "llama-3.1-8b" / "quantizedmodels.yaml", {"llama-3.1-8b-fp8"})
     job = wait_for(lambda: kube.jobs().get("quantize-llama-3.1-8b-fp8"), "the quantize Job")
@@ -253,11 +293,39 @@ def test_an_image_that_cannot_be_pulled_fails_the_model(kube: Kube, operator: Op
         "message": 'Back-off pulling image "ghcr.io/qeval/quantizer:0.1.0"',
     }
     play_pod(kube.cluster, scheduled_pod(kube.cluster, job), waiting=waiting)
+
+    # A registry's rate limit passes: first the status says it is retrying ...
+    def stalled() -> dict[str, Any] | None:
+        c = condition_of(kube.status("quantizedmodels", "llama-3.1-8b-fp8"), "Stalled")
+        return c if c and c["status"] == "True" else None
+
+    stall = wait_for(stalled, "Stalled on the image pull", timeout=15)
+    assert stall["reason"] == "ImagePullBackOff" and "retrying" in stall["message"]
+    # ... and once it has lasted the pull timeout (8 s here, 600 s by default), it fails.
     st = wait_for(lambda: kube.phase_is("quantizedmodels", "llama-3.1-8b-fp8", "Failed"), "Failed")
     ready = next(c for c in st["conditions"] if c["type"] == "Ready")
     assert ready["reason"] == "ImagePullBackOff"
     assert "Back-off pulling image" in ready["message"]
     wait_for(lambda: ("Warning", "Failed") in kube.events_for("llama-3.1-8b-fp8"), "a Warning")
+
+
+def test_a_stage_killed_for_memory_fails_at_once_and_says_oomkilled(
+    kube: Kube, operator: Operator
+) -> None:
+    kube.claim("qeval-models")
+    kube.apply(EXAMPLES / "llama-3.1-8b" / "quantizedmodels.yaml", {"llama-3.1-8b-w8a8-int8"})
+    job = wait_for(lambda: kube.jobs().get("quantize-llama-3.1-8b-w8a8-int8"), "the quantize Job")
+    # Play the kubelet: the kernel's OOM killer ends the container (exit 137, OOMKilled).
+    play_pod(kube.cluster, scheduled_pod(kube.cluster, job), exit_code=137, reason="OOMKilled")
+    st = wait_for(
+        lambda: kube.phase_is("quantizedmodels", "llama-3.1-8b-w8a8-int8", "Failed"), "Failed"
+    )
+    ready = condition_of(st, "Ready")
+    assert ready is not None and ready["reason"] == "OOMKilled"
+    assert "limits.memory" in ready["message"]
+    # The real Job controller applied the podFailurePolicy: no retry under the same limit.
+    assert job_failure(kube, job)["reason"] == "PodFailurePolicy"
+    assert len(job_pods(kube.cluster, job)) == 1
 
 
 # --- EvalRun ---------------------------------------------------------------------------------
@@ -374,6 +442,12 @@ def test_a_failed_stage_fails_the_run_with_its_reason(kube: Kube, operator: Oper
         lambda: kube.phase_is("quantizedmodels", "llama-3.1-8b-fp8", "Failed"), "the model to fail"
     )
     assert next(c for c in st["conditions"] if c["type"] == "Ready")["reason"] == "Crashed"
+    # It recorded its failure: the real Job controller's podFailurePolicy failed the Job at
+    # once, with no second pod on the GPUs (the crashed evaluation above was retried once).
+    quantize = kube.jobs()["quantize-llama-3.1-8b-fp8"]
+    assert len(job_pods(kube.cluster, quantize)) == 1
+    assert job_failure(kube, quantize)["reason"] == "PodFailurePolicy"
+    assert len(job_pods(kube.cluster, job)) == 2  # backoffLimit 1: one retry of a crash
 
     # The aggregate still runs, to report what happened.
     wait_for(lambda: kube.jobs().get("aggregate"), "the aggregate Job")
@@ -695,9 +769,37 @@ def test_a_server_that_never_becomes_ready_fails_the_run_with_the_reason(
         lambda: len(d := kube.servers("apps/v1/deployments", "stuck")) == 2 and d,
         "two server Deployments",
     )
-    # The baseline's server starts but never gets ready: after its 60 s progress deadline
-    # the real Deployment controller says ProgressDeadlineExceeded.
-    play_pod(kube.cluster, server_pod(kube, deployments["serve-bf16"]), exit_code=None)
+    # The baseline's server starts but never gets ready: its startup probe gives up 60 s
+    # after the container started, the kubelet kills it and backs off restarting it.
+    slow = server_pod(kube, deployments["serve-bf16"])
+    killed = {
+        "phase": "Running",
+        "containerStatuses": [
+            {
+                "name": "serve",
+                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 10s"}},
+                "lastState": {
+                    "terminated": {
+                        "exitCode": 137,
+                        "reason": "Error",
+                        "startedAt": "2026-11-23T10:00:00Z",
+                        "finishedAt": "2026-11-23T10:01:00Z",
+                        "message": "Loading safetensors checkpoint shards: 40% Completed",
+                    }
+                },
+                "ready": False,
+                "started": False,
+                "restartCount": 1,
+                "image": slow["spec"]["containers"][0]["image"],
+                "imageID": "",
+            }
+        ],
+    }
+    path = f"/api/v1/namespaces/{kube.ns}/pods/{slow['metadata']['name']}/status"
+    code, text = kube.cluster.request(
+        "PATCH", path, {"status": killed}, "application/merge-patch+json"
+    )
+    assert code == 200, text
     # ... and the candidate's keeps exiting: only its pod shows why (the kubelet's part).
     crashing = server_pod(kube, deployments["serve-w4a16"])
     status = {
@@ -732,7 +834,8 @@ def test_a_server_that_never_becomes_ready_fails_the_run_with_the_reason(
     st = wait_for(lambda: kube.phase_is("evalruns", "stuck", "Failed"), "the run to fail")
     failures = {f["stage"]: f for f in st["failures"]}
     assert failures["serve-bf16"]["reason"] == "ServerNotReady"
-    assert "not ready within 60 s" in failures["serve-bf16"]["message"]
+    assert "not ready within 60 s of starting" in failures["serve-bf16"]["message"]
+    assert "Loading safetensors" in failures["serve-bf16"]["message"]
     assert failures["serve-w4a16"]["reason"] == "CrashLoopBackOff"
     assert "CUDA out of memory" in failures["serve-w4a16"]["message"]
     assert failures["evaluate-bf16"]["reason"] == "DependencyFailed"

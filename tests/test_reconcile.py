@@ -277,18 +277,74 @@ def test_job_states_from_job_conditions() -> None:
     assert (state.phase, state.reason, state.stage) == ("Failed", "BackoffLimitExceeded", "s")
 
 
-def test_pod_problems_that_never_resolve() -> None:
+def test_an_image_pull_error_is_retried_until_the_pull_timeout() -> None:
+    scheduled = {"type": "PodScheduled", "status": "True", "lastTransitionTime": T1}
+    waiting = {"reason": "ErrImagePull", "message": "429 Too Many Requests"}
     pod = {
         "metadata": {"labels": {m.LABEL_STAGE: "s"}},
         "status": {
-            "containerStatuses": [
-                {"name": "c", "state": {"waiting": {"reason": "ErrImagePull", "message": "nope"}}}
-            ]
+            "conditions": [scheduled],
+            "containerStatuses": [{"name": "c", "state": {"waiting": waiting}}],
         },
     }
-    assert pod_problem(pod) == PodProblem("s", "ErrImagePull", "container c: nope")
+    early = pod_problem(pod, "2026-11-23T10:14:59Z", pull_timeout=600)
+    assert early is not None and not early.fatal and early.reason == "ErrImagePull"
+    assert "429 Too Many Requests" in early.message and "retrying" in early.message
+    late = pod_problem(pod, "2026-11-23T10:15:00Z", pull_timeout=600)
+    assert late == PodProblem("s", "ErrImagePull", "container c: 429 Too Many Requests")
+    pod["status"]["containerStatuses"][0]["state"] = {"waiting": {"reason": "InvalidImageName"}}
+    problem = pod_problem(pod, T1)
+    assert problem is not None and problem.fatal  # never resolves: at first sight
     pod["status"]["containerStatuses"][0]["state"] = {"waiting": {"reason": "ContainerCreating"}}
-    assert pod_problem(pod) is None
+    assert pod_problem(pod, T1) is None
+
+
+QUANTIZE = "quantize-tiny-llama-w4a16"
+
+
+def test_an_unscheduled_pod_is_reported_with_the_schedulers_reason_and_not_failed() -> None:
+    why = "0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector."
+    unscheduled = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}
+    pod = {
+        "metadata": {"name": "p", "labels": {m.LABEL_STAGE: QUANTIZE}},
+        "status": {"phase": "Pending", "conditions": [unscheduled | {"message": why}]},
+    }
+    problem = pod_problem(pod, T1)
+    assert problem == PodProblem(QUANTIZE, "Unschedulable", f"pod p: {why}", fatal=False)
+    jobs = {QUANTIZE: running(QUANTIZE, "Pending")}
+    d = qm_decision(Observed(jobs=jobs, problems={QUANTIZE: problem}))
+    assert d.status["phase"] == "Quantizing"  # it waits: a node may free up or be added
+    assert conditions(d)["Stalled"] == ("True", "Unschedulable")
+    (stall,) = [c for c in d.status["conditions"] if c["type"] == "Stalled"]
+    assert QUANTIZE in stall["message"] and why in stall["message"]
+    assert ("Warning", "Unschedulable") in {(e.type, e.reason) for e in d.events}
+    old = QuantizedModelStatus.model_validate(d.status)
+    again = qm_decision(Observed(jobs=jobs, problems={QUANTIZE: problem}), old)
+    assert again.events == ()  # one Warning, not one per resync
+    d = qm_decision(Observed(jobs=jobs), old)
+    assert conditions(d)["Stalled"] == ("False", "PodsRunning")
+
+
+def test_a_pod_killed_for_memory_fails_its_stage_as_oomkilled() -> None:
+    limits = {"limits": {"memory": "32Gi"}}
+    terminated = {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}
+    pod = {
+        "metadata": {"labels": {m.LABEL_STAGE: QUANTIZE}},
+        "spec": {"containers": [{"name": "quantize", "resources": limits}]},
+        "status": {
+            "phase": "Failed",
+            "containerStatuses": [{"name": "quantize", "state": terminated}],
+        },
+    }
+    problem = pod_problem(pod, T1)
+    assert problem is not None and problem.fatal and problem.reason == "OOMKilled"
+    assert "limit of 32Gi" in problem.message and "limits.memory" in problem.message
+    # The Job says only which podFailurePolicy rule ended it; the pod says why.
+    failed_job = JobState(QUANTIZE, "j", "Failed", "PodFailurePolicy", "exit code 137")
+    d = qm_decision(Observed(jobs={QUANTIZE: failed_job}, problems={QUANTIZE: problem}))
+    assert d.status["phase"] == "Failed" and conditions(d)["Ready"] == ("False", "OOMKilled")
+    d = qm_decision(Observed(jobs={QUANTIZE: failed_job}))
+    assert conditions(d)["Ready"] == ("False", "PodFailurePolicy")
 
 
 def test_an_unreadable_result_configmap_is_a_failed_stage() -> None:
@@ -447,31 +503,52 @@ def test_a_server_is_recorded_then_removed_once_its_stages_are_done() -> None:
     assert d.delete == ("serve-w4",) and not d.done
 
 
-def test_a_server_that_misses_its_deadline_fails_the_run_with_the_reason() -> None:
-    deployment = m.build_server(
-        next(s for s in served(Observed()).create if s.name == "serve-w4"),
-        m.Owner("EvalRun", "served", "default", "uid"),
-        SETTINGS,
-    )[0]
+def test_a_server_not_ready_within_its_timeout_of_starting_fails_the_run() -> None:
+    stage = next(s for s in served(Observed()).create if s.name == "serve-w4")
+    deployment = m.build_server(stage, m.Owner("EvalRun", "served", "default", "uid"), SETTINGS)[0]
+    pod = {
+        "metadata": {"name": "p", "labels": {m.LABEL_STAGE: "serve-w4"}},
+        "spec": deployment["spec"]["template"]["spec"],
+        "status": {
+            "containerStatuses": [
+                {
+                    "name": "serve",
+                    "started": False,
+                    "restartCount": 1,
+                    "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off"}},
+                    # Killed by the kubelet when its startup probe gave up, 600 s after start
+                    # (a queue, a node scale-up or an image pull before it does not count).
+                    "lastState": {
+                        "terminated": {
+                            "exitCode": 137,
+                            "reason": "Error",
+                            "startedAt": "2026-11-23T10:00:00Z",
+                            "finishedAt": "2026-11-23T10:10:01Z",
+                            "message": "INFO Loading safetensors checkpoint shards: 40%",
+                        }
+                    },
+                }
+            ]
+        },
+    }
+    problem = pod_problem(pod, T1)
+    assert problem is not None and problem.fatal and problem.reason == "ServerNotReady"
+    assert "not ready within 600 s of starting" in problem.message
+    assert "Loading safetensors" in problem.message
+    # The Deployment alone never fails it: its progress deadline counts the queue too.
     deployment["status"] = {
         "replicas": 1,
-        "unavailableReplicas": 1,
         "conditions": [
-            {
-                "type": "Progressing",
-                "status": "False",
-                "reason": "ProgressDeadlineExceeded",
-                "message": 'ReplicaSet "x" has timed out progressing.',
-            }
+            {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"}
         ],
     }
     state = server_state(deployment)
-    assert state.failed and state.reason == "ServerNotReady" and state.stage == "serve-w4"
-    assert "not ready within 600 s" in str(state.message)
+    assert not state.failed and state.starting and state.stage == "serve-w4"
 
     servers = {"serve-bf16": up("serve-bf16"), "serve-w4": state}
     results = {"evaluate-bf16": ok("evaluate-bf16", "evaluate")}
-    d = served(Observed(servers=servers, results=results))
+    problems = {"serve-w4": problem}
+    d = served(Observed(servers=servers, results=results, problems=problems))
     failed = {r.stage: r for r in d.publish}
     assert failed["serve-w4"].status == StageStatus.FAILED
     assert failed["serve-w4"].reason == "ServerNotReady"

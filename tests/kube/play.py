@@ -71,11 +71,12 @@ def play_pod(
     exit_code: int | None = 0,
     waiting: Mapping[str, str] | None = None,
     ready: bool = False,
+    reason: str | None = None,
 ) -> None:
-    """Play the kubelet for one pod: its container exited (``exit_code``), is waiting
-    (``waiting``: a reason and message, e.g. ImagePullBackOff) or runs (``exit_code=None``,
-    ``ready``). The real controllers take it from there (Job Complete/Failed, Deployment
-    available)."""
+    """Play the kubelet for one pod: its container exited (``exit_code``, with ``reason``
+    such as OOMKilled), is waiting (``waiting``: a reason and message, e.g.
+    ImagePullBackOff) or runs (``exit_code=None``, ``ready``). The real controllers take it
+    from there (Job Complete/Failed, Deployment available)."""
     meta, spec = pod["metadata"], pod["spec"]
     t = now()
     if waiting is not None:
@@ -84,7 +85,7 @@ def play_pod(
         phase, state = "Running", {"running": {"startedAt": t}}
     else:
         phase = "Succeeded" if exit_code == 0 else "Failed"
-        reason = "Completed" if exit_code == 0 else "Error"
+        reason = reason or ("Completed" if exit_code == 0 else "Error")
         state = {
             "terminated": {"exitCode": exit_code, "reason": reason, "startedAt": t, "finishedAt": t}
         }
@@ -155,9 +156,12 @@ def job_condition(cluster: ControlPlane, job: Mapping[str, Any], kind: str) -> b
     return any(c["type"] == kind and c["status"] == "True" for c in conditions)
 
 
-def finish_job(cluster: ControlPlane, job: Mapping[str, Any], ok: bool = True) -> None:
+def finish_job(
+    cluster: ControlPlane, job: Mapping[str, Any], ok: bool = True, exit_code: int = 1
+) -> None:
     """Play the kubelet until the real Job controller finishes ``job``: its pod exits 0;
-    or every pod it makes exits 1 until its backoff limit is exceeded."""
+    or every pod it makes exits ``exit_code`` until the Job fails (a crash, 1, is retried
+    up to the backoff limit; a recorded failure, 3, fails it at once)."""
     if ok:
         play_pod(cluster, scheduled_pod(cluster, job), exit_code=0)
         wait_for(lambda: job_condition(cluster, job, "Complete"), "the Job to complete")
@@ -172,7 +176,7 @@ def finish_job(cluster: ControlPlane, job: Mapping[str, Any], ok: bool = True) -
             and p["spec"].get("nodeName")
         ]
         for pod in pending:
-            play_pod(cluster, pod, exit_code=1)
+            play_pod(cluster, pod, exit_code=exit_code)
         time.sleep(0.2)  # the poll interval, not the oracle
 
 

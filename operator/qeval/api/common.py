@@ -343,6 +343,21 @@ class Scheduling(ApiModel):
         pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
         description="Kueue LocalQueue to submit the Jobs to (label kueue.x-k8s.io/queue-name).",
     )
+    runtime_class_name: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="RuntimeClass of the pods (e.g. nvidia, where the GPU runtime is not the "
+        "node's default).",
+    )
+    active_deadline_seconds: int | None = Field(
+        default=None,
+        ge=60,
+        le=30 * 24 * 3600,
+        description="Longest a stage Job may run, queueing and image pull included, before "
+        "Kubernetes stops it (DeadlineExceeded), so a hung stage never holds its GPUs for "
+        "good; unset: the operator's default (QEVAL_JOB_ACTIVE_DEADLINE_SECONDS, 48 h).",
+    )
 
 
 class SecretKeyRef(ApiModel):

@@ -19,6 +19,7 @@ from qeval.api.common import (
     Resource,
     Rule,
     Scheduling,
+    SecretKeyRef,
     cel_rules,
     enforce,
     immutable,
@@ -586,6 +587,12 @@ class EvalRunSpec(ApiModel):
     similarity: Similarity | None = Field(
         default=None,
         description="Text similarity of candidates' generations to the baseline's; off unless set.",
+    )
+    hf_token_secret: SecretKeyRef | None = Field(
+        default=None,
+        description="Secret holding a Hugging Face token (HF_TOKEN) for gated models and "
+        "datasets (meta-llama baselines, leaderboard_gpqa); every pod of the run that downloads "
+        "gets it, by reference only.",
     )
     scheduling: Scheduling = Field(
         default_factory=Scheduling,

@@ -31,7 +31,7 @@ from qeval.api.quantizedmodel import QuantizedModel, QuantizedModelStatus
 from qeval.k8s import manifests as m
 from qeval.k8s.kube import Kube
 from qeval.k8s.metrics import Metrics
-from qeval.k8s.observe import JobState, ServerState, pod_problem
+from qeval.k8s.observe import JobState, PodProblem, ServerState, pod_problem
 from qeval.k8s.reconcile import (
     DEPENDENCY_FAILED,
     QUANTIZED_MODEL_FAILED,
@@ -171,14 +171,17 @@ class Controller:
         generation = body["metadata"].get("generation")
         run = _parse(EvalRun, body)
         layout = m.cluster_layout(self.config, owner.namespace, owner.name)
+        token = None
         if isinstance(run, str):
             decision = invalid_spec(owner.kind, run, now(), generation, old)
         else:
+            token = run.spec.hf_token_secret
             models = _models(run, owner.namespace, idx.models)
             observed = await self._observe(owner, idx)
-            salt = self.config.evaluator_image  # it pins the harness and its libraries
+            # The images pin the harness and its libraries.
+            salt = f"{self.config.evaluator_image} {self.config.client_image}"
             decision = decide_evalrun(run, models, observed, layout, now(), generation, old, salt)
-        await self._apply(body, owner, decision, layout, None)
+        await self._apply(body, owner, decision, layout, token)
         new = EvalRunStatus.model_validate(decision.status)
         self.metrics.phase(owner.kind, owner.namespace, owner.name, new.phase)
         if new.phase in ("Succeeded", "Failed"):
@@ -199,16 +202,21 @@ class Controller:
         by_stage = {j.stage: j for j in idx.jobs.get(owner.uid, [])}
         servers = {s.stage: s for s in idx.servers.get(owner.uid, [])}
         docs = {d.stage: d for d in idx.results.get(owner.uid, [])}
-        problems = {}
-        # A pod that cannot pull its image never fails its Job, nor does a server that keeps
-        # exiting fail its Deployment: look at the pods of children that have a pod but none
-        # ready yet (one label-selected list, only while that lasts).
+        problems: dict[str, PodProblem] = {}
+        # A pod that cannot be scheduled or pull its image never fails its Job, nor does a
+        # server that keeps exiting fail its Deployment, and a failed Job does not say its pod
+        # was killed for memory: look at the pods of children that have a pod but none ready
+        # yet, or failed without a result (one label-selected list, only while that lasts).
         children: list[JobState | ServerState] = [*by_stage.values(), *servers.values()]
-        if any(c.starting and c.stage not in docs for c in children):
+        if any(c.pods_tell_more and c.stage not in docs for c in children):
             selector = f"{m.LABEL_OWNER_UID}={owner.uid}"
             pods = await asyncio.to_thread(self.kube.pods, owner.namespace, selector)
+            timeout, at = self.config.image_pull_timeout_seconds, now()
             for pod in pods:
-                if (problem := pod_problem(pod)) is not None:
+                problem = pod_problem(pod, at, timeout)
+                if problem is not None and not (
+                    problem.stage in problems and problems[problem.stage].fatal
+                ):
                     problems[problem.stage] = problem
 
         def reuse(key: str) -> Reused | None:
@@ -230,7 +238,8 @@ class Controller:
 
         def create(stage: Stage) -> bool:
             if stage.serves:
-                return self.kube.create_server(*m.build_server(stage, owner, config, digest))
+                server = m.build_server(stage, owner, config, digest, token)
+                return self.kube.create_server(*server)
             labels = decision.labels.get(stage.name)
             job = m.build_job(stage, owner, layout, config, token, digest, labels)
             return self.kube.create_job(job)

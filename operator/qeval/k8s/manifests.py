@@ -21,7 +21,8 @@ from typing import Any
 from qeval.api.common import VOLUMES_ROOT, ApiModel, SecretKeyRef
 from qeval.k8s.settings import OperatorSettings
 from qeval.plan import Layout, PodEndpoints, Stage
-from qeval.stages.envelope import StageResult
+from qeval.stages.accelerators import GPUS_ENV
+from qeval.stages.envelope import EXIT_RECORDED_FAILURE, StageResult
 from qeval.stages.serve import PORT, ServeInput
 
 GROUP, VERSION = "qeval.dev", "v1alpha1"
@@ -48,6 +49,10 @@ DIGEST_LENGTH = 8
 
 # Stage pods that are not given a spec's scheduling (aggregate, demo-model) run small.
 LIGHT_RESOURCES = {"requests": {"cpu": "500m", "memory": "2Gi"}, "limits": {"memory": "8Gi"}}
+# The stages that download from the Hugging Face hub (models, tokenizers, datasets): their
+# pods get the resource's token Secret, if it names one. Aggregate and demo-model never do.
+DOWNLOADING_KINDS = frozenset({"quantize", "evaluate", "serve", "benchmark", "similarity"})
+OOM_EXIT_CODE = 137  # SIGKILL: what a container killed by the kernel's OOM killer exits with
 
 
 @dataclass(frozen=True)
@@ -182,6 +187,21 @@ def _volume_name(claim: str) -> str:
     return child_name("pvc", claim)
 
 
+def gpus(stage: Stage) -> int:
+    """The GPUs a stage's pod asks for (stages without a spec's scheduling ask for none)."""
+    return stage.scheduling.gpus if stage.scheduling is not None else 0
+
+
+def image(stage: Stage, settings: OperatorSettings) -> str:
+    """The image a stage runs: llm-compressor's, vLLM's (servers and GPU work), or the small
+    CPU client image (evaluation clients of a server, benchmark, similarity, aggregate)."""
+    if stage.kind == "quantize":
+        return settings.quantizer_image
+    if stage.serves or gpus(stage) > 0:
+        return settings.evaluator_image
+    return settings.client_image
+
+
 def _resources(stage: Stage) -> dict[str, Any]:
     if stage.scheduling is None:
         return LIGHT_RESOURCES
@@ -221,30 +241,47 @@ def _env(
             "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
         },
     ]
-    if token is not None:
+    return env + _device_env(stage, token)
+
+
+def _device_env(stage: Stage, token: SecretKeyRef | None) -> list[dict[str, Any]]:
+    """What every stage and server pod gets besides its input: the number of GPUs it was
+    given (a stage that finds fewer fails at once), no GPU at all for a pod that asked for
+    none (vLLM's image sets NVIDIA_VISIBLE_DEVICES=all, which the NVIDIA runtime would
+    honour on a GPU node), and the hub token where the stage downloads."""
+    env: list[dict[str, Any]] = []
+    if (n := gpus(stage)) > 0:
+        env.append({"name": GPUS_ENV, "value": str(n)})
+    else:
+        env.append({"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"})
+    if token is not None and stage.kind in DOWNLOADING_KINDS:
         ref = {"name": token.name, "key": token.key}
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": ref}})
     return env
 
 
 STAGE_UID = 10001  # the user every qeval image runs as (images/*/Dockerfile)
+SHM_VOLUME = "dshm"
 
 
 def _container(
     stage: Stage, settings: OperatorSettings, env: list[dict[str, Any]], volumes: list[str]
 ) -> dict[str, Any]:
     """The stage's container: its command, image, environment, resources and volumes."""
-    image = settings.quantizer_image if stage.kind == "quantize" else settings.evaluator_image
     return {
         "name": stage.kind,
-        "image": image,
+        "image": image(stage, settings),
         "imagePullPolicy": settings.image_pull_policy,
         "command": stage.argv(f"env:{INPUT_ENV}", ""),
         "env": env,
         "resources": _resources(stage),
         "volumeMounts": [
             {"name": _volume_name(c), "mountPath": str(VOLUMES_ROOT / c)} for c in volumes
-        ],
+        ]
+        # PyTorch's and vLLM's workers share tensors through /dev/shm (64 MiB by default).
+        + [{"name": SHM_VOLUME, "mountPath": "/dev/shm"}],
+        # A stage that fails before writing its result leaves its last log lines.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "capabilities": {"drop": ["ALL"]},
@@ -270,7 +307,8 @@ def _pod(
         "containers": [container],
         "volumes": [
             {"name": _volume_name(c), "persistentVolumeClaim": {"claimName": c}} for c in volumes
-        ],
+        ]
+        + [{"name": SHM_VOLUME, "emptyDir": {"medium": "Memory"}}],
     }
     if settings.image_pull_secrets:
         pod["imagePullSecrets"] = [{"name": s} for s in settings.image_pull_secrets]
@@ -284,6 +322,8 @@ def _pod(
             pod["affinity"] = scheduling.affinity
         if scheduling.priority_class_name:
             pod["priorityClassName"] = scheduling.priority_class_name
+        if scheduling.runtime_class_name:
+            pod["runtimeClassName"] = scheduling.runtime_class_name
     return pod
 
 
@@ -324,8 +364,11 @@ def build_job(
     container["command"] = stage.argv(f"env:{INPUT_ENV}", str(layout.result_path(stage.name)))
     container["env"] = _env(stage, owner, name, settings, token, pod_labels)
     pod = {"restartPolicy": "Never", **_pod(stage, settings, container, volumes)}
+    deadline = stage.scheduling.active_deadline_seconds if stage.scheduling else None
     spec: dict[str, Any] = {
         "backoffLimit": settings.job_backoff_limit,
+        "activeDeadlineSeconds": deadline or settings.job_active_deadline_seconds,
+        "podFailurePolicy": pod_failure_policy(stage.kind),
         "template": {"metadata": {"labels": pod_labels}, "spec": pod},
     }
     if stage.scheduling and stage.scheduling.queue_name:
@@ -335,6 +378,28 @@ def build_job(
         "kind": "Job",
         "metadata": _metadata(name, owner, stage, pod_labels, owner_spec),
         "spec": spec,
+    }
+
+
+def pod_failure_policy(container: str) -> dict[str, Any]:
+    """Which failed pods are retried: a pod the cluster disrupted (preemption, eviction, node
+    drain) does not count against backoffLimit; a stage that recorded its failure (a Failed
+    result document: retrying it on a GPU gives the same answer) or was killed for memory
+    (the same limit kills it again) fails the Job at once; any other crash is retried."""
+
+    def fail_on(code: int) -> dict[str, Any]:
+        exits = {"containerName": container, "operator": "In", "values": [code]}
+        return {"action": "FailJob", "onExitCodes": exits}
+
+    return {
+        "rules": [
+            {
+                "action": "Ignore",
+                "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+            },
+            fail_on(EXIT_RECORDED_FAILURE),
+            fail_on(OOM_EXIT_CODE),
+        ]
     }
 
 
@@ -348,10 +413,13 @@ def build_server(
     owner: Owner,
     settings: OperatorSettings,
     owner_spec: str | None = None,
+    token: SecretKeyRef | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The apps/v1 Deployment and v1 Service of a serve stage: one vLLM server on the GPUs
-    of the spec's scheduling, ready when ``/health`` answers, failed when it is not ready
-    within serving.readyTimeoutSeconds (the Deployment's progress deadline)."""
+    of the spec's scheduling, ready when ``/health`` answers. Its startup probe allows
+    serving.readyTimeoutSeconds from the container's start (not from the Deployment's: a
+    queue, a node scale-up or an image pull does not count); a server that is not ready by
+    then is restarted by the kubelet, which the operator reports as a failure."""
     assert stage.serves, stage.name
     serving = ServeInput.model_validate(stage.input).serving
     name = child_name(owner.name, stage.name)
@@ -362,9 +430,11 @@ def build_server(
         {"name": INPUT_ENV, "value": json.dumps(stage.input, sort_keys=True)},
         {"name": "QEVAL_CACHE", "value": str(root / "cache")},
         {"name": "HF_HOME", "value": str(root / "cache" / "huggingface")},
+        *_device_env(stage, token),
     ]
     container = _container(stage, settings, env, volumes)
-    health = {"httpGet": {"path": "/health", "port": "http"}}
+    # A server busy with a long batch may answer /health slowly: not the 1 s default.
+    health = {"httpGet": {"path": "/health", "port": "http"}, "timeoutSeconds": 10}
     container |= {
         "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
         # Loading weights takes minutes: liveness and readiness wait for the startup probe,
@@ -373,13 +443,8 @@ def build_server(
         | {"periodSeconds": 10, "failureThreshold": math.ceil(serving.ready_timeout_seconds / 10)},
         "readinessProbe": health | {"periodSeconds": 5, "failureThreshold": 3},
         "livenessProbe": health | {"periodSeconds": 15, "failureThreshold": 4},
-        # A server that exits at start leaves its last log lines as the termination message.
-        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    # vLLM's workers share tensors through /dev/shm (the container default is 64 MiB).
-    container["volumeMounts"].append({"name": "dshm", "mountPath": "/dev/shm"})
     pod = _pod(stage, settings, container, volumes)
-    pod["volumes"].append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
     pod["automountServiceAccountToken"] = False  # it serves HTTP and never calls the API
     selector = server_selector(owner, stage)
     deployment = {
@@ -391,7 +456,6 @@ def build_server(
             "selector": {"matchLabels": selector},
             "strategy": {"type": "Recreate"},  # never two copies on the GPUs
             "revisionHistoryLimit": 0,
-            "progressDeadlineSeconds": serving.ready_timeout_seconds,
             "template": {"metadata": {"labels": pod_labels}, "spec": pod},
         },
     }

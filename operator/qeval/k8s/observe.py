@@ -1,9 +1,11 @@
 """What the operator sees of its children, reduced to facts (pure functions of API objects).
 
 A Job says whether its stage runs, finished or failed; a model server's Deployment says
-whether it is ready or missed its deadline; a pod says why it cannot start (an image that
-cannot be pulled never fails the Job by itself, a server that exits at start restarts
-forever); a result ConfigMap holds the stage's result document.
+whether it is ready; a pod says why it does not run: not scheduled (the scheduler's reason:
+reported, the stage waits), an image that cannot be pulled (reported; fatal once it lasts
+past the pull timeout: a registry's rate limit is transient, and a pod that cannot pull never
+fails its Job by itself), a server that exits or is not ready in time (it would restart
+forever), a container killed for memory; a result ConfigMap holds the stage's result document.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import ValidationError
@@ -29,8 +32,6 @@ JobPhase = Literal["Pending", "Running", "Succeeded", "Failed"]
 # Container waiting reasons that never resolve by themselves: the stage has failed.
 FATAL_WAITING = frozenset(
     {
-        "ErrImagePull",
-        "ImagePullBackOff",
         "InvalidImageName",
         "ErrImageNeverPull",
         "CreateContainerConfigError",
@@ -38,6 +39,11 @@ FATAL_WAITING = frozenset(
         "CrashLoopBackOff",  # only servers restart (stage pods have restartPolicy Never)
     }
 )
+# Waiting reasons that may resolve (a registry's rate limit, a blip): fatal only once they
+# have lasted the operator's image pull timeout since the pod was scheduled.
+PULL_WAITING = frozenset({"ErrImagePull", "ImagePullBackOff"})
+OOM_KILLED = "OOMKilled"
+NOT_READY_IN_TIME = "ServerNotReady"
 
 
 @dataclass(frozen=True)
@@ -54,14 +60,22 @@ class JobState:
     spec_digest: str | None = None  # of the owner's immutable fields when it was created
     starting: bool = False  # it has a pod, none ready yet (pulling an image, or unscheduled)
 
+    @property
+    def pods_tell_more(self) -> bool:
+        """Its pods say more than it does: why it does not start, or why it failed (the Job
+        only says which rule or limit ended it; the pod says OOMKilled)."""
+        return self.starting or self.phase == "Failed"
+
 
 @dataclass(frozen=True)
 class PodProblem:
-    """A stage pod that cannot start, and why."""
+    """A stage pod that does not run, and why: ``fatal`` ends the stage; otherwise the
+    stage waits (unscheduled, or still retrying an image pull) and the status says why."""
 
     stage: str
     reason: str
     message: str
+    fatal: bool = True
 
 
 def _true(conditions: list[dict[str, Any]], *types: str) -> dict[str, Any] | None:
@@ -114,16 +128,17 @@ class ServerState:
     spec_digest: str | None = None
     starting: bool = False  # it has a pod, none ready yet
 
-
-SERVER_NOT_READY = "ServerNotReady"
+    @property
+    def pods_tell_more(self) -> bool:
+        """Its pod says more than it does: why it does not start, or why it stopped."""
+        return self.starting
 
 
 def server_state(deployment: Mapping[str, Any]) -> ServerState:
-    """Ready once a replica is available; failed when the Deployment missed its progress
-    deadline (Progressing=False, ProgressDeadlineExceeded: not ready in the ready timeout)."""
-    meta, spec = deployment.get("metadata", {}), deployment.get("spec") or {}
-    status = deployment.get("status") or {}
-    conditions = status.get("conditions") or []
+    """Ready once a replica is available. Whether it failed, its pod says (``pod_problem``):
+    the Deployment's progress deadline would count the queue, a node scale-up and the image
+    pull, which are not the server's fault."""
+    meta, status = deployment.get("metadata", {}), deployment.get("status") or {}
     base = {
         "stage": meta.get("labels", {}).get(LABEL_STAGE, ""),
         "name": meta.get("name", ""),
@@ -132,45 +147,108 @@ def server_state(deployment: Mapping[str, Any]) -> ServerState:
     }
     if (status.get("availableReplicas") or 0) > 0:
         return ServerState(ready=True, **base)
-    stalled = next(
-        (
-            c
-            for c in conditions
-            if c.get("type") == "Progressing"
-            and c.get("status") == "False"
-            and c.get("reason") == "ProgressDeadlineExceeded"
-        ),
-        None,
-    )
-    if stalled is not None:
-        deadline = spec.get("progressDeadlineSeconds")
-        within = f" within {deadline} s" if deadline else ""
-        return ServerState(
-            ready=False,
-            failed=True,
-            reason=SERVER_NOT_READY,
-            message=f"server {base['name']} was not ready{within}: "
-            f"{stalled.get('message') or 'no progress'}",
-            **base,
-        )
     return ServerState(ready=False, starting=bool(status.get("replicas")), **base)
 
 
-def pod_problem(pod: Mapping[str, Any]) -> PodProblem | None:
-    """Why a stage pod cannot start, if it is stuck for good (e.g. ImagePullBackOff)."""
+def _seconds_between(start: str | None, end: str | None) -> float | None:
+    if not start or not end:
+        return None
+    try:
+        return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+    except ValueError:
+        return None
+
+
+def _containers(pod: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    spec = pod.get("spec") or {}
+    every = [*spec.get("initContainers", []), *spec.get("containers", [])]
+    return {c.get("name", ""): c for c in every}
+
+
+def _startup_allowance(container: Mapping[str, Any]) -> int | None:
+    """Seconds a container's startup probe allows it to become ready, if it has one."""
+    probe = container.get("startupProbe")
+    if not probe:
+        return None
+    return int(probe.get("failureThreshold", 3)) * int(probe.get("periodSeconds", 10))
+
+
+def _oom(cs: Mapping[str, Any], container: Mapping[str, Any]) -> str | None:
+    for state in (cs.get("state"), cs.get("lastState")):
+        terminated = (state or {}).get("terminated") or {}
+        if terminated.get("reason") == OOM_KILLED:
+            limit = ((container.get("resources") or {}).get("limits") or {}).get("memory")
+            within = f" of {limit}" if limit else ""
+            return (
+                f"container {cs.get('name')} was killed by the kernel for exceeding its memory "
+                f"limit{within} (OOMKilled, exit code {terminated.get('exitCode', 137)}): raise "
+                "spec.scheduling.resources.limits.memory (and requests.memory)"
+            )
+    return None
+
+
+def _exited(cs: Mapping[str, Any], container: Mapping[str, Any]) -> tuple[str, str]:
+    """The reason and message of a container that keeps exiting (CrashLoopBackOff)."""
+    waiting = (cs.get("state") or {}).get("waiting") or {}
+    message = f"container {cs.get('name')}: {waiting.get('message') or ''}".strip()
+    last = (cs.get("lastState") or {}).get("terminated") or {}
+    if not last:
+        return waiting.get("reason", ""), message
+    ran = _seconds_between(last.get("startedAt"), last.get("finishedAt"))
+    allowance = _startup_allowance(container)
+    if allowance is not None and ran is not None and ran >= allowance and not cs.get("started"):
+        return NOT_READY_IN_TIME, (
+            f"container {cs.get('name')} was not ready within {allowance} s of starting "
+            f"(its startup probe; serving.readyTimeoutSeconds) and was killed after {ran:.0f} s"
+            + (f": {str(last['message']).strip()[-2000:]}" if last.get("message") else "")
+        )
+    # why it exited: its code and its log tail (FallbackToLogsOnError)
+    message += f"; exited with code {last.get('exitCode')}"
+    if last.get("message"):
+        message += f": {str(last['message']).strip()[-2000:]}"
+    return waiting.get("reason", ""), message
+
+
+def _scheduled_at(status: Mapping[str, Any]) -> str | None:
+    for c in status.get("conditions") or []:
+        if c.get("type") == "PodScheduled" and c.get("status") == "True":
+            return c.get("lastTransitionTime")
+    return status.get("startTime")
+
+
+def pod_problem(
+    pod: Mapping[str, Any], now: str | None = None, pull_timeout: float = 600.0
+) -> PodProblem | None:
+    """Why a stage pod does not run, if it does not: killed for memory, a container that
+    cannot be created or keeps exiting (fatal), an image it cannot pull (fatal after
+    ``pull_timeout`` seconds from its scheduling, to ``now``), or not scheduled (the
+    scheduler's reason; not fatal: a node may free up or be added)."""
     status = pod.get("status") or {}
+    name = pod.get("metadata", {}).get("name", "")
     stage = pod.get("metadata", {}).get("labels", {}).get(LABEL_STAGE, "")
+    specs = _containers(pod)
     for key in ("initContainerStatuses", "containerStatuses"):
         for cs in status.get(key) or []:
+            container = specs.get(cs.get("name", ""), {})
+            if (oom := _oom(cs, container)) is not None:
+                return PodProblem(stage, OOM_KILLED, oom)
             waiting = (cs.get("state") or {}).get("waiting") or {}
-            if waiting.get("reason") in FATAL_WAITING:
+            reason = waiting.get("reason")
+            if reason in FATAL_WAITING:
+                reason, message = _exited(cs, container)
+                return PodProblem(stage, reason, message)
+            if reason in PULL_WAITING:
+                waited = _seconds_between(_scheduled_at(status), now)
+                fatal = waited is not None and waited >= pull_timeout
                 message = f"container {cs.get('name')}: {waiting.get('message') or ''}".strip()
-                last = (cs.get("lastState") or {}).get("terminated") or {}
-                if last:  # why it exited: its code and its log tail (FallbackToLogsOnError)
-                    message += f"; exited with code {last.get('exitCode')}"
-                    if last.get("message"):
-                        message += f": {str(last['message']).strip()[-2000:]}"
-                return PodProblem(stage, waiting["reason"], message)
+                if not fatal:
+                    message += f" (retrying; the stage fails if it lasts {pull_timeout:.0f} s)"
+                return PodProblem(stage, reason, message, fatal=fatal)
+    for c in status.get("conditions") or []:
+        if c.get("type") == "PodScheduled" and c.get("status") == "False":
+            why = c.get("message") or "no node fits it"
+            reason = c.get("reason") or "Unschedulable"
+            return PodProblem(stage, reason, f"pod {name}: {why}", fatal=False)
     return None
 
 

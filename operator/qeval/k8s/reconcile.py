@@ -47,6 +47,9 @@ QUANTIZED_MODEL_FAILED = "QuantizedModelFailed"
 DEPENDENCY_FAILED = "DependencyFailed"
 JOB_CREATED = "JobCreated"
 SERVER_CREATED, SERVER_DONE, SERVER_STOPPED = "ServerCreated", "ServerDone", "ServerStopped"
+# kstatus's abnormal-true condition: True while a started stage's pod does not run (not
+# scheduled, image not pulled yet), with the scheduler's or the kubelet's reason.
+STALLED, PODS_RUNNING = "Stalled", "PodsRunning"
 
 
 class StageState(StrEnum):
@@ -108,6 +111,9 @@ def outcome(stage: Stage, observed: Observed) -> StageResult | None:
     server = observed.servers.get(stage.name)
     if server is not None and server.failed:
         return failed(stage.name, stage.kind, server.reason or "ServerFailed", server.message or "")
+    problem = observed.problems.get(stage.name)
+    if problem is not None and problem.fatal:  # says more than the Job (e.g. OOMKilled)
+        return failed(stage.name, stage.kind, problem.reason, problem.message)
     job = observed.jobs.get(stage.name)
     if job is not None and job.phase == "Failed":
         return failed(stage.name, stage.kind, job.reason or "JobFailed", job.message or "")
@@ -118,9 +124,22 @@ def outcome(stage: Stage, observed: Observed) -> StageResult | None:
             "NoResult",
             f"Job {job.name} succeeded but published no result ConfigMap",
         )
-    if (problem := observed.problems.get(stage.name)) is not None:
-        return failed(stage.name, stage.kind, problem.reason, problem.message)
     return None
+
+
+def stalled(stages: list[Stage], observed: Observed, now: str, generation: int | None) -> Condition:
+    """Stalled: True while the pod of a started stage does not run and may yet (not
+    scheduled, its image not pulled yet), with the reason of each such stage."""
+    waiting = [
+        (stage.name, p)
+        for stage in stages
+        if (p := observed.problems.get(stage.name)) is not None and not p.fatal
+    ]
+    if not waiting:
+        return condition(STALLED, False, PODS_RUNNING, "no stage pod is stuck", now, generation)
+    reasons = sorted({p.reason for _, p in waiting})
+    message = "; ".join(f"{name}: {p.reason}: {p.message}" for name, p in waiting)
+    return condition(STALLED, True, reasons[0], message[:4000], now, generation)
 
 
 def stage_states(
@@ -202,6 +221,17 @@ def _phase_event(old_phase: str | None, new_phase: str | None, message: str) -> 
         return []
     kind = "Warning" if new_phase == "Failed" else "Normal"
     return [Event(kind, new_phase, message)]
+
+
+def _stalled_event(old: list[Condition], new: list[Condition]) -> list[Event]:
+    """A Warning when a stage pod gets stuck, or stuck for another reason."""
+    before = next((c for c in old if c.type == STALLED), None)
+    now = next((c for c in new if c.type == STALLED), None)
+    if now is None or now.status != "True":
+        return []
+    if before is not None and before.status == "True" and before.reason == now.reason:
+        return []
+    return [Event("Warning", now.reason, now.message)]
 
 
 def _created_events(stages: list[Stage]) -> list[Event]:
@@ -291,6 +321,7 @@ def decide_quantized_model(
             accepted,
             condition(QUANTIZING, True, STAGES_RUNNING, message, now, generation),
             condition(READY, False, STAGES_RUNNING, message, now, generation),
+            stalled([stage], observed, now, generation),
         ],
         output=str(stage.input["outputDir"]),
         started_at=job.created if job else None,
@@ -312,6 +343,7 @@ def _qm_decision(
     events = _created_events(create) + _phase_event(
         old.phase, new.phase, ready.message if ready else ""
     )
+    events += _stalled_event(old.conditions, new.conditions)
     return Decision(new.dump(), tuple(create), tuple(events), done, spec)
 
 
@@ -472,6 +504,7 @@ def decide_evalrun(
             accepted,
             _models_condition(waiting_models, now, generation),
             condition(SUCCEEDED, None, reason, message, now, generation),
+            stalled(own, observed, now, generation),
         ],
     )
     return _run_decision(
@@ -540,6 +573,7 @@ def _run_decision(
     events = _created_events(create) + _phase_event(
         old.phase, new.phase, succeeded.message if succeeded else ""
     )
+    events += _stalled_event(old.conditions, new.conditions)
     for doc in publish:
         if doc.status == StageStatus.SUCCEEDED:
             events.append(Event("Normal", SERVER_DONE, f"{doc.stage}: {doc.message}"))

@@ -49,7 +49,13 @@ class OperatorSettings(BaseSettings):
     )
     evaluator_image: str = Field(
         default="ghcr.io/qeval/evaluator:0.1.0",
-        description="Image of the evaluate, aggregate and demo-model stages.",
+        description="Image of the stages that use GPUs: model servers, and evaluate "
+        "(backends hf and vllm) with GPUs (vLLM's image with lm-eval).",
+    )
+    client_image: str = Field(
+        default="ghcr.io/qeval/client:0.1.0",
+        description="Image of the stages without GPUs: evaluation clients of a server, "
+        "benchmark, similarity, aggregate, demo-model (lm-eval and CPU PyTorch, no vLLM).",
     )
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     image_pull_secrets: CommaList = Field(default_factory=list)
@@ -61,7 +67,24 @@ class OperatorSettings(BaseSettings):
         default="qeval-data",
         description="PVC (in each resource's namespace) holding runs, models and the cache.",
     )
-    job_backoff_limit: int = Field(default=1, ge=0, description="Retries of a failed stage pod.")
+    job_backoff_limit: int = Field(
+        default=1,
+        ge=0,
+        description="Retries of a stage pod that crashed (not of one that recorded its "
+        "failure, nor of one killed for memory: those fail the Job at once).",
+    )
+    job_active_deadline_seconds: int = Field(
+        default=48 * 3600,
+        ge=60,
+        description="Default activeDeadlineSeconds of stage Jobs (spec.scheduling."
+        "activeDeadlineSeconds overrides it): a hung stage releases its GPUs after it.",
+    )
+    image_pull_timeout_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description="How long a stage pod may fail to pull its image (ErrImagePull, "
+        "ImagePullBackOff: a registry's rate limit is transient) before the stage fails.",
+    )
     metrics_port: int = Field(default=8000, ge=0, description="/metrics port; 0 disables.")
     liveness_endpoint: str | None = Field(
         default="http://0.0.0.0:8080/healthz", description="kopf's liveness probe endpoint."
