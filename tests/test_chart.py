@@ -10,6 +10,7 @@ real helm installing, upgrading and uninstalling it there.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from collections.abc import Iterable, Iterator
 from functools import cache
@@ -568,15 +569,17 @@ def test_server_servicemonitor_follows_the_flags_and_scrapes_vllm_servers_where_
         assert endpoint["port"] == port["name"] == "http" and endpoint["path"] == "/metrics"
         assert endpoint["honorLabels"] is True
         assert endpoint["interval"] == "30s" and endpoint["scrapeTimeout"] == "10s"
-        # The server's EvalRun (its Service's label) becomes `run`, as on qeval_benchmark_*.
-        assert service["metadata"]["labels"][m.LABEL_RUN] == "llama-3.1-8b-serving"
-        assert endpoint["relabelings"] == [
-            {
-                "sourceLabels": ["__meta_kubernetes_service_label_qeval_dev_run"],
-                "targetLabel": "run",
-                "action": "replace",
-            }
-        ]
+        # The server's EvalRun and stage (its Service's labels, as Prometheus' Kubernetes
+        # discovery names them) become `run` (as on qeval_benchmark_*) and `stage`.
+        meta = {
+            "__meta_kubernetes_service_label_" + re.sub(r"[^a-zA-Z0-9_]", "_", k): v
+            for k, v in service["metadata"]["labels"].items()
+        }
+        relabeled = {}
+        for rule in endpoint["relabelings"]:
+            assert rule["action"] == "replace" and len(rule["sourceLabels"]) == 1, rule
+            relabeled[rule["targetLabel"]] = meta[rule["sourceLabels"][0]]
+        assert relabeled == {"run": "llama-3.1-8b-serving", "stage": "serve-bf16"}
     labelled = one(template("servicemonitor-servers.yaml", *EVERYTHING), "ServiceMonitor")
     assert labelled["metadata"]["labels"]["release"] == "kube-prometheus-stack"
 

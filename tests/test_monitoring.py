@@ -21,8 +21,11 @@ similarity run against them, the operator records each server's outcome and remo
 and the aggregate's benchmark figures are the ``qeval_benchmark_*`` series the serving
 dashboard shows.
 
-vLLM cannot run here: a stand-in exporter serves vLLM's own ``vllm:`` histograms and
-counters, so that every panel query of the serving dashboard runs.
+vLLM cannot run here: stand-in exporters, one per model server, serve vLLM's own ``vllm:``
+histograms and counters, so that every panel query of the serving dashboard runs. They are
+scraped with the labels of the operator's Services and the chart's server ServiceMonitor's
+relabelings; a second run in the namespace serves models under the same names, which the
+dashboard must keep apart.
 
 Every request the operator and the stage pods make is checked against the chart's RBAC by
 the API server's audit log: no call refused, and no verb granted that the stack never used.
@@ -33,6 +36,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import subprocess
 import threading
 import time
@@ -49,6 +53,7 @@ import yaml
 from qeval.api.evalrun import Score
 from qeval.k8s import manifests as m
 from qeval.k8s.publish import publish
+from qeval.plan import SERVE_KIND, Stage
 from qeval.stages.aggregate import AggregateInput
 from qeval.stages.aggregate import run as aggregate
 from qeval.stages.envelope import StageResult, StageStatus
@@ -236,6 +241,7 @@ class Study:
     stage_api: Any  # the qeval-stage ServiceAccount: what stage pods publish with
     workdir: Path  # the claims' volumes, /mnt/volumes/<claim> in a pod
     played: set[str] = field(default_factory=set)  # pod uids
+    services: dict[str, dict[str, str]] = field(default_factory=dict)  # model servers' labels
 
     def local(self, path: str) -> Path:
         return self.workdir / Path(path).relative_to("/mnt/volumes")
@@ -251,6 +257,8 @@ class Study:
         for pod in pods:
             job_name = pod["metadata"].get("labels", {}).get("batch.kubernetes.io/job-name")
             if job_name is None:  # a model server's pod (its ReplicaSet's): vLLM answers /health
+                for service in self.cluster.list("v1/services", NS, {m.LABEL_STAGE_KIND: "serve"}):
+                    self.services[service["metadata"]["name"]] = service["metadata"]["labels"]
                 play_pod(self.cluster, pod, exit_code=None, ready=True)
             elif jobs[job_name]["metadata"]["labels"].get(m.LABEL_QUANTIZED_MODEL) in RUNNING:
                 play_pod(self.cluster, pod, exit_code=None, ready=False)  # pulling its image
@@ -433,15 +441,37 @@ def similarity(stage_input: dict[str, Any]) -> dict[str, Any]:
 # --- serving stand-in ----------------------------------------------------------------------------
 
 
-class VllmStandIn:
-    """Serves vLLM's metric names and labels, with requests simulated while it runs: the
-    served study's two servers (vLLM's model_name is the name qeval serves a model under)."""
+# Two runs' servers that serve models under the same names (vLLM's model_name): the served
+# study's, and another run's in the same namespace on slower GPUs (relative speed per model).
+# The dashboard must keep them apart (per run and stage), never sum them.
+OTHER_RUN = "served-again"
+SERVERS = {SERVED_RUN: SPEED, OTHER_RUN: {"fp32": 0.25, "w4a16": 0.5}}
+TTFT_MEDIAN = 0.0408  # exp(-3.2) s at speed 1: the stand-in's lognormal time to first token
 
-    MODELS = SPEED
 
-    def __init__(self) -> None:
+def server_labels(run: str, model: str) -> dict[str, str]:
+    """The labels of a model server's Service as the operator builds them (for the served
+    study, the test checks them against the Services the operator made)."""
+    owner = m.Owner("EvalRun", run, NS, f"uid-{run}")
+    return m.labels(owner, Stage(f"serve-{model}", SERVE_KIND, {}))
+
+
+def discovered(labels: dict[str, str]) -> dict[str, str]:
+    """A Service's labels as Prometheus' Kubernetes discovery gives them to relabeling."""
+    return {
+        "__meta_kubernetes_service_label_" + re.sub(r"[^a-zA-Z0-9_]", "_", k): v
+        for k, v in labels.items()
+    }
+
+
+class VllmServer:
+    """One model server's /metrics: vLLM's metric names and labels (model_name: the name
+    qeval serves the model under), with requests simulated while it runs."""
+
+    def __init__(self, run: str, model: str, speed: float) -> None:
         from prometheus_client import Counter, Gauge, Histogram
 
+        self.run, self.model, self.speed = run, model, speed
         self.exporter = Exporter()
         r, labels = self.exporter.registry, ["model_name"]
         buckets = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24)
@@ -462,38 +492,86 @@ class VllmStandIn:
         self.running = Gauge("vllm:num_requests_running", "running", labels, registry=r)
         self.waiting = Gauge("vllm:num_requests_waiting", "waiting", labels, registry=r)
         self.kv = Gauge("vllm:kv_cache_usage_perc", "KV cache usage (0-1)", labels, registry=r)
+
+    def serve_one(self, rng: random.Random) -> None:
+        model, fast = self.model, self.speed
+        self.ttft.labels(model).observe(rng.lognormvariate(-3.2, 0.4) / fast)
+        for _ in range(8):
+            self.itl.labels(model).observe(rng.lognormvariate(-4.4, 0.3) / fast)
+        self.e2e.labels(model).observe(rng.lognormvariate(0.4, 0.3) / fast)
+        self.queue.labels(model).observe(rng.expovariate(50))
+        self.prompt.labels(model).inc(rng.randint(50, 400))
+        self.generation.labels(model).inc(rng.randint(20, 200))
+        self.running.labels(model).set(rng.randint(1, 8))
+        self.waiting.labels(model).set(rng.randint(0, 3))
+        self.kv.labels(model).set(rng.uniform(0.2, 0.6))
+
+    def target(self) -> Target:
+        """Its scrape target as the chart's server ServiceMonitor finds it: the namespace, and
+        its Service's labels for the monitor's relabelings."""
+        labels = {"namespace": NS, **discovered(server_labels(self.run, self.model))}
+        return Target(VLLM_JOB, self.exporter.address, labels, honor_labels=True)
+
+
+class VllmStandIn:
+    """The model servers of SERVERS, each on an exporter of its own."""
+
+    def __init__(self) -> None:
+        self.servers = [
+            VllmServer(run, model, speed)
+            for run, speeds in SERVERS.items()
+            for model, speed in speeds.items()
+        ]
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._serve_requests, daemon=True)
         self.rng = random.Random(0)
 
     def _serve_requests(self) -> None:
         while not self.stopped.wait(0.05):
-            for model, fast in self.MODELS.items():
-                rng = self.rng
-                self.ttft.labels(model).observe(rng.lognormvariate(-3.2, 0.4) / fast)
-                for _ in range(8):
-                    self.itl.labels(model).observe(rng.lognormvariate(-4.4, 0.3) / fast)
-                self.e2e.labels(model).observe(rng.lognormvariate(0.4, 0.3) / fast)
-                self.queue.labels(model).observe(rng.expovariate(50))
-                self.prompt.labels(model).inc(rng.randint(50, 400))
-                self.generation.labels(model).inc(rng.randint(20, 200))
-                self.running.labels(model).set(rng.randint(1, 8))
-                self.waiting.labels(model).set(rng.randint(0, 3))
-                self.kv.labels(model).set(rng.uniform(0.2, 0.6))
+            for server in self.servers:
+                server.serve_one(self.rng)
 
-    @property
-    def address(self) -> str:
-        return self.exporter.address
+    def targets(self) -> list[Target]:
+        return [s.target() for s in self.servers]
 
     def start(self) -> VllmStandIn:
-        self.exporter.start()
+        for server in self.servers:
+            server.exporter.start()
         self.thread.start()
         return self
 
     def stop(self) -> None:
         self.stopped.set()
         self.thread.join(timeout=5)
-        self.exporter.stop()
+        for server in self.servers:
+            server.exporter.stop()
+
+
+VLLM_JOB = "vllm"
+
+
+def server_relabelings() -> list[dict[str, Any]]:
+    """The chart's server ServiceMonitor's relabelings, as Prometheus relabel_configs (what
+    the Prometheus Operator writes for them)."""
+    (monitor,) = stack_chart("servicemonitor-servers.yaml")
+    (endpoint,) = monitor["spec"]["endpoints"]
+    keys = {"sourceLabels": "source_labels", "targetLabel": "target_label"}
+    return [{keys.get(k, k): v for k, v in r.items()} for r in endpoint["relabelings"]]
+
+
+class ScrapedPrometheus(Prometheus):
+    """Prometheus with relabel_configs on some jobs (the chart's ServiceMonitor's)."""
+
+    def __init__(self, *args: Any, relabel: dict[str, list[dict[str, Any]]], **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.relabel = relabel
+
+    def config(self) -> dict[str, Any]:
+        config = super().config()
+        for job in config["scrape_configs"]:
+            if job["job_name"] in self.relabel:
+                job["relabel_configs"] = self.relabel[job["job_name"]]
+        return config
 
 
 # --- the stack ---------------------------------------------------------------------------------
@@ -547,9 +625,10 @@ def monitored_study(cluster: ControlPlane, tmp: Path) -> Iterator[Stack]:
     targets = [
         # As the chart's ServiceMonitor: job = the Service, namespace = the operator's.
         Target(job, f"127.0.0.1:{metrics_port}", {"namespace": NS}, True),
-        Target("vllm", vllm.address, {"namespace": NS}),
+        *vllm.targets(),
     ]
-    prometheus = Prometheus(targets, [rule_file(tmp)]).start()
+    relabel = {VLLM_JOB: server_relabelings()}
+    prometheus = ScrapedPrometheus(targets, [rule_file(tmp)], relabel=relabel).start()
     seconds["prometheus ready"] = time.monotonic() - t0
     operator: Operator | None = None
     try:
@@ -696,6 +775,63 @@ def test_the_served_study_ran_against_model_servers_the_operator_removed(stack: 
 
 
 # --- dashboards ----------------------------------------------------------------------------
+
+
+def test_the_stand_in_servers_carry_the_labels_of_the_operators_services(stack: Stack) -> None:
+    """What the vLLM stand-ins are scraped with is what the operator put on the served
+    study's Services (run and stage), which the ServiceMonitor's relabelings read."""
+    made = {
+        (labels[m.LABEL_RUN], labels[m.LABEL_STAGE]) for labels in stack.study.services.values()
+    }
+    assert made == {(SERVED_RUN, "serve-fp32"), (SERVED_RUN, "serve-w4a16")}
+    keys = (m.LABEL_RUN, m.LABEL_STAGE, m.LABEL_STAGE_KIND, m.MANAGED_BY)
+    for labels in stack.study.services.values():
+        model = labels[m.LABEL_STAGE].removeprefix("serve-")
+        ours = server_labels(SERVED_RUN, model)
+        assert {k: ours[k] for k in keys} == {k: labels[k] for k in keys}
+    # The chart's relabelings made them the series' labels.
+    expected = {
+        (run, f"serve-{model}", model) for run, speeds in SERVERS.items() for model in speeds
+    }
+    selector = f'{{__name__=~"vllm[:_]num_requests_running", namespace="{NS}"}}'
+    wait_for(
+        lambda: set(by(stack.prometheus.query(selector), "run", "stage", "model_name")) == expected,
+        f"{selector} by run, stage and model_name: {sorted(expected)}",
+    )
+
+
+def test_the_vllm_panels_keep_two_runs_serving_one_model_name_apart(stack: Stack) -> None:
+    """Two runs in one namespace both serve models named fp32 and w4a16: each panel shows
+    each run's server on its own, and selecting a run shows that run's figures alone."""
+    serving = next(p for p in DASHBOARDS if p.stem == "qeval-serving")
+    vllm = [q for q in panel_queries(serving) if "vllm" in q.expr]
+    assert len(vllm) == 15
+    expected = {(run, model) for run, speeds in SERVERS.items() for model in speeds}
+    for query in vllm:
+        samples = wait_for(
+            lambda q=query: (
+                (f := finite(stack.prometheus.query(q.expr))) and len(f) == len(expected) and f
+            ),
+            f"one series per run and model for {query.panel!r} {query.ref}: {query.expr}",
+            timeout=15,
+        )
+        assert {(s["metric"]["run"], s["metric"]["model_name"]) for s in samples} == expected
+        legends = {legend(query.legend, s["metric"]) for s in samples}
+        assert len(legends) == len(samples), f"{query.panel}: legends {legends} repeat"
+    # The served study selected: its own time to first token, not a mix with the other run's.
+    (p50,) = [
+        q
+        for q in panel_queries(serving, run=SERVED_RUN)
+        if q.panel == "vLLM time to first token" and q.ref == "A"
+    ]
+    samples = wait_for(lambda: finite(stack.prometheus.query(p50.expr)), p50.expr, timeout=15)
+    medians = {s["metric"]["model_name"]: float(s["value"][1]) for s in samples}
+    assert {s["metric"]["run"] for s in samples} == {SERVED_RUN}
+    for model, speed in SPEED.items():
+        # histogram_quantile interpolates within a bucket (0.02-0.04 or 0.04-0.08 s here): the
+        # other run's servers (4 and 3.8 times slower) would pull a sum far out of it.
+        assert medians[model] == pytest.approx(TTFT_MEDIAN / speed, rel=0.5), medians
+
 
 QUERIES = [q for path in DASHBOARDS for q in panel_queries(path)]
 
