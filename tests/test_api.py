@@ -23,7 +23,7 @@ from qeval.api.evalrun import (
     Serving,
     Task,
 )
-from qeval.api.quantizedmodel import RULES, QuantizedModelSpec
+from qeval.api.quantizedmodel import CALIBRATION_RULES, RULES, Calibration, QuantizedModelSpec
 from tests.conftest import EXAMPLES
 
 CEL = celpy.Environment()
@@ -85,6 +85,21 @@ def test_examples_parse():
             qm(scheme="W4A16", calibration={"dataset": "demo", "path": "/x.jsonl"}),
             "spec.calibration",
             "not both",
+        ),
+        (
+            qm(scheme="W4A16", calibration={"dataset": "ultrachat_200k", "split": "train_sft[:x]"}),
+            "spec.calibration.split",
+            "not a datasets split expression",
+        ),
+        (
+            qm(scheme="W4A16", calibration={"dataset": "someone/chats"}),
+            "spec.calibration",
+            "write its texts to a JSONL file and set calibration.path",
+        ),
+        (
+            qm(scheme="W4A16", calibration={"path": "/c.jsonl", "split": "train"}),
+            "spec.calibration",
+            "calibration.split chooses rows of a hub dataset",
         ),
         (qm(scheme="W4A16", gruopSize=4), "spec.gruopSize", "did you mean 'groupSize'"),
         (er(baseline=None), "spec.baseline", "required"),
@@ -201,6 +216,18 @@ def test_quantizedmodel_cel_rules_agree_with_python():
             assert bool(program.evaluate(activation)) == rule.check(obj), (rule.cel, wire)
             checked += 1
     assert checked == 640 * len(RULES)
+
+
+def test_calibration_cel_rules_agree_with_python():
+    datasets = [None, "demo", "ultrachat_200k", "HuggingFaceH4/ultrachat_200k", "x/y"]
+    checked = 0
+    for dataset, path, split in itertools.product(datasets, [None, "/c.jsonl"], [None, "train"]):
+        obj = Calibration.model_construct(dataset=dataset, path=path, split=split)
+        wire = {k: v for k, v in {"dataset": dataset, "path": path, "split": split}.items() if v}
+        for rule in CALIBRATION_RULES:
+            assert cel(rule.cel, wire) == rule.check(obj), (rule.cel, wire)
+            checked += 1
+    assert checked == 20 * len(CALIBRATION_RULES)
 
 
 def test_evalrun_cel_rules_agree_with_python():

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from qeval.api.common import (
+    ECHO_LIMIT,
     ApiModel,
     Condition,
     DataPath,
@@ -21,6 +23,7 @@ from qeval.api.common import (
     cel_rules,
     enforce,
     immutable,
+    shorten,
 )
 from qeval.api.yamldocs import YamlError, load_one
 
@@ -54,11 +57,70 @@ class Observer(StrEnum):
     MSE = "mse"
 
 
+@dataclass(frozen=True)
+class CalibrationDataset:
+    """A text dataset llm-compressor 0.14 knows by name: the hub dataset its registry entry
+    loads, the split calibration reads by default and the hub config it needs, if any."""
+
+    hub_id: str
+    split: str
+    config: str | None = None
+
+
+# llm-compressor 0.14's registered text datasets (llmcompressor/transformers/data), by their
+# registry names. Without a split, llm-compressor tokenises every split and then wants one
+# named `train`: ultrachat_200k has none (train_sft, test_sft, train_gen, test_gen). gsm8k and
+# wikitext need a hub config their registry entries do not set. Left out: c4 (a split is
+# hundreds of GB) and the image and audio sets (flickr, peoples_speech).
+CALIBRATION_DATASETS: dict[str, CalibrationDataset] = {
+    "open_platypus": CalibrationDataset("garage-bAInd/Open-Platypus", "train"),
+    "ultrachat_200k": CalibrationDataset("HuggingFaceH4/ultrachat_200k", "train_sft"),
+    "gsm8k": CalibrationDataset("openai/gsm8k", "train", config="main"),
+    "wikitext": CalibrationDataset("Salesforce/wikitext", "train", config="wikitext-2-raw-v1"),
+    "cnn_dailymail": CalibrationDataset("cnn_dailymail", "train"),
+    "evolcodealpaca": CalibrationDataset("theblackcat102/evol-codealpaca-v1", "train"),
+    "perfectblend": CalibrationDataset("mlabonne/open-perfectblend", "train"),
+}
+# Other names a calibration may use for them: llm-compressor's alias, and the hub ids (its
+# registry knows no name with a `/`), each mapped to the registry name.
+CALIBRATION_HUB_IDS = {d.hub_id: n for n, d in CALIBRATION_DATASETS.items() if "/" in d.hub_id}
+CALIBRATION_ALIASES = {"ultrachat": "ultrachat_200k"} | CALIBRATION_HUB_IDS
+# The dataset of a calibration that names none (the demo model's is `demo`, set by the plan).
+DEFAULT_DATASET = "open_platypus"
+# The split of a dataset that has no entry above.
+DEFAULT_SPLIT = "train"
+
+# A `datasets` split expression: split names joined by `+`, each with an optional slice in
+# rows or percent (train_sft, train_sft[:512], train[10%:20%]+test).
+_SPLIT_PART = r"\w+(\.\w+)*(\[(-?[0-9]+%?)?:(-?[0-9]+%?)?\])?"
+SPLIT_PATTERN = rf"^{_SPLIT_PART}(\+{_SPLIT_PART})*$"
+
+_HUB_IDS = ", ".join(f"'{h}'" for h in sorted(CALIBRATION_HUB_IDS))
 CALIBRATION_RULES = (
     Rule(
         cel="!has(self.dataset) || !has(self.path)",
         message="set calibration.dataset or calibration.path, not both",
         check=lambda c: c.dataset is None or c.path is None,
+    ),
+    Rule(
+        cel=f"!has(self.dataset) || !self.dataset.contains('/') || self.dataset in [{_HUB_IDS}]",
+        message="calibration.dataset: llm-compressor loads no hub dataset id other than "
+        + ", ".join(sorted(CALIBRATION_HUB_IDS))
+        + " (or their names: "
+        + ", ".join(CALIBRATION_DATASETS)
+        + "); for another dataset, write its texts to a JSONL file and set calibration.path",
+        check=lambda c: (
+            c.dataset is None or "/" not in c.dataset or c.dataset in CALIBRATION_HUB_IDS
+        ),
+        field="dataset",
+    ),
+    Rule(
+        cel="!has(self.split) || "
+        "(!has(self.path) && (!has(self.dataset) || self.dataset != 'demo'))",
+        message="calibration.split chooses rows of a hub dataset; calibration.path and the demo "
+        "dataset have none: remove it",
+        check=lambda c: c.split is None or (c.path is None and c.dataset != "demo"),
+        field="split",
     ),
 )
 
@@ -72,9 +134,21 @@ class Calibration(ApiModel):
         pattern=r"^[A-Za-z0-9][-A-Za-z0-9_.]*(/[A-Za-z0-9_][-A-Za-z0-9_.]*)?$",
         description=(
             "A named dataset: `demo` (the demo model's own text, offline), or a dataset "
-            "llm-compressor knows by name (e.g. `open_platypus`, `ultrachat_200k`; needs the "
-            "hub). Default `open_platypus`, or `demo` for the demo model."
+            "llm-compressor knows by name (`open_platypus`, `ultrachat_200k`, `gsm8k`, "
+            "`wikitext`, `cnn_dailymail`, `evolcodealpaca`, `perfectblend`, or the hub id of "
+            "one of them; needs the hub). Default `open_platypus`, or `demo` for the demo model."
         ),
+    )
+    split: str | None = Field(
+        default=None,
+        max_length=256,
+        description=(
+            "The split of the named dataset to calibrate on, as a `datasets` split expression "
+            "(`train_sft`, `train_sft[:512]`, `train[:10%]`). Default: the dataset's training "
+            "split cut to numSamples rows (`train_sft[:N]` for ultrachat_200k, `train[:N]` "
+            "for the others), the first rows, as llm-compressor's own examples take them."
+        ),
+        json_schema_extra={"pattern": SPLIT_PATTERN},
     )
     path: DataPath | None = Field(
         default=None,
@@ -94,10 +168,43 @@ class Calibration(ApiModel):
 
     model_config = ApiModel.model_config | {"json_schema_extra": cel_rules(*CALIBRATION_RULES)}
 
+    @field_validator("split")
+    @classmethod
+    def _split_expression(cls, split: str | None) -> str | None:
+        if split is not None and re.fullmatch(SPLIT_PATTERN, split) is None:
+            raise ValueError(
+                f"{shorten(split, ECHO_LIMIT)!r} is not a datasets split expression: write a "
+                "split name with an optional slice of rows or percent, e.g. train_sft, "
+                "train_sft[:512] or train[:10%]"
+            )
+        return split
+
     @model_validator(mode="after")
     def _rules(self) -> Calibration:
         enforce(self, CALIBRATION_RULES)
         return self
+
+    @property
+    def registry_name(self) -> str | None:
+        """The llm-compressor registry name of the hub dataset calibration reads (an alias
+        or a known hub id mapped to its name, the default for none); None for `demo` or a
+        file."""
+        if self.dataset == "demo" or self.path is not None:
+            return None
+        name = self.dataset or DEFAULT_DATASET
+        return CALIBRATION_ALIASES.get(name, name)
+
+    @property
+    def effective_split(self) -> str | None:
+        """The split expression calibration reads (the default filled in); None when the
+        data is not a named hub dataset."""
+        name = self.registry_name
+        if name is None:
+            return None
+        if self.split is not None:
+            return self.split
+        known = CALIBRATION_DATASETS.get(name)
+        return f"{known.split if known else DEFAULT_SPLIT}[:{self.num_samples}]"
 
 
 class Output(ApiModel):

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import Field, ValidationError
 
 from qeval.api.common import ApiModel, ModelSource
-from qeval.api.quantizedmodel import Calibration
+from qeval.api.quantizedmodel import CALIBRATION_DATASETS, Calibration
 from qeval.results.cache import (
     ResultCache,
     installed_version,
@@ -82,11 +82,75 @@ def load_texts(calibration: Calibration) -> list[str] | None:
     return None
 
 
+# A calibration dataset that cannot be had (unknown name, missing split, not on the hub, no
+# access): a fault of spec.calibration, not of the recipe.
+CALIBRATION_DATASET_FAILED = "CalibrationDatasetFailed"
+
+
+def dataset_arguments(calibration: Calibration) -> dict[str, Any]:
+    """llm-compressor ``DatasetArguments`` for a hub dataset it knows by name: the split
+    always given (without one it tokenises every split, then wants one named ``train``)."""
+    name = calibration.registry_name
+    args: dict[str, Any] = {
+        "dataset": name,
+        "splits": calibration.effective_split,
+        "num_calibration_samples": calibration.num_samples,
+        "max_seq_length": calibration.max_seq_length,
+    }
+    known = CALIBRATION_DATASETS.get(name or "")
+    if known is not None and known.config is not None:
+        args["dataset_config_name"] = known.config
+    return args
+
+
+def dataset_failure(calibration: Calibration, error: BaseException) -> StageError:
+    """The CalibrationDatasetFailed error for a hub dataset that could not be loaded,
+    naming the field at fault and the fix."""
+    name = calibration.registry_name or ""
+    known = CALIBRATION_DATASETS.get(name)
+    what = f"spec.calibration.dataset {calibration.dataset or name!r}"
+    if known is not None:
+        what += f" ({known.hub_id})"
+    split = calibration.effective_split
+    detail = " ".join(str(error).split())[:600].rstrip(".") or type(error).__name__
+    if isinstance(error, KeyError):  # llm-compressor's registry has no such name
+        fix = (
+            f"llm-compressor has no dataset named {name!r}; use one of "
+            + ", ".join(CALIBRATION_DATASETS)
+            + ", or write the texts to a JSONL file and set spec.calibration.path"
+        )
+        return StageError(CALIBRATION_DATASET_FAILED, f"{what}: {fix}")
+    if isinstance(error, ValueError) and "split" in str(error).lower():
+        example = f"{known.split if known else 'train'}[:{calibration.num_samples}]"
+        return StageError(
+            CALIBRATION_DATASET_FAILED,
+            f"{what}, spec.calibration.split {split!r}: {detail}; set spec.calibration.split "
+            f"to one of the dataset's splits (e.g. {example})",
+        )
+    return StageError(
+        CALIBRATION_DATASET_FAILED,
+        f"{what}, split {split!r}, could not be loaded: {type(error).__name__}: {detail}; "
+        "check the name, the pod's access to the Hugging Face hub and, for a gated dataset, "
+        "the token (spec.hfTokenSecret), or set spec.calibration.path to a JSONL file",
+    )
+
+
 def calibration_dataset(calibration: Calibration, tokenizer: Any) -> Any:
-    """A tokenized ``datasets.Dataset`` (offline sources) or a registered dataset name."""
+    """The calibration data as a tokenized ``datasets.Dataset``: the offline sources
+    (``demo``, a file) tokenized here, a hub dataset by llm-compressor's own loader (what
+    ``oneshot`` would do with its name), so that a dataset that cannot be loaded fails as
+    CalibrationDatasetFailed before the recipe runs."""
     texts = load_texts(calibration)
     if texts is None:
-        return calibration.dataset or "open_platypus"
+        from llmcompressor.args import DatasetArguments
+        from llmcompressor.datasets import get_processed_dataset
+
+        try:
+            return get_processed_dataset(
+                DatasetArguments(**dataset_arguments(calibration)), processor=tokenizer
+            )
+        except Exception as e:  # everything here is loading and tokenising the dataset
+            raise dataset_failure(calibration, e) from e
     from datasets import Dataset
 
     enc = tokenizer(texts, truncation=True, max_length=calibration.max_seq_length)
@@ -98,13 +162,23 @@ def calibration_dataset(calibration: Calibration, tokenizer: Any) -> Any:
 QUANTIZER_LIBRARIES = ("llmcompressor", "compressed-tensors", "transformers", "torch")
 
 
+def calibration_fields(calibration: Calibration | None) -> dict[str, Any] | None:
+    """The calibration as the cache key covers it: as written, with the split read."""
+    if calibration is None:
+        return None
+    fields = calibration.dump()
+    if (split := calibration.effective_split) is not None:
+        fields["split"] = split
+    return fields
+
+
 def cache_key(inp: QuantizeInput, base: Path, cache: ResultCache) -> tuple[str, dict[str, Any]]:
     """The quantization's cache key and the fields it covers."""
     fields = quantization_fields(
         model=model_identity(inp.model.uri, inp.model.revision, base, cache.digests),
         recipe=inp.recipe,
         scheme=inp.scheme,
-        calibration=inp.calibration.dump() if inp.calibration else None,
+        calibration=calibration_fields(inp.calibration),
         output_dir=inp.output_dir,
         seed=inp.seed,
         libraries={p: installed_version(p) for p in QUANTIZER_LIBRARIES},
