@@ -194,6 +194,9 @@ def test_every_object_carries_the_charts_labels_and_a_namespace_where_it_needs_o
         ("metrics.serviceMonitor.interval=30", "/metrics/serviceMonitor/interval"),
         ("metrics.serviceMonitor.servers=yes", "/metrics/serviceMonitor/servers"),
         ("storage.accessModes={ReadWriteAll}", "/storage/accessModes/0"),
+        ("operator.jobActiveDeadlineSeconds=30", "/operator/jobActiveDeadlineSeconds"),
+        ("json:operator.imagePullTimeoutSeconds=0", "/operator/imagePullTimeoutSeconds"),
+        ("stages.clientImage.digest=latest", "/stages/clientImage/digest"),
         ("operater.verbose=true", "additional properties 'operater'"),
         ("operator.resyncSecond=5", "additional properties 'resyncSecond'"),
     ],
@@ -266,6 +269,9 @@ def test_deployment_sets_every_operator_setting_and_the_operator_reads_them_back
     assert settings.image_pull_secrets == ["regcred"]
     assert settings.quantizer_image == "ghcr.io/qeval/quantizer:0.1.0"
     assert settings.evaluator_image == "ghcr.io/qeval/evaluator:0.1.0"
+    assert settings.client_image == "ghcr.io/qeval/client:0.1.0"
+    assert settings.job_active_deadline_seconds == 48 * 3600
+    assert settings.image_pull_timeout_seconds == 600
     assert settings.stage_service_account == "qeval-stage"
     assert settings.storage_claim == "qeval-data"
     assert settings.metrics_port == 8000
