@@ -75,8 +75,8 @@ verify: $(STAMP) lint typecheck ## Fail if generated files are stale, or lint/ty
 # Images: make images REGISTRY=ghcr.io/you [TAG=0.1.0] [PUSH=1] (needs Docker with BuildKit)
 REGISTRY ?= ghcr.io/qeval
 TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
-images: ## Build the operator, quantizer and evaluator images (docker; PUSH=1 pushes them)
-	for image in operator quantizer evaluator; do \
+images: ## Build the operator, quantizer, evaluator and client images (docker; PUSH=1 pushes them)
+	for image in operator quantizer evaluator client; do \
 		DOCKER_BUILDKIT=1 docker build -f images/$$image/Dockerfile -t $(REGISTRY)/$$image:$(TAG) . || exit 1; \
 		if [ -n "$(PUSH)" ]; then docker push $(REGISTRY)/$$image:$(TAG) || exit 1; fi; \
 	done
