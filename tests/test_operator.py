@@ -200,7 +200,8 @@ def test_a_quantized_model_runs_as_one_gpu_job_on_a_gpu_node_and_becomes_ready(
     assert scheduled_pod(kube.cluster, job)["spec"]["nodeName"] == "gpu-0"
 
     st = wait_for(lambda: kube.phase_is("quantizedmodels", "llama-3.1-8b-w4a16", "Quantizing"), "")
-    assert {c["type"] for c in st["conditions"]} == {"Accepted", "Quantizing", "Ready"}
+    types = {c["type"] for c in st["conditions"]}
+    assert types == {"Accepted", "Quantizing", "Ready", "Stalled"}
     assert st["observedGeneration"] == 1
 
     kube.complete("quantize-llama-3.1-8b-w4a16", quantize_result(job))
@@ -297,7 +298,7 @@ def test_an_image_that_cannot_be_pulled_is_retried_then_fails_the_model(
     # A registry's rate limit passes: first the status says it is retrying ...
     def stalled() -> dict[str, Any] | None:
         c = condition_of(kube.status("quantizedmodels", "llama-3.1-8b-fp8"), "Stalled")
-        return c if c and c["status"] == "True" else None
+        return c if c and c["reason"] == "ImagePullBackOff" else None  # the claim binds first
 
     stall = wait_for(stalled, "Stalled on the image pull", timeout=15)
     assert stall["reason"] == "ImagePullBackOff" and "retrying" in stall["message"]
