@@ -34,7 +34,7 @@ test: $(STAMP) prerequisites ## Run every test: the real pipeline, control plane
 	$(OFFLINE) $(BIN)/pytest -ra
 
 test-fast: $(STAMP) prerequisites ## Run the tests that take seconds (no pipeline, no e2e)
-	$(OFFLINE) $(BIN)/pytest -ra -m "not pipeline"
+	$(OFFLINE) $(BIN)/pytest -ra -m "not pipeline and not network"
 
 e2e: $(STAMP) prerequisites ## helm install + the demo study on the real control plane (kubelet stand-in)
 	$(OFFLINE) $(BIN)/pytest -ra -m e2e

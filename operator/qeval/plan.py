@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from qeval.api.common import ApiModel, ModelSource, Scheduling, model_kind, volume_path
 from qeval.api.evalrun import Backend, EvalRun, Serving
-from qeval.api.quantizedmodel import Calibration, QuantizedModel
+from qeval.api.quantizedmodel import DEFAULT_DATASET, Calibration, QuantizedModel
 from qeval.recipes import build_recipe, needs_calibration, scheme_label
 from qeval.stages.aggregate import AggregateInput, ModelResults
 from qeval.stages.benchmark import BenchmarkInput
@@ -135,7 +135,7 @@ def quantize_stage(qm: QuantizedModel, layout: Layout, reuse_cached: bool = True
     if needs_calibration(spec):
         calibration = spec.calibration
         if calibration.dataset is None and calibration.path is None:
-            default = "demo" if model_kind(spec.model.uri) == "demo" else "open_platypus"
+            default = "demo" if model_kind(spec.model.uri) == "demo" else DEFAULT_DATASET
             calibration = calibration.model_copy(update={"dataset": default})
     inp = QuantizeInput(
         name=qm.name,
