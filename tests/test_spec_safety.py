@@ -166,7 +166,7 @@ def test_a_recipe_must_name_a_quantizing_modifier_in_cel_and_python(recipe, ok):
     + [({"dataset": "demo", "path": "./c.jsonl"}, False)],
 )
 def test_calibration_rule_in_cel_and_python_agree(calibration, ok):
-    (rule,) = CALIBRATION_RULES
+    (rule,) = [r for r in CALIBRATION_RULES if "not both" in r.message]
     obj = Calibration.model_construct(
         dataset=calibration.get("dataset"), path=calibration.get("path")
     )
