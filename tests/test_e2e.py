@@ -202,10 +202,15 @@ def test_a_vllm_server_study_runs_through_the_same_path(cluster: Cluster) -> Non
     ]
     t0 = time.monotonic()
     cluster.cp.kubectl("apply", "-n", ML, "-f", "-", input=yaml.safe_dump_all([w4a16, run]))
-    cluster.kubectl(
-        "wait", "-n", ML, "--for=condition=Succeeded", "evalrun/served", "--timeout=900s",
-        timeout=1000,
-    )  # fmt: skip
+    try:
+        cluster.kubectl(
+            "wait", "-n", ML, "--for=condition=Succeeded", "evalrun/served", "--timeout=900s",
+            timeout=1000,
+        )  # fmt: skip
+    except AssertionError as e:  # say why: the run's own failures and conditions
+        status = cluster.status("evalruns", "served")
+        why = {k: status.get(k) for k in ("phase", "failures", "conditions")}
+        raise AssertionError(f"{e}\n{json.dumps(why, indent=1)}") from None
     cluster.seconds["served study on the cluster"] = time.monotonic() - t0
     status = cluster.status("evalruns", "served")
     assert status["phase"] == "Succeeded"

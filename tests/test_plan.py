@@ -152,6 +152,19 @@ def test_vllm_server_plan_puts_a_server_before_each_models_clients():
     )
 
 
+def test_the_demo_model_is_built_on_the_runs_nodes_without_its_gpus():
+    run, models = demo_objects()
+    scheduling = run.spec.scheduling.model_copy(update={"gpus": 2})
+    spec = run.spec.model_copy(update={"backend": "vllm-server", "scheduling": scheduling})
+    by = {s.name: s for s in build_plan(run.model_copy(update={"spec": spec}), models, LAYOUT)}
+    assert by["serve-fp32"].scheduling is not None and by["serve-fp32"].scheduling.gpus == 2
+    demo = by["demo-model"].scheduling
+    # It trains on the CPU: asked for GPUs, its pod would hold them (and fail NoGPU where
+    # CUDA sees none) for nothing.
+    assert demo is not None and demo.gpus == 0
+    assert demo.resources == scheduling.resources and demo.tolerations == scheduling.tolerations
+
+
 def test_the_hf_backend_plans_no_server():
     run, models = demo_objects()
     assert not any(s.serves for s in build_plan(run, models, LAYOUT))

@@ -239,8 +239,11 @@ def build_plan(run: EvalRun, models: Mapping[str, QuantizedModel], layout: Layou
     )
     results = tuple(s.name for s in stages if s.kind in ("evaluate", "benchmark", "similarity"))
     stages.append(Stage(AGGREGATE_STAGE, "aggregate", _doc(aggregate), results, always=True))
-    if uses_demo:  # on the run's nodes, asking what its stages ask (one build at a time)
-        demo = Stage(DEMO_STAGE, "demo-model", _doc(DemoModelInput()), (), spec.scheduling)
+    if uses_demo:  # on the run's nodes, asking what its stages ask (one build at a time),
+        # but no GPU: the demo model trains on the CPU (given GPUs it would fail NoGPU on a
+        # node whose driver is too old, for a build that never uses them)
+        scheduling = spec.scheduling.model_copy(update={"gpus": 0})
+        demo = Stage(DEMO_STAGE, "demo-model", _doc(DemoModelInput()), (), scheduling)
         stages.insert(0, demo)
     return ordered(stages)
 
