@@ -29,6 +29,7 @@ from tests.kube.play import (
     finish_job,
     free_port,
     job_pods,
+    play_crash_loop,
     play_pod,
     publish_result,
     quantize_result,
@@ -774,60 +775,21 @@ def test_a_server_that_never_becomes_ready_fails_the_run_with_the_reason(
     # after the container started, the kubelet kills it and backs off restarting it.
     slow = server_pod(kube, deployments["serve-bf16"])
     killed = {
-        "phase": "Running",
-        "containerStatuses": [
-            {
-                "name": "serve",
-                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 10s"}},
-                "lastState": {
-                    "terminated": {
-                        "exitCode": 137,
-                        "reason": "Error",
-                        "startedAt": "2026-11-23T10:00:00Z",
-                        "finishedAt": "2026-11-23T10:01:00Z",
-                        "message": "Loading safetensors checkpoint shards: 40% Completed",
-                    }
-                },
-                "ready": False,
-                "started": False,
-                "restartCount": 1,
-                "image": slow["spec"]["containers"][0]["image"],
-                "imageID": "",
-            }
-        ],
+        "exitCode": 137,
+        "reason": "Error",
+        "startedAt": "2026-11-23T10:00:00Z",
+        "finishedAt": "2026-11-23T10:01:00Z",
+        "message": "Loading safetensors checkpoint shards: 40% Completed",
     }
-    path = f"/api/v1/namespaces/{kube.ns}/pods/{slow['metadata']['name']}/status"
-    code, text = kube.cluster.request(
-        "PATCH", path, {"status": killed}, "application/merge-patch+json"
-    )
-    assert code == 200, text
+    play_crash_loop(kube.cluster, slow, killed, restarts=1)
     # ... and the candidate's keeps exiting: only its pod shows why (the kubelet's part).
     crashing = server_pod(kube, deployments["serve-w4a16"])
-    status = {
-        "phase": "Running",
-        "containerStatuses": [
-            {
-                "name": "serve",
-                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off"}},
-                "lastState": {
-                    "terminated": {
-                        "exitCode": 1,
-                        "reason": "Error",
-                        "message": "torch.OutOfMemoryError: CUDA out of memory.",
-                    }
-                },
-                "ready": False,
-                "restartCount": 3,
-                "image": crashing["spec"]["containers"][0]["image"],
-                "imageID": "",
-            }
-        ],
+    exited = {
+        "exitCode": 1,
+        "reason": "Error",
+        "message": "torch.OutOfMemoryError: CUDA out of memory.",
     }
-    path = f"/api/v1/namespaces/{kube.ns}/pods/{crashing['metadata']['name']}/status"
-    code, text = kube.cluster.request(
-        "PATCH", path, {"status": status}, "application/merge-patch+json"
-    )
-    assert code == 200, text
+    play_crash_loop(kube.cluster, crashing, exited, restarts=3)
     # Nothing can be evaluated; the aggregate still runs to report it.
     wait_for(lambda: kube.jobs().get("aggregate"), "the aggregate Job", timeout=120)
     assert set(kube.jobs(**{m.LABEL_RUN: "stuck"})) == {"aggregate"}

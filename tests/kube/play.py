@@ -124,6 +124,32 @@ def play_pod(
     assert code == 200, f"the kubelet's status for {meta['name']} was refused: {code} {text}"
 
 
+def play_crash_loop(
+    cluster: ControlPlane, pod: Mapping[str, Any], terminated: Mapping[str, Any], restarts: int
+) -> None:
+    """Play the kubelet for a pod whose container keeps exiting (restartPolicy Always): it
+    last ended as ``terminated`` (its exit code, reason, times and termination message) and
+    now waits out the back-off, as CrashLoopBackOff."""
+    meta = pod["metadata"]
+    containers = [
+        {
+            "name": c["name"],
+            "image": c["image"],
+            "imageID": "",
+            "ready": False,
+            "started": False,
+            "restartCount": restarts,
+            "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 10s"}},
+            "lastState": {"terminated": dict(terminated)},
+        }
+        for c in pod["spec"]["containers"]
+    ]
+    status = {"phase": "Running", "containerStatuses": containers}
+    path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/status"
+    code, text = cluster.request("PATCH", path, {"status": status}, MERGE_PATCH)
+    assert code == 200, f"the kubelet's status for {meta['name']} was refused: {code} {text}"
+
+
 def scheduled_pod(cluster: ControlPlane, job: Mapping[str, Any]) -> dict[str, Any]:
     """The Job's active pod once the real scheduler has bound it to a node."""
     meta = job["metadata"]
