@@ -133,6 +133,11 @@ class Kube:
         st = self.status(plural, name)
         return st if st.get("phase") == phase else None
 
+    def stalled(self, plural: str, name: str, saying: str) -> dict[str, Any] | None:
+        """The resource's Stalled condition once it is True and its message says ``saying``."""
+        c = condition_of(self.status(plural, name), "Stalled")
+        return c if c and c["status"] == "True" and saying in c["message"] else None
+
     def jobs(self, **labels: str) -> dict[str, dict[str, Any]]:
         """Jobs by stage name."""
         found = self.cluster.list("batch/v1/jobs", self.ns, labels or None)
@@ -268,12 +273,11 @@ def test_a_gpu_job_without_the_toleration_stays_pending_with_the_schedulers_reas
     # The resource's status says so within a resync (2 s here; 60 s by default), with the
     # scheduler's own words (first, maybe, the claim not bound yet; then the taint); the
     # model waits (a node may free up or be added), it does not fail.
-    def stalled() -> dict[str, Any] | None:
-        st = kube.status("quantizedmodels", "llama-3.1-8b-w4a16")
-        c = condition_of(st, "Stalled")
-        return c if c and c["status"] == "True" and "untolerated taint" in c["message"] else None
-
-    stall = wait_for(stalled, "Stalled in the model's status", timeout=15)
+    stall = wait_for(
+        lambda: kube.stalled("quantizedmodels", "llama-3.1-8b-w4a16", "untolerated taint"),
+        "Stalled in the model's status",
+        timeout=15,
+    )
     assert stall["reason"] == "Unschedulable"
     assert "quantize-llama-3.1-8b-w4a16: Unschedulable: pod " in stall["message"]
     assert "0/3 nodes are available" in stall["message"]
@@ -296,12 +300,13 @@ def test_an_image_that_cannot_be_pulled_is_retried_then_fails_the_model(
     }
     play_pod(kube.cluster, scheduled_pod(kube.cluster, job), waiting=waiting)
 
-    # A registry's rate limit passes: first the status says it is retrying ...
-    def stalled() -> dict[str, Any] | None:
-        c = condition_of(kube.status("quantizedmodels", "llama-3.1-8b-fp8"), "Stalled")
-        return c if c and c["reason"] == "ImagePullBackOff" else None  # the claim binds first
-
-    stall = wait_for(stalled, "Stalled on the image pull", timeout=15)
+    # A registry's rate limit passes: first the status says it is retrying (once the claim
+    # is bound: until then the scheduler's reason comes first) ...
+    stall = wait_for(
+        lambda: kube.stalled("quantizedmodels", "llama-3.1-8b-fp8", "Back-off pulling image"),
+        "Stalled on the image pull",
+        timeout=15,
+    )
     assert stall["reason"] == "ImagePullBackOff" and "retrying" in stall["message"]
     # ... and once it has lasted the pull timeout (8 s here, 600 s by default), it fails.
     st = wait_for(lambda: kube.phase_is("quantizedmodels", "llama-3.1-8b-fp8", "Failed"), "Failed")
