@@ -13,7 +13,7 @@ from qeval.api.quantizedmodel import QuantizedModel
 from qeval.k8s import manifests as m
 from qeval.k8s.publish import content_key, target
 from qeval.k8s.settings import OperatorSettings
-from qeval.plan import quantize_stage
+from qeval.plan import Stage, quantize_stage
 from qeval.stages.envelope import StageResult, StageStatus
 from tests.conftest import EXAMPLES
 
@@ -435,3 +435,25 @@ def test_every_pod_of_a_run_that_downloads_gets_its_hub_token() -> None:
         "similarity": ref,
         "aggregate": None,  # reads only result documents
     }
+
+
+def test_label_values_from_long_names_are_bounded_and_the_stage_is_read_back() -> None:
+    """A 61-character QuantizedModel name makes a 70-character stage name: the API server
+    refuses such a label value (422), so labels are shortened with a hash, like names, and
+    the full stage name travels in an annotation."""
+    name = "q" * 61
+    owner = m.Owner("QuantizedModel", name, "team-a", "1234-uid")
+    qm = llama_w4a16()
+    settings = OperatorSettings()
+    layout = m.cluster_layout(settings, "team-a", name)
+    stage = quantize_stage(qm, layout)
+    stage = Stage(f"quantize-{name}", stage.kind, stage.input, (), stage.scheduling)
+    job = m.build_job(stage, owner, layout, settings)
+    for meta in (job["metadata"], job["spec"]["template"]["metadata"]):
+        assert all(len(v) <= 63 and m.LABEL_VALUE.fullmatch(v) for v in meta["labels"].values())
+        assert m.stage_name(meta) == f"quantize-{name}"
+    assert job["metadata"]["labels"][m.LABEL_STAGE].startswith("quantize-qqq")
+    # Two long names that share their first 54 characters stay apart.
+    assert m.label_value("a" * 70) != m.label_value("a" * 71)
+    assert m.label_value("short-name") == "short-name"
+    kubernetes_validate.validate(job, "1.35.0", strict=True)

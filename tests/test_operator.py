@@ -141,12 +141,12 @@ class Kube:
     def jobs(self, **labels: str) -> dict[str, dict[str, Any]]:
         """Jobs by stage name."""
         found = self.cluster.list("batch/v1/jobs", self.ns, labels or None)
-        return {j["metadata"]["labels"][m.LABEL_STAGE]: j for j in found}
+        return {m.stage_name(j["metadata"]): j for j in found}
 
     def servers(self, kind: str, run: str) -> dict[str, dict[str, Any]]:
         """A run's Deployments (apps/v1/deployments) or Services (v1/services) by stage."""
         found = self.cluster.list(kind, self.ns, {m.LABEL_RUN: run})
-        return {o["metadata"]["labels"][m.LABEL_STAGE]: o for o in found}
+        return {m.stage_name(o["metadata"]): o for o in found}
 
     def events_for(self, name: str) -> list[tuple[str, str]]:
         return [

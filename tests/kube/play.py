@@ -229,7 +229,7 @@ def publish_result(
     the stage ServiceAccount (``kubeconfig``; default $KUBECONFIG)."""
     labels = job["metadata"]["labels"]
     doc = StageResult(
-        stage=labels[m.LABEL_STAGE],
+        stage=m.stage_name(job["metadata"]),
         kind=labels[m.LABEL_STAGE_KIND],
         status=StageStatus.SUCCEEDED if ok else StageStatus.FAILED,
         reason=None if ok else "Crashed",

@@ -64,6 +64,8 @@ class Indexes:
     jobs: Mapping[str, Collection[JobState]]  # owner uid -> its stage Jobs
     servers: Mapping[str, Collection[ServerState]]  # owner uid -> its model servers
     results: Mapping[str, Collection[StageResult]]  # owner uid -> its result documents
+    # owner uid -> (stage, path) of its copies of reused evaluations, where their files are
+    result_paths: Mapping[str, Collection[tuple[str, str]]]
     models: Mapping[tuple[str, str], Collection[ModelRecord]]  # (namespace, name) -> QM
     runs_by_model: Mapping[tuple[str, str], Collection[str]]  # (namespace, QM) -> run uids
     reusable: Mapping[tuple[str, str], Collection[Reused]]  # (namespace, reuse key) -> results

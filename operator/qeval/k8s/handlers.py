@@ -98,6 +98,16 @@ def index_results(body: kopf.Body, labels: kopf.Labels, **_: Any) -> dict[str, S
     return {uid: doc} if uid and doc else None
 
 
+def index_result_paths(
+    body: kopf.Body, labels: kopf.Labels, **_: Any
+) -> dict[str, tuple[str, str]] | None:
+    """Where the files of a run's copies of reused evaluations are: (stage, path)."""
+    uid = labels.get(m.LABEL_OWNER_UID)
+    path = (body.get("metadata", {}).get("annotations") or {}).get(m.ANNOTATION_RESULT_PATH)
+    doc = result_document(body) if uid and path else None
+    return {uid: (doc.stage, str(path))} if uid and doc else None
+
+
 def index_models(
     spec: kopf.Spec, status: kopf.Status, name: str, namespace: str, **_: Any
 ) -> dict[tuple[str, str], ModelRecord]:
@@ -120,16 +130,14 @@ def index_reusable(
     body: kopf.Body, labels: kopf.Labels, namespace: str, memo: kopf.Memo, **_: Any
 ) -> dict[tuple[str, str], Reused] | None:
     """Succeeded evaluations by reuse key, with where their result documents are."""
-    key, run, stage = (
-        labels.get(LABEL_REUSE_KEY),
-        labels.get(m.LABEL_RUN),
-        labels.get(m.LABEL_STAGE),
-    )
-    doc = result_document(body) if key and run and stage else None
+    key = labels.get(LABEL_REUSE_KEY)
+    owners = body.get("metadata", {}).get("ownerReferences") or [{}]
+    run = owners[0].get("name") if owners[0].get("kind") == "EvalRun" else None
+    doc = result_document(body) if key and run else None
     if doc is None or doc.status != StageStatus.SUCCEEDED:
         return None
     layout = m.cluster_layout(memo.controller.config, namespace, str(run))
-    return {(namespace, str(key)): Reused(doc, str(layout.result_path(str(stage))))}
+    return {(namespace, str(key)): Reused(doc, str(layout.result_path(doc.stage)))}
 
 
 # --- events: reconcile what changed ------------------------------------------------------
@@ -140,6 +148,7 @@ def _indexes(kwargs: dict[str, Any]) -> Indexes:
         jobs=kwargs["index_jobs"],
         servers=kwargs["index_servers"],
         results=kwargs["index_results"],
+        result_paths=kwargs["index_result_paths"],
         models=kwargs["index_models"],
         runs_by_model=kwargs["index_runs_by_model"],
         reusable=kwargs["index_reusable"],
@@ -193,6 +202,7 @@ def registry() -> kopf.OperatorRegistry:
     kopf.index("batch", "v1", "jobs", labels=CHILDREN, registry=reg)(index_jobs)
     kopf.index("apps", "v1", "deployments", labels=CHILDREN, registry=reg)(index_servers)
     kopf.index("v1", "configmaps", labels=RESULTS, registry=reg)(index_results)
+    kopf.index("v1", "configmaps", labels=RESULTS, registry=reg)(index_result_paths)
     kopf.index("v1", "configmaps", labels=REUSABLE, registry=reg)(index_reusable)  # type: ignore[arg-type]
     kopf.index(*qm, registry=reg)(index_models)  # type: ignore[arg-type]
     kopf.index(*er, registry=reg)(index_runs_by_model)  # type: ignore[arg-type]

@@ -104,8 +104,9 @@ class Kube:
         return [self.core.api_client.sanitize_for_serialization(p) for p in response.items]
 
     def create_configmap(self, manifest: dict[str, Any]) -> bool:
-        """Create the ConfigMap; False if it exists (the operator's record of a server's
-        outcome, written again by a reconcile that ran before the watch showed it)."""
+        """Create the ConfigMap; False if it exists. Result ConfigMaps are immutable and
+        written once: a stage retried by its Job, or a record written again by a reconcile
+        that ran before the watch showed it, keeps the first document."""
         meta = manifest["metadata"]
         try:
             self.core.create_namespaced_config_map(
@@ -116,17 +117,3 @@ class Kube:
                 return False
             raise
         return True
-
-    def put_configmap(self, manifest: dict[str, Any]) -> None:
-        """Create the ConfigMap, or replace it if it exists (a stage retried by its Job)."""
-        meta = manifest["metadata"]
-        try:
-            self.core.create_namespaced_config_map(
-                meta["namespace"], cast(Any, manifest), _request_timeout=self.timeout
-            )
-        except ApiException as e:
-            if e.status != 409:
-                raise
-            self.core.replace_namespaced_config_map(
-                meta["name"], meta["namespace"], cast(Any, manifest), _request_timeout=self.timeout
-            )

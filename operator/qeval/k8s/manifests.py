@@ -39,12 +39,15 @@ LABEL_RESULT = "qeval.dev/result"  # on result ConfigMaps only
 LABEL_CACHE_KEY = "qeval.dev/cache-key"
 ANNOTATION_INPUT_DIGEST = "qeval.dev/input-digest"
 ANNOTATION_SPEC_DIGEST = "qeval.dev/spec-digest"  # of the owner's immutable spec fields
+ANNOTATION_RESULT_PATH = "qeval.dev/result-path"  # a reused result's files, on the claim
+ANNOTATION_STAGE = "qeval.dev/stage-name"  # the stage's full name: its label may be shortened
 KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 GPU = "nvidia.com/gpu"
 
 RESULT_KEY = "result.json"  # the ConfigMap data key holding the StageResult document
 INPUT_ENV = "QEVAL_STAGE_INPUT"
-NAME_LIMIT = 63  # a Job's name becomes its pods' job-name label value
+NAME_LIMIT = 63  # a Job's name becomes its pods' job-name label value; a label value's limit
+LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?")
 DIGEST_LENGTH = 8
 
 # Stage pods that are not given a spec's scheduling (aggregate, demo-model) run small.
@@ -126,11 +129,29 @@ def child_name(owner: str, stage: str) -> str:
     return f"{base}-{suffix}" if base else suffix
 
 
+def label_value(text: str) -> str:
+    """``text`` as a valid label value: itself if it is one, else a readable prefix and a
+    hash of the whole (a resource's name may have 253 characters, a label value 63)."""
+    if len(text) <= NAME_LIMIT and LABEL_VALUE.fullmatch(text):
+        return text
+    suffix = digest(text, DIGEST_LENGTH)
+    base = re.sub(r"[^A-Za-z0-9_.-]", "-", text)[: NAME_LIMIT - DIGEST_LENGTH - 1]
+    base = base.strip("-_.")
+    return f"{base}-{suffix}" if base else suffix
+
+
+def stage_name(meta: Mapping[str, Any]) -> str:
+    """The stage a child (a Job, a Deployment, a pod) runs, from its metadata."""
+    annotations, found = meta.get("annotations") or {}, meta.get("labels") or {}
+    return str(annotations.get(ANNOTATION_STAGE) or found.get(LABEL_STAGE, ""))
+
+
 def labels(owner: Owner, stage: Stage) -> dict[str, str]:
+    """A child's labels: for selectors, bounded (``stage_name`` reads the stage back)."""
     return {
         MANAGED_BY: MANAGER,
-        owner.label: owner.name,
-        LABEL_STAGE: stage.name,
+        owner.label: label_value(owner.name),
+        LABEL_STAGE: label_value(stage.name),
         LABEL_STAGE_KIND: stage.kind,
         LABEL_OWNER_UID: owner.uid,
     }
@@ -340,10 +361,14 @@ def _metadata(
         "name": name,
         "namespace": owner.namespace,
         "labels": labels,
-        "annotations": {ANNOTATION_INPUT_DIGEST: digest(stage.input)}
+        "annotations": {ANNOTATION_INPUT_DIGEST: digest(stage.input), ANNOTATION_STAGE: stage.name}
         | ({ANNOTATION_SPEC_DIGEST: owner_spec} if owner_spec else {}),
         "ownerReferences": [owner.reference()],
     }
+
+
+def _pod_metadata(stage: Stage, pod_labels: dict[str, str]) -> dict[str, Any]:
+    return {"labels": pod_labels, "annotations": {ANNOTATION_STAGE: stage.name}}
 
 
 def build_job(
@@ -369,7 +394,7 @@ def build_job(
         "backoffLimit": settings.job_backoff_limit,
         "activeDeadlineSeconds": deadline or settings.job_active_deadline_seconds,
         "podFailurePolicy": pod_failure_policy(stage.kind),
-        "template": {"metadata": {"labels": pod_labels}, "spec": pod},
+        "template": {"metadata": _pod_metadata(stage, pod_labels), "spec": pod},
     }
     if stage.scheduling and stage.scheduling.queue_name:
         spec["suspend"] = True  # Kueue admits (unsuspends) it
@@ -405,7 +430,7 @@ def pod_failure_policy(container: str) -> dict[str, Any]:
 
 def server_selector(owner: Owner, stage: Stage) -> dict[str, str]:
     """The labels that pick a server's pods (for its Deployment and its Service)."""
-    return {LABEL_OWNER_UID: owner.uid, LABEL_STAGE: stage.name}
+    return {LABEL_OWNER_UID: owner.uid, LABEL_STAGE: label_value(stage.name)}
 
 
 def build_server(
@@ -456,7 +481,7 @@ def build_server(
             "selector": {"matchLabels": selector},
             "strategy": {"type": "Recreate"},  # never two copies on the GPUs
             "revisionHistoryLimit": 0,
-            "template": {"metadata": {"labels": pod_labels}, "spec": pod},
+            "template": {"metadata": _pod_metadata(stage, pod_labels), "spec": pod},
         },
     }
     service = {
@@ -484,29 +509,43 @@ def build_result_configmap(
     labels: dict[str, str],
     owner: dict[str, Any] | None,
     cache_key: str | None = None,
+    annotations: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The ConfigMap a stage publishes its result document in."""
+    """The ConfigMap a stage publishes its result document in: immutable, so the first
+    document of a stage is its outcome (a retried pod cannot replace it)."""
     meta: dict[str, Any] = {
         "name": name,
         "namespace": namespace,
         "labels": {**labels, LABEL_RESULT: "true"}
         | ({LABEL_CACHE_KEY: cache_key} if cache_key else {}),
     }
+    if annotations:
+        meta["annotations"] = dict(annotations)
     if owner:
         meta["ownerReferences"] = [owner]
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": meta,
+        "immutable": True,
         "data": {RESULT_KEY: json.dumps(document, indent=1, sort_keys=True)},
     }
 
 
-def build_operator_result(owner: Owner, doc: StageResult) -> dict[str, Any]:
-    """The result ConfigMap of a stage whose outcome the operator decides (a model server:
-    no qeval process is left in it to publish one), like those stages publish."""
+def build_operator_result(
+    owner: Owner, doc: StageResult, path: str | None = None
+) -> dict[str, Any]:
+    """The result ConfigMap of a stage whose outcome the operator decides, like those stages
+    publish: a model server's (no qeval process is left in it to publish one), or the run's
+    own copy of an evaluation it reused from another run (``path``: where that run wrote
+    its files, which the aggregate reads)."""
     stage = Stage(doc.stage, doc.kind, {})
     name = child_name(owner.name, doc.stage)
     return build_result_configmap(
-        name, owner.namespace, doc.dump(), labels(owner, stage), owner.reference()
+        name,
+        owner.namespace,
+        doc.dump(),
+        labels(owner, stage),
+        owner.reference(),
+        annotations={ANNOTATION_RESULT_PATH: path} if path else None,
     )

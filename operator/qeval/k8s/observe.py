@@ -21,9 +21,9 @@ from pydantic import ValidationError
 from qeval.k8s.manifests import (
     ANNOTATION_INPUT_DIGEST,
     ANNOTATION_SPEC_DIGEST,
-    LABEL_STAGE,
     LABEL_STAGE_KIND,
     RESULT_KEY,
+    stage_name,
 )
 from qeval.stages.envelope import StageResult, failed
 
@@ -91,7 +91,7 @@ def job_state(job: Mapping[str, Any]) -> JobState:
     conditions = status.get("conditions") or []
     annotations = meta.get("annotations") or {}
     base = {
-        "stage": meta.get("labels", {}).get(LABEL_STAGE, ""),
+        "stage": stage_name(meta),
         "name": meta.get("name", ""),
         "created": meta.get("creationTimestamp"),
         "input_digest": annotations.get(ANNOTATION_INPUT_DIGEST),
@@ -140,7 +140,7 @@ def server_state(deployment: Mapping[str, Any]) -> ServerState:
     pull, which are not the server's fault."""
     meta, status = deployment.get("metadata", {}), deployment.get("status") or {}
     base = {
-        "stage": meta.get("labels", {}).get(LABEL_STAGE, ""),
+        "stage": stage_name(meta),
         "name": meta.get("name", ""),
         "created": meta.get("creationTimestamp"),
         "spec_digest": (meta.get("annotations") or {}).get(ANNOTATION_SPEC_DIGEST),
@@ -225,7 +225,7 @@ def pod_problem(
     scheduler's reason; not fatal: a node may free up or be added)."""
     status = pod.get("status") or {}
     name = pod.get("metadata", {}).get("name", "")
-    stage = pod.get("metadata", {}).get("labels", {}).get(LABEL_STAGE, "")
+    stage = stage_name(pod.get("metadata", {}))
     specs = _containers(pod)
     for key in ("initContainerStatuses", "containerStatuses"):
         for cs in status.get(key) or []:
@@ -260,10 +260,10 @@ def result_document(configmap: Mapping[str, Any]) -> StageResult | None:
     try:
         return StageResult.model_validate(json.loads(text))
     except (ValueError, ValidationError) as e:
-        labels = configmap.get("metadata", {}).get("labels", {})
+        meta = configmap.get("metadata", {})
         return failed(
-            labels.get(LABEL_STAGE, ""),
-            labels.get(LABEL_STAGE_KIND, ""),
+            stage_name(meta),
+            (meta.get("labels") or {}).get(LABEL_STAGE_KIND, ""),
             "UnreadableResult",
-            f"ConfigMap {configmap.get('metadata', {}).get('name')}: {e}",
+            f"ConfigMap {meta.get('name')}: {e}",
         )

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Mapping
 from typing import Any
 
-from qeval.k8s.manifests import build_result_configmap
+from qeval.k8s.manifests import ANNOTATION_STAGE, build_result_configmap
 from qeval.results.cache import key_of, label_value
 from qeval.stages.envelope import StageResult
 
@@ -40,12 +41,21 @@ def content_key(doc: StageResult) -> str | None:
 
 def publish(doc: StageResult, env: Mapping[str, str] | None = None, api: Any = None) -> str | None:
     """Write ``doc`` to its ConfigMap if this runs as a stage Job; return the name
-    (``api``: the client to write with; default the pod's service account or $KUBECONFIG)."""
+    (``api``: the client to write with; default the pod's service account or $KUBECONFIG).
+
+    The first document published for a stage is its outcome: if a pod of the same Job
+    published one before (the Job retried the stage), that one is kept."""
     where = target(os.environ if env is None else env)
     if where is None:
         return None
     from qeval.k8s.kube import Kube, api_client
 
-    manifest = build_result_configmap(document=doc.dump(), cache_key=content_key(doc), **where)
-    Kube(api or api_client()).put_configmap(manifest)
+    manifest = build_result_configmap(
+        document=doc.dump(),
+        cache_key=content_key(doc),
+        annotations={ANNOTATION_STAGE: doc.stage},
+        **where,
+    )
+    if not Kube(api or api_client()).create_configmap(manifest):
+        print(f"ConfigMap {where['name']} holds this stage's first result: kept", file=sys.stderr)
     return str(where["name"])
