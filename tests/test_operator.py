@@ -11,6 +11,7 @@ conditions only.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import pytest
 import yaml
 
 from qeval.k8s import manifests as m
-from qeval.stages.envelope import EXIT_RECORDED_FAILURE
+from qeval.stages.envelope import EXIT_RECORDED_FAILURE, StageResult, StageStatus
 from tests.cluster.chart import Identities, install_identities
 from tests.cluster.controlplane import ControlPlane
 from tests.conftest import EXAMPLES
@@ -34,6 +35,7 @@ from tests.kube.play import (
     publish_result,
     quantize_result,
     scheduled_pod,
+    stage_env,
     stage_input,
     wait_for,
 )
@@ -812,3 +814,274 @@ def test_a_server_that_never_becomes_ready_fails_the_run_with_the_reason(
     wait_for(lambda: ("Warning", "ServerNotReady") in kube.events_for("stuck"), "a Warning")
     text = operator.metrics()
     assert 'reason="CrashLoopBackOff",stage_kind="serve"' in text
+
+
+# --- a finished result never changes; the API server's refusals are visible ---------------
+
+
+def reported(kube: Kube, operator: Operator) -> bool:
+    """Whether ``operator`` has reconciled a finished run of the namespace (its gauge is set)."""
+    lines = operator.metrics().splitlines()
+    return any(
+        x.startswith("qeval_mean_recovery_ratio{") and f'namespace="{kube.ns}"' in x for x in lines
+    )
+
+
+def restart(first: Operator) -> Operator:
+    """A new operator in place of ``first``: it rebuilds everything from the API server."""
+    first.stop_now()
+    return Operator(free_port()).start()
+
+
+def finish_demo_study(kube: Kube) -> dict[str, Any]:
+    """Apply examples/evalrun.yaml and play every stage to the end; the run's status."""
+    kube.apply(EXAMPLES / "evalrun.yaml")
+    wait_for(lambda: len(kube.jobs(**{m.LABEL_STAGE_KIND: "quantize"})) == 4, "4 quantize Jobs")
+    kube.complete("demo-model", {"path": "/mnt/volumes/qeval-data/cache/demo-model"}, run="demo")
+    for stage, job in kube.jobs(**{m.LABEL_STAGE_KIND: "quantize"}).items():
+        kube.complete(stage, quantize_result(job))
+    evaluate = {m.LABEL_STAGE_KIND: "evaluate"}
+    wait_for(lambda: len(kube.jobs(**evaluate)) == 5, "5 evaluate Jobs", timeout=60)
+    evaluations = {}
+    for stage, job in kube.jobs(**evaluate).items():
+        evaluations[stage.removeprefix("evaluate-")] = evaluate_result(job, SCORES)
+        kube.complete(stage, evaluations[stage.removeprefix("evaluate-")])
+    job = wait_for(lambda: kube.jobs().get("aggregate"), "the aggregate Job")
+    kube.complete("aggregate", aggregate_result(job, evaluations))
+    return wait_for(lambda: kube.phase_is("evalruns", "demo", "Succeeded"), "Succeeded")
+
+
+def test_deleting_a_quantized_model_leaves_the_finished_run_as_it_was(
+    kube: Kube, operator: Operator
+) -> None:
+    """It used to go back to WaitingForModels, its scores and verdicts nulled by the patch."""
+    done = finish_demo_study(kube)
+    assert done["candidates"] and done["meanRecovery"]
+    from kubernetes import client
+
+    custom = client.CustomObjectsApi(kube.api)
+    custom.delete_namespaced_custom_object(
+        m.GROUP, m.VERSION, kube.ns, "quantizedmodels", "tiny-llama-w4a16"
+    )
+    wait_for(
+        lambda: (
+            not kube.cluster.get(
+                f"{m.GROUP}/{m.VERSION}/quantizedmodels", kube.ns, "tiny-llama-w4a16"
+            )
+        ),
+        "the QuantizedModel to go",
+    )
+    # Also its Jobs are gone (a TTL controller, a person): nothing is created again.
+    for job in kube.cluster.list("batch/v1/jobs", kube.ns, {m.LABEL_RUN: "demo"}):
+        kube.cluster.request(
+            "DELETE",
+            f"/apis/batch/v1/namespaces/{kube.ns}/jobs/{job['metadata']['name']}",
+        )
+    second = restart(operator)
+    try:
+        # The new operator has listed everything and reconciled the run (its gauge is set).
+        wait_for(lambda: reported(kube, second), "the new operator's view of the run")
+        assert kube.status("evalruns", "demo") == done
+        assert not kube.cluster.list("batch/v1/jobs", kube.ns, {m.LABEL_RUN: "demo"})
+    finally:
+        second.stop_now()
+
+
+def study(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "qeval.dev/v1alpha1",
+        "kind": "EvalRun",
+        "metadata": {"name": name},
+        "spec": {
+            "baseline": {"name": "fp32", "model": {"uri": "demo://tiny-llama"}},
+            "candidates": [
+                {
+                    "name": "w4a16",
+                    "model": {"uri": "RedHatAI/tiny-w4a16", "revision": "4f2a9c1"},
+                    "scheme": "W4A16",
+                }
+            ],
+            "tasks": [{"name": "qeval_demo_facts"}],
+        },
+    }
+
+
+def test_a_run_keeps_what_it_reused_when_the_run_it_came_from_is_deleted(
+    kube: Kube, operator: Operator
+) -> None:
+    """It used to go from Succeeded 3/3 to Failed 1/3: the reused results went with the
+    other run (owner references). The run now keeps its own copy of each."""
+    kube.create("evalruns", study("first"))
+    evaluations = {}
+    first = {m.LABEL_RUN: "first"}
+    for stage in ("demo-model", "evaluate-fp32", "evaluate-w4a16"):
+        job = wait_for(lambda s=stage: kube.jobs(**first).get(s), stage)
+        result = evaluate_result(job, SCORES) if stage != "demo-model" else {}
+        evaluations[stage.removeprefix("evaluate-")] = result
+        kube.complete(stage, result, run="first")
+    job = wait_for(lambda: kube.jobs(**first).get("aggregate"), "aggregate")
+    kube.complete("aggregate", aggregate_result(job, evaluations), run="first")
+    wait_for(lambda: kube.phase_is("evalruns", "first", "Succeeded"), "first done")
+
+    kube.create("evalruns", study("second"))
+    second = {m.LABEL_RUN: "second"}
+    job = wait_for(lambda: kube.jobs(**second).get("aggregate"), "aggregate")
+    assert set(kube.jobs(**second)) == {"aggregate"}
+    copies = kube.cluster.list("v1/configmaps", kube.ns, second)
+    paths = {c["metadata"]["annotations"][m.ANNOTATION_RESULT_PATH] for c in copies}
+    assert {p.split("/")[-2] for p in paths} == {"evaluate-fp32", "evaluate-w4a16"}
+    assert all(f"/runs/{kube.ns}/first/stages/" in p for p in paths)
+    kube.complete("aggregate", aggregate_result(job, evaluations), run="second")
+    done = wait_for(lambda: kube.phase_is("evalruns", "second", "Succeeded"), "second done")
+    assert done["progress"] == "3/3"
+
+    from kubernetes import client
+
+    client.CustomObjectsApi(kube.api).delete_namespaced_custom_object(
+        m.GROUP, m.VERSION, kube.ns, "evalruns", "first"
+    )
+    gone = lambda: not kube.cluster.list("v1/configmaps", kube.ns, first)  # noqa: E731
+    wait_for(gone, "the garbage collector to remove first's results", timeout=90)
+    new = restart(operator)
+    try:
+        wait_for(lambda: reported(kube, new), "the new operator's view of the run")
+        assert kube.status("evalruns", "second") == done
+        assert len(kube.cluster.list("v1/configmaps", kube.ns, second)) == 3  # 2 copies + own
+    finally:
+        new.stop_now()
+
+
+def test_a_stage_retried_after_publishing_keeps_its_first_result(
+    kube: Kube, operator: Operator
+) -> None:
+    """A retry that succeeds must not replace a failure the run may already have reported:
+    the first document published for a stage is its outcome (immutable, create-only)."""
+    kube.apply(EXAMPLES / "evalrun.yaml", {"tiny-llama-w4a16"})
+    stage = "quantize-tiny-llama-w4a16"
+    job = wait_for(lambda: kube.jobs().get(stage), "the quantize Job")
+    publish_result(job, None, ok=False, kubeconfig=kube.identities.stage)
+    publish_result(job, quantize_result(job), ok=True, kubeconfig=kube.identities.stage)
+    name = stage_env(job)["QEVAL_RESULT_CONFIGMAP"]
+    cm = kube.cluster.get("v1/configmaps", kube.ns, name)
+    assert cm is not None and cm["immutable"] is True
+    doc = StageResult.model_validate_json(cm["data"][m.RESULT_KEY])
+    assert (doc.status, doc.reason) == (StageStatus.FAILED, "Crashed")
+    st = wait_for(lambda: kube.phase_is("quantizedmodels", "tiny-llama-w4a16", "Failed"), "Failed")
+    assert condition_of(st, "Ready")["reason"] == "Crashed"  # type: ignore[index]
+    # Not even the cluster's admin changes a published result in place.
+    patch = json.dumps({"data": {m.RESULT_KEY: "{}"}})
+    done = kube.cluster.kubectl(
+        "patch", "configmap", name, "-n", kube.ns, "--type=merge", "-p", patch, check=False
+    )
+    assert done.returncode != 0 and "immutable" in done.stderr
+
+
+def deny_jobs(kube: Kube, message: str) -> None:
+    """A ValidatingAdmissionPolicy refusing every Job of the test's namespace: what a
+    cluster's own policy (Kyverno, Gatekeeper, a VAP) answers, 422 Invalid."""
+    name = f"deny-jobs-{kube.ns}"[:63]
+    policy = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": name},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {
+                "resourceRules": [
+                    {
+                        "apiGroups": ["batch"],
+                        "apiVersions": ["v1"],
+                        "resources": ["jobs"],
+                        "operations": ["CREATE"],
+                    }
+                ]
+            },
+            "validations": [{"expression": "false", "message": message}],
+        },
+    }
+    binding = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": name},
+        "spec": {
+            "policyName": name,
+            "validationActions": ["Deny"],
+            "matchResources": {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": kube.ns}}
+            },
+        },
+    }
+    kube.cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([policy, binding]))
+
+    def enforced() -> bool:  # a policy takes a moment to be loaded by the API server
+        probe = ("create", "job", "probe", "--image=busybox", "--dry-run=server", "-n", kube.ns)
+        done = kube.cluster.kubectl(*probe, check=False)
+        return done.returncode != 0 and message in done.stderr
+
+    wait_for(enforced, "the policy to be enforced", timeout=60)
+
+
+def test_a_job_the_api_server_refuses_fails_the_stage_with_its_answer(
+    kube: Kube, operator: Operator
+) -> None:
+    """It used to be an exception inside asyncio.gather, retried every resync forever."""
+    message = "Jobs need the label team=ml (cluster policy)"
+    deny_jobs(kube, message)
+    try:
+        kube.apply(EXAMPLES / "evalrun.yaml", {"tiny-llama-w4a16"})
+        st = wait_for(
+            lambda: kube.phase_is("quantizedmodels", "tiny-llama-w4a16", "Failed"), "Failed"
+        )
+        ready = condition_of(st, "Ready")
+        assert ready is not None and ready["reason"] == "CreateInvalid"
+        assert message in ready["message"] and "creating Job" in ready["message"]
+        assert ("Warning", "CreateInvalid") in kube.events_for("tiny-llama-w4a16")
+        assert not kube.jobs()
+    finally:
+        name = f"deny-jobs-{kube.ns}"[:63]
+        kinds = "validatingadmissionpolicybinding,validatingadmissionpolicy"
+        kube.cluster.kubectl("delete", kinds, name)
+
+
+def test_a_job_over_the_quota_stalls_the_stage_until_the_quota_allows_it(
+    kube: Kube, operator: Operator
+) -> None:
+    """403 Forbidden (exceeded quota) may pass later: the stage waits, Stalled says why,
+    the create is retried with a backoff, and goes through once the quota is raised."""
+    quota = {
+        "apiVersion": "v1",
+        "kind": "ResourceQuota",
+        "metadata": {"name": "jobs", "namespace": kube.ns},
+        "spec": {"hard": {"count/jobs.batch": "0"}},
+    }
+    kube.cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(quota))
+    wait_for(
+        lambda: (
+            (kube.cluster.get("v1/resourcequotas", kube.ns, "jobs") or {})
+            .get("status", {})
+            .get("hard")
+        ),
+        "the quota to be in force",
+    )
+    kube.apply(EXAMPLES / "evalrun.yaml", {"tiny-llama-w4a16"})
+    st = wait_for(
+        lambda: kube.stalled("quantizedmodels", "tiny-llama-w4a16", "exceeded quota"),
+        "Stalled: exceeded quota",
+    )
+    assert st["reason"] == "CreateForbidden"
+    assert kube.phase_is("quantizedmodels", "tiny-llama-w4a16", "Quantizing")
+    wait_for(
+        lambda: ("Warning", "CreateForbidden") in kube.events_for("tiny-llama-w4a16"), "a Warning"
+    )
+    quota["spec"]["hard"]["count/jobs.batch"] = "5"
+    kube.cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(quota))
+    wait_for(lambda: kube.jobs().get("quantize-tiny-llama-w4a16"), "the Job", timeout=60)
+    c = wait_for(
+        lambda: (
+            (c := condition_of(kube.status("quantizedmodels", "tiny-llama-w4a16"), "Stalled"))
+            and c["status"] == "False"
+            and c
+        ),
+        "Stalled to clear",
+    )
+    assert c["reason"] == "PodsRunning"

@@ -92,17 +92,20 @@ def test_an_existing_job_is_not_created_again_and_status_is_stable() -> None:
     assert again.events == ()
 
 
+QUANTIZED = {
+    "name": "tiny-llama-w4a16",
+    "scheme": "W4A16",
+    "outputDir": "/mnt/volumes/qeval-data/models/default/tiny-llama-w4a16",
+    "sizeBytes": 1000,
+    "baseSizeBytes": 4000,
+    "compressionRatio": 4.0,
+    "recipe": "quant_stage: {}",
+    "quantizeSeconds": 3.0,
+}
+
+
 def test_a_published_result_makes_the_model_ready() -> None:
-    result = {
-        "name": "tiny-llama-w4a16",
-        "scheme": "W4A16",
-        "outputDir": "/mnt/volumes/qeval-data/models/default/tiny-llama-w4a16",
-        "sizeBytes": 1000,
-        "baseSizeBytes": 4000,
-        "compressionRatio": 4.0,
-        "recipe": "quant_stage: {}",
-        "quantizeSeconds": 3.0,
-    }
+    result = QUANTIZED
     doc = ok("quantize-tiny-llama-w4a16", "quantize", result)
     d = qm_decision(Observed(results={doc.stage: doc}))
     assert d.done and d.create == ()
@@ -408,12 +411,119 @@ def test_an_evaluation_another_run_did_is_taken_not_run_again() -> None:
     created = {s.name for s in d.create}
     assert all(d.labels[n][LABEL_REUSE_KEY] == keys[n] for n in created)
 
-    # Once the others are done, the aggregate reads the reused result where it was written.
+    # The run records its own copy of what it took, with where the files are.
+    (copy,) = d.copies
+    assert (copy.doc.stage, copy.path) == ("evaluate-fp32", source)
+
+    # Once the others are done, the aggregate reads the reused result where it was written:
+    # from the run's copy, even when the other run (and its result) is gone by then.
     results = evaluations()
-    del results["evaluate-fp32"]
-    d = run_decision(states(models, "Ready"), Observed(results=results, reuse=observed.reuse))
-    (aggregate,) = d.create
-    assert aggregate.input["baseline"]["evaluate"] == source
+    for lookup in (observed.reuse, lambda key: None):
+        seen = Observed(results=results, result_paths={"evaluate-fp32": source}, reuse=lookup)
+        d = run_decision(states(models, "Ready"), seen)
+        (aggregate,) = d.create
+        assert aggregate.input["baseline"]["evaluate"] == source
+        assert d.copies == ()  # copied once
+        assert d.status["cached"] == ["fp32/qeval_demo_facts", "fp32/qeval_demo_recall"]
+
+
+# --- a finished result never changes ----------------------------------------------------------
+
+
+def finished_run(results: dict[str, StageResult], **observed: Any) -> Decision:
+    """The demo run decided once its aggregate is in (``results``: every stage's document)."""
+    _, models = demo()
+    aggregate = EvalRunStatus(mean_recovery=0.93, results_location="/mnt/volumes/qeval-data/x")
+    results = results | {"aggregate": ok("aggregate", "aggregate", aggregate.dump())}
+    return run_decision(states(models, "Ready"), Observed(results=results, **observed))
+
+
+def test_a_run_that_reused_evaluations_keeps_its_outcome_when_the_other_run_is_deleted() -> None:
+    """(a) The reused result went with the other run: the run's own copy stays."""
+    source = "/mnt/volumes/qeval-data/runs/default/earlier/stages/evaluate-fp32/result.json"
+    done = finished_run(evaluations(), result_paths={"evaluate-fp32": source})
+    assert (done.status["phase"], done.status["progress"]) == ("Succeeded", "7/7")
+    # The other run is deleted: its result and the reuse lookup are gone, the copy is not.
+    old = EvalRunStatus.model_validate(done.status)
+    after = finished_run(evaluations(), result_paths={"evaluate-fp32": source})
+    again = run_decision(
+        states(demo()[1], "Ready"),
+        Observed(results=evaluations() | {"aggregate": ok("aggregate", "aggregate")}),
+        old,
+    )
+    assert after.status == done.status
+    assert again.status == done.status and again.create == () and again.events == ()
+
+
+def test_deleting_a_quantized_model_leaves_a_finished_run_as_it_was() -> None:
+    """(b) It used to go back to WaitingForModels, with its scores nulled by the patch."""
+    done = finished_run(evaluations())
+    old = EvalRunStatus.model_validate(done.status)
+    run, _ = demo()
+    for models in ({}, {k: v for k, v in states(demo()[1], "Ready").items() if "fp8" not in k}):
+        d = decide_evalrun(
+            run, models, Observed(results=evaluations()), layout(run.name), T1, 1, old
+        )
+        assert d.status == done.status
+        assert d.status["meanRecovery"] == 0.93
+        assert d.done and d.create == () and d.events == ()
+
+
+def test_a_retry_that_succeeds_after_the_aggregate_does_not_flip_a_failed_run() -> None:
+    """(c) The Job retried a failed stage and its new result appeared after the aggregate
+    ran (result ConfigMaps are now immutable: it cannot; if it could, nothing changes)."""
+    results = evaluations()
+    results["evaluate-int8"] = StageResult(
+        stage="evaluate-int8", kind="evaluate", status=StageStatus.FAILED, reason="Crashed"
+    )
+    done = finished_run(results)
+    assert done.status["phase"] == "Failed"
+    old = EvalRunStatus.model_validate(done.status)
+    d = run_decision(
+        states(demo()[1], "Ready"),
+        Observed(results=evaluations() | {"aggregate": ok("aggregate", "aggregate")}),
+        old,
+    )
+    assert d.status == done.status
+    assert {f["stage"] for f in d.status["failures"]} == {"evaluate-int8"}
+
+
+def test_a_finished_run_whose_jobs_are_deleted_keeps_its_times_and_creates_nothing() -> None:
+    """(d) A TTL controller or a person removes the finished Jobs: startedAt came from
+    them, and the stages without a result would have been created again."""
+    jobs = {name: running(name, "Succeeded") for name in evaluations()}
+    done = finished_run(evaluations(), jobs=jobs)
+    assert done.status["startedAt"] == T0
+    old = EvalRunStatus.model_validate(done.status)
+    d = run_decision(states(demo()[1], "Ready"), Observed(results={}), old)
+    assert d.status == done.status and d.create == () and d.done
+
+
+def test_a_spec_changed_after_the_run_finished_is_reported_and_the_outcome_kept() -> None:
+    done = finished_run(evaluations())
+    old = EvalRunStatus.model_validate(done.status)
+    drifted = {
+        "evaluate-fp32": JobState(
+            stage="evaluate-fp32", name="j", phase="Succeeded", spec_digest="other"
+        )
+    }
+    d = run_decision(
+        states(demo()[1], "Ready"),
+        Observed(results=evaluations() | {"aggregate": ok("aggregate", "aggregate")}, jobs=drifted),
+        old,
+    )
+    assert conditions(d)["Accepted"] == ("False", "SpecChanged")
+    assert {k: v for k, v in d.status.items() if k != "conditions"} == {
+        k: v for k, v in done.status.items() if k != "conditions"
+    }
+
+
+def test_a_ready_quantized_model_whose_job_and_result_are_gone_stays_ready() -> None:
+    """(d) It used to create its quantize Job again (and quantize again on a GPU)."""
+    ready = qm_decision(Observed(results={QUANTIZE: ok(QUANTIZE, "quantize", QUANTIZED)}))
+    assert ready.status["phase"] == "Ready"
+    d = qm_decision(Observed(), QuantizedModelStatus.model_validate(ready.status))
+    assert d.create == () and d.done and d.status == ready.status
 
 
 # --- model servers (backend vllm-server) ------------------------------------------------------

@@ -31,7 +31,7 @@ from qeval.api.quantizedmodel import QuantizedModel, QuantizedModelStatus
 from qeval.k8s import manifests as m
 from qeval.k8s.kube import Kube
 from qeval.k8s.metrics import Metrics
-from qeval.k8s.observe import JobState, PodProblem, ServerState, pod_problem
+from qeval.k8s.observe import JobState, PodProblem, ServerState, api_problem, pod_problem
 from qeval.k8s.reconcile import (
     DEPENDENCY_FAILED,
     QUANTIZED_MODEL_FAILED,
@@ -82,6 +82,9 @@ class Controller:
         # The status last written per uid: a child's event can arrive before our own status
         # write comes back through the watch; this spares a duplicate write and Event.
         self.written: dict[str, dict[str, Any]] = {}
+        # What the API server answered when a stage's child could not be created, per uid
+        # and stage, and when to try again (a restart tries at once; nothing is lost).
+        self.refusals: dict[str, dict[str, Refusal]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._resync: asyncio.Task[None] | None = None
 
@@ -94,7 +97,7 @@ class Controller:
             self._resync = asyncio.create_task(self._resync_loop())
 
     def gone(self, kind: str, namespace: str, name: str, uid: str) -> None:
-        for table in (self.objects, self.written, self._locks):
+        for table in (self.objects, self.written, self.refusals, self._locks):
             table.pop(uid, None)  # type: ignore[attr-defined]
         self.finished.discard(uid)
         self.metrics.forget(kind, namespace, name)
@@ -110,10 +113,10 @@ class Controller:
             if body is None:  # deleted meanwhile
                 return
             t0 = time.perf_counter()
-            if body["kind"] == "EvalRun":
-                decision = await self._evalrun(body, self.indexes, fresh)
-            else:
-                decision = await self._quantized_model(body, self.indexes, fresh)
+            decide = self._evalrun if body["kind"] == "EvalRun" else self._quantized_model
+            decision, refused = await decide(body, self.indexes, fresh)
+            if refused:  # say so now, not at the next resync
+                decision, _ = await decide(body, self.indexes, fresh)
             if decision.done:
                 self.finished.add(uid)
             else:
@@ -146,7 +149,9 @@ class Controller:
         except ValidationError:  # written by someone else: start afresh
             return model()
 
-    async def _quantized_model(self, body: kopf.Body, idx: Indexes, fresh: bool) -> Decision:
+    async def _quantized_model(
+        self, body: kopf.Body, idx: Indexes, fresh: bool
+    ) -> tuple[Decision, bool]:
         owner = m.Owner.of(body)
         old = self._old(QuantizedModelStatus, body, fresh)
         generation = body["metadata"].get("generation")
@@ -158,16 +163,16 @@ class Controller:
             observed = await self._observe(owner, idx)
             decision = decide_quantized_model(qm, observed, layout, now(), generation, old)
             scheme, token = scheme_label(qm.spec), qm.spec.hf_token_secret
-        await self._apply(body, owner, decision, layout, token)
+        refused = await self._apply(body, owner, decision, layout, token)
         new = QuantizedModelStatus.model_validate(decision.status)
         self.metrics.phase(owner.kind, owner.namespace, owner.name, new.phase)
         if new.phase == "Ready":
             self.metrics.quantized_model(owner.namespace, owner.name, scheme, new)
         if new.phase == "Failed" and old.phase != "Failed":
             self.metrics.jobs_failed.labels(owner.namespace, "quantize", _reason(new)).inc()
-        return decision
+        return decision, refused
 
-    async def _evalrun(self, body: kopf.Body, idx: Indexes, fresh: bool) -> Decision:
+    async def _evalrun(self, body: kopf.Body, idx: Indexes, fresh: bool) -> tuple[Decision, bool]:
         owner = m.Owner.of(body)
         old = self._old(EvalRunStatus, body, fresh)
         generation = body["metadata"].get("generation")
@@ -183,7 +188,7 @@ class Controller:
             # The images pin the harness and its libraries.
             salt = f"{self.config.evaluator_image} {self.config.client_image}"
             decision = decide_evalrun(run, models, observed, layout, now(), generation, old, salt)
-        await self._apply(body, owner, decision, layout, token)
+        refused = await self._apply(body, owner, decision, layout, token)
         new = EvalRunStatus.model_validate(decision.status)
         self.metrics.phase(owner.kind, owner.namespace, owner.name, new.phase)
         if new.phase in ("Succeeded", "Failed"):
@@ -196,7 +201,7 @@ class Controller:
             ):
                 kind = f.stage.split("-", 1)[0]
                 self.metrics.jobs_failed.labels(owner.namespace, kind, f.reason).inc()
-        return decision
+        return decision, refused
 
     # -- observing and acting -------------------------------------------------------------
 
@@ -204,7 +209,8 @@ class Controller:
         by_stage = {j.stage: j for j in idx.jobs.get(owner.uid, [])}
         servers = {s.stage: s for s in idx.servers.get(owner.uid, [])}
         docs = {d.stage: d for d in idx.results.get(owner.uid, [])}
-        problems: dict[str, PodProblem] = {}
+        paths = dict(idx.result_paths.get(owner.uid, []))
+        problems = {s: r.problem for s, r in self.refusals.get(owner.uid, {}).items()}
         # A pod that cannot be scheduled or pull its image never fails its Job, nor does a
         # server that keeps exiting fail its Deployment, and a failed Job does not say its pod
         # was killed for memory: look at the pods of children that have a pod but none ready
@@ -225,7 +231,12 @@ class Controller:
             return next(iter(idx.reusable.get((owner.namespace, key), [])), None)
 
         return Observed(
-            jobs=by_stage, servers=servers, problems=problems, results=docs, reuse=reuse
+            jobs=by_stage,
+            servers=servers,
+            problems=problems,
+            results=docs,
+            result_paths=paths,
+            reuse=reuse,
         )
 
     async def _apply(
@@ -235,8 +246,15 @@ class Controller:
         decision: Decision,
         layout: Layout,
         token: SecretKeyRef | None,
-    ) -> None:
+    ) -> bool:
+        """Do what ``decision`` says; True if the API server refused a child anew (its
+        answer is then observed as the stage's problem: a condition and a Warning Event)."""
         config, digest = self.config, decision.spec_digest
+        # First the records (the run's copies of what it reused: the aggregate created
+        # below reads their files), then the children, then the servers that are done.
+        records = [m.build_operator_result(owner, doc) for doc in decision.publish]
+        records += [m.build_operator_result(owner, r.doc, r.path) for r in decision.copies]
+        await asyncio.gather(*(asyncio.to_thread(self.kube.create_configmap, r) for r in records))
 
         def create(stage: Stage) -> bool:
             if stage.serves:
@@ -246,12 +264,25 @@ class Controller:
             job = m.build_job(stage, owner, layout, config, token, digest, labels)
             return self.kube.create_job(job)
 
-        created = await asyncio.gather(*(asyncio.to_thread(create, s) for s in decision.create))
-        for stage, new in zip(decision.create, created, strict=True):
+        refusals = self.refusals.setdefault(owner.uid, {})
+        due = [
+            s
+            for s in decision.create
+            if s.name not in refusals or refusals[s.name].retry_at <= time.monotonic()
+        ]
+        created = await asyncio.gather(
+            *(asyncio.to_thread(create, s) for s in due), return_exceptions=True
+        )
+        refused = False
+        for stage, new in zip(due, created, strict=True):
+            if isinstance(new, Exception):
+                refused |= self._refused(body, owner, stage, new)
+                continue
+            if isinstance(new, BaseException):
+                raise new
+            refusals.pop(stage.name, None)
             if new:
                 self.metrics.jobs_created.labels(owner.namespace, stage.kind).inc()
-        records = [m.build_operator_result(owner, doc) for doc in decision.publish]
-        await asyncio.gather(*(asyncio.to_thread(self.kube.create_configmap, r) for r in records))
         await asyncio.gather(
             *(
                 asyncio.to_thread(
@@ -269,6 +300,34 @@ class Controller:
         self.written[owner.uid] = decision.status
         for event in decision.events:
             kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+        return refused
+
+    def _refused(self, body: kopf.Body, owner: m.Owner, stage: Stage, error: Exception) -> bool:
+        """Record the API server's refusal to create ``stage``'s child; retry it after a
+        backoff that doubles up to the resync period's 10-fold. True if it is new."""
+        what = "server" if stage.serves else "Job"
+        problem = api_problem(stage.name, f"{what} {m.child_name(owner.name, stage.name)}", error)
+        refusals = self.refusals.setdefault(owner.uid, {})
+        before = refusals.get(stage.name)
+        attempts = before.attempts + 1 if before else 1
+        period = self.config.resync_seconds
+        delay = min(period * 2 ** (attempts - 1), period * 10)
+        refusals[stage.name] = Refusal(problem, attempts, time.monotonic() + delay)
+        if before is not None and before.problem.reason == problem.reason:
+            return False
+        log.warning("%s %s/%s: %s", owner.kind, owner.namespace, owner.name, problem.message)
+        if problem.fatal:  # the stage has failed; a waiting one is reported as Stalled
+            kopf.event(body, type="Warning", reason=problem.reason, message=problem.message)
+        return True
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """The API server's answer to creating a stage's child, and when to try again."""
+
+    problem: PodProblem
+    attempts: int
+    retry_at: float  # time.monotonic()
 
 
 def _parse(model: type[Resource], body: kopf.Body) -> Any:

@@ -11,6 +11,7 @@ forever), a container killed for memory; a result ConfigMap holds the stage's re
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -69,8 +70,9 @@ class JobState:
 
 @dataclass(frozen=True)
 class PodProblem:
-    """A stage pod that does not run, and why: ``fatal`` ends the stage; otherwise the
-    stage waits (unscheduled, or still retrying an image pull) and the status says why."""
+    """A stage that does not run, and why (its pod, or the API server's answer when its Job
+    or server was created): ``fatal`` ends the stage; otherwise the stage waits
+    (unscheduled, still retrying an image pull, over a quota) and the status says why."""
 
     stage: str
     reason: str
@@ -250,6 +252,27 @@ def pod_problem(
             reason = c.get("reason") or "Unschedulable"
             return PodProblem(stage, reason, f"pod {name}: {why}", fatal=False)
     return None
+
+
+# The API server refuses such a child every time it is sent (an invalid object).
+REFUSED_FOR_GOOD = frozenset({400, 422})
+
+
+def api_problem(stage: str, child: str, error: Exception) -> PodProblem:
+    """Why the API server did not create ``child`` (e.g. "Job x") for ``stage``: fatal if it
+    would refuse it again, else the stage waits and the create is retried (a quota, a
+    missing permission, a server that did not answer)."""
+    status = getattr(error, "status", None)
+    if not status:  # no answer at all: the request did not reach the server, or timed out
+        return PodProblem(stage, "CreateFailed", f"creating {child}: {error}", fatal=False)
+    try:
+        body = json.loads(getattr(error, "body", None) or "{}")
+    except ValueError:
+        body = {}
+    why = str(body.get("reason") or getattr(error, "reason", "") or "")
+    reason = "Create" + (re.sub(r"[^A-Za-z0-9]", "", why) or str(status))
+    message = f"creating {child}: {status} {body.get('message') or why}"
+    return PodProblem(stage, reason, message[:2000], fatal=status in REFUSED_FOR_GOOD)
 
 
 def result_document(configmap: Mapping[str, Any]) -> StageResult | None:

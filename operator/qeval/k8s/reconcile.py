@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from typing import TypeVar
 
 from pydantic import ValidationError
 
@@ -21,6 +22,7 @@ from qeval.k8s.observe import JobState, PodProblem, ServerState
 from qeval.k8s.reuse import (
     LABEL_REUSE_KEY,
     Lookup,
+    Reused,
     cached_entries,
     reuse_keys,
     with_reused_paths,
@@ -52,6 +54,9 @@ SERVER_CREATED, SERVER_DONE, SERVER_STOPPED = "ServerCreated", "ServerDone", "Se
 STALLED, PODS_RUNNING = "Stalled", "PodsRunning"
 
 
+StatusT = TypeVar("StatusT", QuantizedModelStatus, EvalRunStatus)
+
+
 class StageState(StrEnum):
     WAITING = "Waiting"  # for what it needs
     READY = "Ready"  # to be created now
@@ -74,6 +79,8 @@ class Observed:
     servers: Mapping[str, ServerState] = field(default_factory=dict)  # serve stages' Deployments
     problems: Mapping[str, PodProblem] = field(default_factory=dict)
     results: Mapping[str, StageResult] = field(default_factory=dict)
+    # Where the files of the run's copies of reused evaluations are (stage -> result path)
+    result_paths: Mapping[str, str] = field(default_factory=dict)
     reuse: Lookup = field(default=lambda key: None)  # another run's result by reuse key
 
 
@@ -99,6 +106,35 @@ class Decision:
     # Servers whose outcome is decided: record it (a result ConfigMap), then remove them.
     publish: tuple[StageResult, ...] = ()
     delete: tuple[str, ...] = ()  # serve stages whose server goes now (outcome recorded)
+    # Evaluations taken from another run now: the run records its own copy of each, so
+    # what it reused stays its own when that run is deleted.
+    copies: tuple[Reused, ...] = ()
+
+
+# --- finality ---------------------------------------------------------------------------
+
+
+def finished(status: QuantizedModelStatus | EvalRunStatus) -> bool:
+    """Whether a resource's outcome is decided (Ready, Succeeded or Failed on a valid spec):
+    from then on its status never changes, whatever happens to the children and resources
+    it came from, except the Accepted condition, which reports a changed spec."""
+    if status.phase not in ("Ready", "Succeeded", "Failed"):
+        return False
+    accepted = next((c for c in status.conditions if c.type == ACCEPTED), None)
+    return accepted is None or accepted.reason != INVALID_SPEC
+
+
+def frozen(old: StatusT, accepted: Condition | None = None) -> StatusT:
+    """A finished resource's status as it was, with ``accepted`` if the spec changed."""
+    status = old.model_copy(deep=True)
+    if accepted is not None and accepted.status == "False":
+        status.conditions = [accepted if c.type == ACCEPTED else c for c in status.conditions]
+    elif accepted is not None:  # changed back: accepted as it was
+        status.conditions = [
+            accepted if c.type == ACCEPTED and c.reason == SPEC_CHANGED else c
+            for c in status.conditions
+        ]
+    return status
 
 
 # --- stages -----------------------------------------------------------------------------
@@ -294,11 +330,12 @@ def decide_quantized_model(
     drift = job is not None and job.spec_digest not in (None, fixed)
     if drift:
         msg = "spec changed after quantization started; delete and recreate the QuantizedModel"
+        accepted = condition(ACCEPTED, False, SPEC_CHANGED, msg, now, generation)
+    if finished(old):  # its Job or result may go (TTL, a person): the model stays as it was
+        return _qm_decision(old, frozen(old, accepted), generation, [], done=True, spec=fixed)
+    if drift:
         status = old.model_copy(deep=True)
-        status.conditions = [
-            condition(ACCEPTED, False, SPEC_CHANGED, msg, now, generation),
-            *[c for c in old.conditions if c.type != ACCEPTED],
-        ]
+        status.conditions = [accepted, *[c for c in old.conditions if c.type != ACCEPTED]]
         return _qm_decision(old, status, generation, [], done=doc is not None, spec=fixed)
     if doc is not None:
         try:
@@ -392,27 +429,40 @@ def decide_evalrun(
     an evaluation another run did under the same reuse key is taken, not run again.
     """
     old = old or EvalRunStatus()
+    final = finished(old)
     named = {c.quantized_model for c in run.spec.candidates if c.quantized_model}
     if missing := sorted(named - set(models)):
+        if final:  # a model it evaluated was deleted since: the run's outcome stays
+            return _final_run(old, observed, generation)
         message = f"waiting for QuantizedModel(s) {', '.join(missing)}, which do not exist yet"
         return _waiting(old, message, generation, now)
     try:
         stages = build_plan(run, {n: m.model for n, m in models.items()}, layout)
     except PlanError as e:
+        if final:  # a model it evaluated was recreated differently since
+            return _final_run(old, observed, generation)
         return invalid_spec("EvalRun", str(e), now, generation, old)
 
     external = _external(stages, models)
     keys = reuse_keys(stages, salt) if run.spec.cache else {}
-    reused = {
-        name: hit
+    copied = {
+        name: Reused(observed.results[name], path)
+        for name, path in observed.result_paths.items()
+        if name in observed.results
+    }
+    taken = {  # taken from another run now: the run copies them (``Decision.copies``)
+        name: Reused(hit.doc.model_copy(update={"stage": name}), hit.path)
         for name, key in keys.items()
-        if name not in observed.results
+        if not final
+        and name not in observed.results
         and name not in observed.jobs
         and (hit := observed.reuse(key)) is not None
     }
+    reused = {**copied, **taken}
     if reused:
-        taken = {n: r.doc.model_copy(update={"stage": n}) for n, r in reused.items()}
-        observed = replace(observed, results={**observed.results, **taken})
+        observed = replace(
+            observed, results={**observed.results, **{n: r.doc for n, r in taken.items()}}
+        )
         stages = [
             with_reused_paths(s, layout, reused) if s.kind == "aggregate" else s for s in stages
         ]
@@ -451,6 +501,17 @@ def decide_evalrun(
     aggregate = next(s for s in own if s.kind == "aggregate")
     agg_doc = docs.get(aggregate.name)
 
+    if final:  # its status stays as the aggregate made it
+        return _run_decision(
+            old,
+            frozen(old, accepted),
+            generation,
+            [],
+            done=not observed.servers,
+            spec=fixed,
+            publish=publish,
+            delete=delete,
+        )
     if agg_doc is not None:  # the run is over: its status is the aggregate's result
         result = None
         if agg_doc.status == StageStatus.SUCCEEDED and agg_doc.result:
@@ -478,6 +539,7 @@ def decide_evalrun(
             spec=fixed,
             publish=publish,
             delete=delete,
+            copies=tuple(taken.values()),
         )
 
     create = [s for s in own if states[s.name] == StageState.READY and not drifted]
@@ -516,6 +578,7 @@ def decide_evalrun(
         labels=labels,
         publish=publish,
         delete=delete,
+        copies=tuple(taken.values()),
     )
 
 
@@ -544,6 +607,13 @@ def _models_condition(waiting: list[str], now: str, generation: int | None) -> C
     return condition(WAITING_FOR_MODELS, False, MODELS_READY, message, now, generation)
 
 
+def _final_run(old: EvalRunStatus, observed: Observed, generation: int | None) -> Decision:
+    """A finished run whose plan cannot be made any more (a QuantizedModel it evaluated was
+    deleted or recreated): its status stays; its servers, if any are left, go."""
+    servers = tuple(sorted(observed.servers))
+    return _run_decision(old, frozen(old), generation, [], done=not servers, delete=servers)
+
+
 def _waiting(old: EvalRunStatus, message: str, generation: int | None, now: str) -> Decision:
     status = EvalRunStatus(
         phase="WaitingForModels",
@@ -566,6 +636,7 @@ def _run_decision(
     labels: Mapping[str, Mapping[str, str]] | None = None,
     publish: tuple[StageResult, ...] = (),
     delete: tuple[str, ...] = (),
+    copies: tuple[Reused, ...] = (),
 ) -> Decision:
     new.observed_generation = generation
     new.conditions = carry_transition_times(old.conditions, new.conditions)
@@ -586,5 +657,5 @@ def _run_decision(
             Event("Normal", SERVER_STOPPED, f"removed the server(s) of {', '.join(delete)}")
         )
     return Decision(
-        new.dump(), tuple(create), tuple(events), done, spec, labels or {}, publish, delete
+        new.dump(), tuple(create), tuple(events), done, spec, labels or {}, publish, delete, copies
     )
