@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast e2e prerequisites prometheus control-plane cluster-up cluster-down crds chart verify lint typecheck images clean
+.PHONY: help install demo test test-fast e2e prerequisites prometheus control-plane toxiproxy cluster-up cluster-down crds chart verify lint typecheck images clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -40,7 +40,7 @@ e2e: $(STAMP) prerequisites ## helm install + the demo study on the real control
 	$(OFFLINE) $(BIN)/pytest -ra -m e2e
 
 # What the tests need besides the virtualenv: installed or built here, never skipped.
-prerequisites: prometheus control-plane
+prerequisites: prometheus control-plane toxiproxy
 
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 prometheus: ## Install Prometheus and promtool (Debian's package) unless they are on PATH
@@ -52,6 +52,9 @@ prometheus: ## Install Prometheus and promtool (Debian's package) unless they ar
 
 control-plane: ## Build kube-apiserver, -controller-manager, -scheduler and etcd once (Go; cached)
 	@bash tests/cluster/build.sh >/dev/null
+
+toxiproxy: ## Build toxiproxy once (Go; cached): the fault tests put it before the API server
+	@bash tests/cluster/build-toxiproxy.sh >/dev/null
 
 cluster-up: $(STAMP) control-plane ## Start a local cluster (real control plane, kubelet stand-in)
 	@$(BIN)/python -m tests.cluster up

@@ -420,6 +420,41 @@ class ControlPlane:
             self.proxy = None
         shutil.rmtree(self.dir, ignore_errors=True)
 
+    # -- restarts (the fault tests) --
+
+    def _restart(self, name: str) -> None:
+        """Stop one component (SIGTERM, then SIGKILL) and start it again, same flags, same
+        data and ports."""
+        process = self.processes[name]
+        argv = [str(a) for a in process.args]  # type: ignore[union-attr]
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=5)
+        log = self.dir / "logs" / f"{name}.log"
+        if log.exists():  # keep the first life's log beside the new one
+            log.rename(log.with_suffix(f".{int(time.time() * 1000)}.log"))
+        self._spawn(name, argv)
+
+    def restart_apiserver(self) -> float:
+        """Restart kube-apiserver (same port, etcd keeps the state); returns the seconds
+        until it was ready (/readyz) again."""
+        began = time.monotonic()
+        self._restart("kube-apiserver")
+        self._wait_for("/readyz", lambda body: body.strip() == "ok")
+        return time.monotonic() - began
+
+    def restart_etcd(self) -> float:
+        """Restart etcd (same data dir and ports); returns the seconds until the API server
+        was ready (/readyz, which checks etcd) again."""
+        began = time.monotonic()
+        self._restart("etcd")
+        self._wait_for("/readyz", lambda body: body.strip() == "ok")
+        return time.monotonic() - began
+
     def _spawn(self, name: str, argv: list[str]) -> None:
         log = (self.dir / "logs" / f"{name}.log").open("wb")
         self.processes[name] = subprocess.Popen(

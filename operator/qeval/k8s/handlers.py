@@ -20,7 +20,7 @@ import kopf
 
 from qeval.k8s import manifests as m
 from qeval.k8s.controller import Controller, Indexes, ModelRecord
-from qeval.k8s.kube import Kube, api_client
+from qeval.k8s.kube import Kube, RetryPolicy, api_client
 from qeval.k8s.metrics import Metrics
 from qeval.k8s.observe import JobState, ServerState, job_state, result_document, server_state
 from qeval.k8s.reuse import LABEL_REUSE_KEY, Reused
@@ -48,13 +48,21 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.networking.request_timeout = config.api_timeout_seconds
     settings.watching.server_timeout = config.watch_timeout_seconds
     settings.watching.client_timeout = config.watch_timeout_seconds + 10
+    # kopf's own requests and watches retry as Kube's do: the same number of retries and
+    # backoff bounds (kopf's list has no jitter), Retry-After honoured, and a broken or
+    # ended watch stream reconnects after the first backoff.
+    retry = RetryPolicy(config.api_retries, config.api_retry_backoff_seconds)
+    settings.networking.error_backoffs = retry.backoffs()
+    settings.networking.enforce_retry_after = True
+    settings.watching.reconnect_backoff = config.api_retry_backoff_seconds
     settings.peering.standalone = config.peering is None
     if config.peering:
         settings.peering.name = config.peering
         settings.peering.clusterwide = config.clusterwide
     metrics = Metrics()
     memo.metrics_server = metrics.serve(config.metrics_port) if config.metrics_port else None
-    memo.controller = Controller(config, Kube(api_client(), config.api_timeout_seconds), metrics)
+    kube = Kube(api_client(), config.api_timeout_seconds, retry, on_retry=metrics.api_retry)
+    memo.controller = Controller(config, kube, metrics)
 
 
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:

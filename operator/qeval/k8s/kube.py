@@ -1,21 +1,131 @@
-"""The few Kubernetes API calls qeval makes (the official client), with 404/409 handled.
+"""The few Kubernetes API calls qeval makes (the official client), with 404/409 handled
+and transient failures retried.
 
 Used by the operator (from threads, through ``asyncio.to_thread``) and by stage pods
 publishing their results.
+
+Every call of the client's API objects goes through ``RetryPolicy``: a 429 (after its
+Retry-After), 500, 502, 503, 504, a reset or refused connection, a timeout or a TLS error
+(the client's ApiException with status 0) is retried with exponential backoff and full
+jitter, a bounded number of times; any other answer (400, 403, 404, 409, 422) is the API
+server's answer and goes to the caller at once. Retrying is safe for every call made here:
+a create that reached the server before its connection broke answers 409 the second time
+(handled as "exists"), a delete 404 (handled as "gone"), a merge patch of a status sets the
+same fields again, and a list only reads.
+
+The loop is our own, not urllib3's ``Retry`` on the client's pool manager: that one sees
+neither the verb nor the resource (so cannot count retries by them), does not retry POST or
+PATCH by default, and is silent; tenacity would fit, but for these few lines it would be a
+dependency of every stage image.
 """
 
 from __future__ import annotations
 
 import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+import urllib3
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 from qeval.k8s.manifests import GROUP, VERSION
 
 PLURALS = {"EvalRun": "evalruns", "QuantizedModel": "quantizedmodels"}
+TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
+VERBS = ("create", "delete", "patch", "list", "read", "replace")
+# Called on every retry with (verb, resource, reason): e.g. Metrics.api_retry.
+OnRetry = Callable[[str, str, str], None]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how long to retry a transient API failure: up to ``retries`` more
+    attempts, the n-th after a random wait in [0, min(cap, base * 2**n)] seconds (full
+    jitter), or after the server's Retry-After (at most ``cap``) if that is longer."""
+
+    retries: int = 5
+    base: float = 0.5
+    cap: float = 30.0
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        wait = random.uniform(0, min(self.cap, self.base * 2**attempt))
+        return max(wait, min(retry_after, self.cap)) if retry_after else wait
+
+    def backoffs(self) -> list[float]:
+        """The upper bounds of the waits, in order (for clients with their own loop)."""
+        return [min(self.cap, self.base * 2**n) for n in range(self.retries)]
+
+
+def transient(error: BaseException) -> str | None:
+    """Why ``error`` is worth retrying (an HTTP status or an exception class name: a bounded
+    set), or None if it is an answer to give the caller."""
+    if isinstance(error, ApiException):
+        if error.status in TRANSIENT_STATUSES:
+            return str(error.status)
+        if error.status == 0:  # the client wraps TLS errors so: "SSLError\n..."
+            return str(error.reason or "").split("\n", 1)[0].split(":", 1)[0] or "ApiException"
+        return None
+    if isinstance(error, urllib3.exceptions.MaxRetryError) and error.reason is not None:
+        return type(error.reason).__name__
+    if isinstance(error, urllib3.exceptions.HTTPError | ConnectionError | TimeoutError):
+        return type(error).__name__
+    return None
+
+
+def _retry_after(error: BaseException) -> float | None:
+    value = (getattr(error, "headers", None) or {}).get("Retry-After")
+    try:
+        return float(value) if value else None
+    except (TypeError, ValueError):  # an HTTP date: not sent by the API server
+        return None
+
+
+def _resource(method: str, args: tuple[Any, ...]) -> tuple[str, str]:
+    """(verb, resource) of a client method: ``create_namespaced_job`` -> (create, jobs);
+    custom objects by their plural argument (``.../status`` for the status subresource)."""
+    verb, _, rest = method.partition("_")
+    verb = verb if verb in VERBS else "other"
+    rest = rest.removeprefix("namespaced_")
+    if rest.startswith("custom_object"):
+        plural = str(args[3]) if len(args) > 3 else "customobjects"
+        return verb, plural + ("/status" if rest.endswith("_status") else "")
+    return verb, rest.replace("_", "") + ("" if rest.endswith("s") else "s")
+
+
+class _Retrying:
+    """One of the client's API objects (CoreV1Api, ...) whose calls retry transient errors."""
+
+    def __init__(self, api: Any, policy: RetryPolicy, on_retry: OnRetry | None):
+        self._api, self._policy, self._on_retry = api, policy, on_retry
+
+    @property
+    def api_client(self) -> Any:
+        return self._api.api_client
+
+    def __getattr__(self, method: str) -> Callable[..., Any]:
+        call = getattr(self._api, method)
+
+        def retrying(*args: Any, **kwargs: Any) -> Any:
+            verb, resource = _resource(method, args)
+            attempt = 0
+            while True:
+                try:
+                    return call(*args, **kwargs)
+                except Exception as e:
+                    reason = transient(e)
+                    if reason is None or attempt >= self._policy.retries:
+                        raise
+                    if self._on_retry is not None:
+                        self._on_retry(verb, resource, reason)
+                    time.sleep(self._policy.delay(attempt, _retry_after(e)))
+                    attempt += 1
+
+        return retrying
 
 
 def api_client() -> client.ApiClient:
@@ -26,17 +136,27 @@ def api_client() -> client.ApiClient:
     else:
         path = os.environ.get("KUBECONFIG", str(Path.home() / ".kube" / "config"))
         config.load_kube_config(config_file=path, client_configuration=configuration)
+    configuration.retries = False  # urllib3 retries nothing: Kube's policy (counted) does
     return client.ApiClient(configuration)
 
 
 class Kube:
-    """Create-if-absent and status writes, idempotent under retries and restarts."""
+    """Create-if-absent and status writes, idempotent under retries and restarts.
 
-    def __init__(self, api: client.ApiClient, timeout: float = 30.0):
-        self.apps = client.AppsV1Api(api)
-        self.batch = client.BatchV1Api(api)
-        self.core = client.CoreV1Api(api)
-        self.custom = client.CustomObjectsApi(api)
+    ``retry``: how transient failures are retried; ``on_retry``: told of each retry."""
+
+    def __init__(
+        self,
+        api: client.ApiClient,
+        timeout: float = 30.0,
+        retry: RetryPolicy | None = None,
+        on_retry: OnRetry | None = None,
+    ):
+        policy = retry or RetryPolicy()
+        self.apps: Any = _Retrying(client.AppsV1Api(api), policy, on_retry)
+        self.batch: Any = _Retrying(client.BatchV1Api(api), policy, on_retry)
+        self.core: Any = _Retrying(client.CoreV1Api(api), policy, on_retry)
+        self.custom: Any = _Retrying(client.CustomObjectsApi(api), policy, on_retry)
         self.timeout = timeout
 
     def create_job(self, manifest: dict[str, Any]) -> bool:

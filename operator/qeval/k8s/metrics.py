@@ -79,6 +79,13 @@ class Metrics:
             ["namespace", "stage_kind", "reason"],
             registry=r,
         )
+        self.api_retries = Counter(
+            "qeval_api_retries",
+            "API requests retried after a transient failure, by verb, resource and reason "
+            "(an HTTP status or an exception class name)",
+            ["verb", "resource", "reason"],
+            registry=r,
+        )
         self.score = Gauge(
             "qeval_score", "A model's score on a task metric", RESULT_LABELS, registry=r
         )
@@ -153,6 +160,10 @@ class Metrics:
     def serve(self, port: int, addr: str = "0.0.0.0") -> tuple[Any, Any]:
         """Serve /metrics; returns (server, thread), so the server can be shut down."""
         return start_http_server(port, addr=addr, registry=self.registry)
+
+    def api_retry(self, verb: str, resource: str, reason: str) -> None:
+        """One retry of an API request (``qeval.k8s.kube.Kube``'s ``on_retry``)."""
+        self.api_retries.labels(verb, resource, reason).inc()
 
     def phase(self, kind: str, namespace: str, name: str, phase: str | None) -> None:
         if phase:

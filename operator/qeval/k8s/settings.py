@@ -38,6 +38,19 @@ class OperatorSettings(BaseSettings):
         default="INFO", description="Lowest level of kopf's own log lines posted as Events."
     )
     api_timeout_seconds: float = Field(default=30.0, gt=0, description="Per API request.")
+    api_retries: int = Field(
+        default=5,
+        ge=0,
+        description="Retries of an API request that failed transiently (429, 500, 502, 503, "
+        "504, a reset connection, a timeout) before the failure counts; other answers (400, "
+        "403, 404, 409, 422) are not retried.",
+    )
+    api_retry_backoff_seconds: float = Field(
+        default=0.5,
+        gt=0,
+        description="First retry's backoff; it doubles each retry, up to 30 s, with full "
+        "jitter (a 429's Retry-After is honoured if longer).",
+    )
     watch_timeout_seconds: int = Field(
         default=300, gt=0, description="Server-side timeout of each watch request."
     )
