@@ -274,10 +274,15 @@ def test_serving_rules_in_cel_and_python_agree():
     }
     backends = [None, *Backend]
     servings = [None, {}, {"tensor_parallel_size": 1}, {"tensor_parallel_size": 2}]
+    servings += [{"extra_args": ["--trust-remote-code"]}, {"extra_args": ["--trust_remote_code=1"]}]
     schedulings = [None, {"gpus": 0}, {"gpus": 1}, {"gpus": 2}]
     outcomes: dict[str, set[bool]] = {rule.cel: set() for rule in SPEC_RULES}
-    for backend, serving, scheduling in itertools.product(backends, servings, schedulings):
+    for backend, serving, scheduling, trust in itertools.product(
+        backends, servings, schedulings, [None, False, True]
+    ):
         fields: dict = dict(base)
+        if trust is not None:
+            fields["trust_remote_code"] = trust
         if backend is not None:
             fields["backend"] = backend
         if serving is not None:
@@ -292,6 +297,8 @@ def test_serving_rules_in_cel_and_python_agree():
         }
         if backend is not None:
             wire["backend"] = str(backend)
+        if trust is not None:
+            wire["trustRemoteCode"] = trust
         if serving is not None:
             wire["serving"] = fields["serving"].dump()
         if scheduling is not None:
@@ -301,7 +308,7 @@ def test_serving_rules_in_cel_and_python_agree():
             assert ok == rule.check(obj), (rule.cel, wire)
             outcomes[rule.cel].add(ok)
     serving_rules = [r.cel for r in SPEC_RULES if "serving" in r.cel]
-    assert len(serving_rules) == 2
+    assert len(serving_rules) == 3
     assert all(outcomes[r] == {True, False} for r in serving_rules)
 
 

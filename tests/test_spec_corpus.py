@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import secrets
 import time
 from dataclasses import dataclass
 from dataclasses import field as default
@@ -89,6 +90,15 @@ BOMB = (
     )
 )
 S = "spec."
+# A marker no case may ever create: each string below runs `touch MARK` wherever a shell reads
+# it (command substitution, backticks, after ; | && or a newline). tests/test_hostile.py
+# checks the file is never there.
+MARK = f"/tmp/qeval-pwned-{secrets.token_hex(4)}"
+SHELL = f"x$(touch {MARK})`touch {MARK}`;touch {MARK}|touch {MARK}&&touch {MARK}\ntouch {MARK}"
+SHELL_SHORT = f"$(touch {MARK})"  # for fields of at most 64 characters
+# What a kubelet would expand in a container's command or env ($(VAR), $$): passed verbatim.
+KUBELET = "$(KUBERNETES_SERVICE_HOST) $$ $(HF_TOKEN)"
+VLLM = {S + "backend": "vllm-server", S + "scheduling.gpus": 1}
 CASES: list[Case] = [
     # --- types, exactly as strict as the API server ---------------------------------------
     bad("seed-string", "spec.seed", {S + "seed": "7"}),
@@ -395,6 +405,212 @@ CASES: list[Case] = [
         api=None,
         files={"tasks/broken.yaml": "->nowhere"},
     ),
+    # --- hostile strings where a value reaches a command line, a path or a label -----------
+    *[
+        bad(f"shell-{where.replace('.', '-').replace('[0]', '')}", field, er=er, qm=qm)
+        for where, field, er, qm in [
+            ("uri", "spec.baseline.model.uri", {S + "baseline.model.uri": "org/m" + SHELL}, {}),
+            ("uri-newline", "spec.baseline.model.uri", {S + "baseline.model.uri": "org/m\n"}, {}),
+            (
+                "candidate.uri",
+                "spec.candidates[0].model.uri",
+                {S + "candidates": [{"name": "c", "model": {"uri": "./m\n--trust-remote-code"}}]},
+                {},
+            ),
+            (
+                "revision",
+                "spec.baseline.model.revision",
+                {S + "baseline.model.revision": "main" + SHELL_SHORT},
+                {},
+            ),
+            (
+                "revision-newline",
+                "spec.baseline.model.revision",
+                {S + "baseline.model.revision": "main\n"},
+                {},
+            ),
+            ("task", "spec.tasks[0].name", {S + "tasks.0.name": "x" + SHELL_SHORT}, {}),
+            ("task-backtick", "spec.tasks[0].name", {S + "tasks.0.name": "`id`"}, {}),
+            ("metric", "spec.tasks[0].metric", {S + "tasks.0.metric": "acc|id"}, {}),
+            ("task-path", "spec.taskPaths[0]", {S + "taskPaths": ["./t" + SHELL]}, {}),
+            ("task-path-newline", "spec.taskPaths[0]", {S + "taskPaths": ["./t\n"]}, {}),
+            (
+                "prompts-newline",
+                "spec.similarity.promptsPath",
+                {S + "similarity": {"promptsPath": "./p.jsonl\n"}},
+                {},
+            ),
+            (
+                "scheme-label",
+                "spec.candidates[0].scheme",
+                {
+                    S + "candidates": [
+                        {"name": "c", "model": {"uri": "demo://tiny-llama"}, "scheme": SHELL_SHORT}
+                    ]
+                },
+                {},
+            ),
+            (
+                "candidate-name",
+                "spec.candidates[0].name",
+                {S + "candidates": [{"name": "c;id", "model": {"uri": "demo://tiny-llama"}}]},
+                {},
+            ),
+            ("model-arg-key", "spec.modelArgs", {S + "modelArgs": {"x;id": "1"}}, {}),
+            (
+                "toleration-key",
+                "spec.scheduling.tolerations[0].key",
+                {S + "scheduling.tolerations": [{"key": SHELL_SHORT, "operator": "Exists"}]},
+                {},
+            ),
+            (
+                "toleration-value",
+                "spec.scheduling.tolerations[0].value",
+                {S + "scheduling.tolerations": [{"key": "k", "value": "v\nx"}]},
+                {},
+            ),
+            (
+                "quantity",
+                "spec.scheduling.resources.limits.memory",
+                {S + "scheduling.resources": {"limits": {"memory": SHELL_SHORT}}},
+                {},
+            ),
+            (
+                "quantity-negative",
+                "spec.scheduling.resources.requests.cpu",
+                {S + "scheduling.resources": {"requests": {"cpu": -1}}},
+                {},
+            ),
+            (
+                "node-selector",
+                "spec.scheduling.nodeSelector.k",
+                {S + "scheduling.nodeSelector": {"k": "v;id"}},
+                {},
+            ),
+            (
+                "trust-remote-code-flag",
+                "spec.serving",
+                {**VLLM, S + "serving": {"extraArgs": ["--trust-remote-code"]}},
+                {},
+            ),
+            ("qm-uri", "spec.model.uri", {}, {S + "model.uri": "./m" + SHELL}),
+            (
+                "calibration-dataset",
+                "spec.calibration.dataset",
+                {},
+                {S + "calibration": {"dataset": "d" + SHELL_SHORT}},
+            ),
+            (
+                "calibration-split",
+                "spec.calibration.split",
+                {},
+                {S + "calibration": {"dataset": "gsm8k", "split": "train;id"}},
+            ),
+            (
+                "secret-key",
+                "spec.hfTokenSecret.key",
+                {},
+                {S + "hfTokenSecret": {"name": "s", "key": SHELL_SHORT}},
+            ),
+        ]
+    ],
+    # --- more paths that leave their root -------------------------------------------------
+    bad(
+        "revision-up", "spec.baseline.model.revision", {S + "baseline.model.revision": "a/../../b"}
+    ),
+    bad(
+        "candidate-uri-up",
+        "spec.candidates[0].model.uri",
+        {S + "candidates": [{"name": "c", "model": {"uri": "./m/../../x"}}]},
+    ),
+    bad(
+        "bertscore-up",
+        "spec.similarity.bertscoreModel",
+        {S + "similarity": {"bertscoreModel": "pvc://x/../y"}},
+    ),
+    bad("qm-uri-up", "spec.model.uri", qm={S + "model.uri": "../base"}),
+    bad("qm-output-hf-up", "spec.output.uri", qm={S + "output": {"uri": "hf://../x"}}),
+    bad(
+        "calib-pvc-up",
+        "spec.calibration.path",
+        qm={S + "calibration": {"path": "pvc://c/../d.jsonl"}},
+    ),
+    # --- typos, wrong types, missing fields, names, long lists ----------------------------
+    bad(
+        "typo-candidate-field",
+        "spec.candidates[0].quantizedmodel",
+        {S + "candidates": [{"quantizedmodel": "q"}]},
+    ),
+    bad("typo-qm-scheme-field", "spec.schema", qm={S + "schema": "W4A16"}),
+    bad("tasks-a-string", "spec.tasks", {S + "tasks": "qeval_demo_facts"}),
+    bad("scheduling-a-list", "spec.scheduling", {S + "scheduling": [0]}),
+    bad("recipe-a-number", "spec.recipe", qm={S + "scheme": None, S + "recipe": 7}),
+    bad("no-baseline", "spec.baseline", {S + "baseline": None}),
+    bad("no-candidate-list", "spec.candidates", {S + "candidates": None}),
+    bad("no-model", "spec.model", qm={S + "model": None}),
+    bad("task-without-name", "spec.tasks[0].name", {S + "tasks.0": {"limit": 5}}),
+    bad("baseline-name-upper", "spec.baseline.name", {S + "baseline.name": "Base"}),
+    bad(
+        "qm-ref-upper",
+        "spec.candidates[0].quantizedModel",
+        {S + "candidates": [{"quantizedModel": "Q_1"}]},
+    ),
+    bad(
+        "scenario-name-dot",
+        "spec.performance.scenarios[0].name",
+        {S + "performance": {"scenarios": [{"name": "a.b", "kind": "synchronous"}]}},
+    ),
+    bad("tasks-65", "spec.tasks", {S + "tasks": [{"name": f"t{i}"} for i in range(65)]}),
+    bad(
+        "candidates-33",
+        "spec.candidates",
+        {
+            S + "candidates": [
+                {"name": f"c{i}", "model": {"uri": "demo://tiny-llama"}} for i in range(33)
+            ]
+        },
+    ),
+    bad(
+        "extra-args-65",
+        "spec.serving.extraArgs",
+        {**VLLM, S + "serving": {"extraArgs": ["--enforce-eager"] * 65}},
+    ),
+    bad(
+        "tolerations-33",
+        "spec.scheduling.tolerations",
+        {S + "scheduling.tolerations": [{"operator": "Exists"}] * 33},
+    ),
+    bad("ignore-257", "spec.ignore", qm={S + "ignore": [f"l{i}" for i in range(257)]}),
+    bad("revision-257", "spec.baseline.model.revision", {S + "baseline.model.revision": "a" * 257}),
+    # --- recipes that are not llm-compressor YAML (the API server cannot parse YAML) --------
+    bad(
+        "recipe-a-list",
+        "spec.recipe",
+        qm={S + "scheme": None, S + "recipe": "- GPTQModifier\n- x\n"},
+        api=None,
+    ),
+    bad(
+        "recipe-a-string",
+        "spec.recipe",
+        qm={S + "scheme": None, S + "recipe": "GPTQModifier"},
+        api=None,
+    ),
+    # --- hostile strings in fields free by design: accepted, and passed on verbatim ---------
+    good(
+        "shell-strings-verbatim-evalrun",
+        {S + "modelArgs": {"dtype": SHELL + KUBELET}},
+    ),
+    good(
+        "shell-strings-verbatim-recipe",
+        qm={
+            S + "scheme": None,
+            S + "recipe": f"# {SHELL_SHORT}\n"
+            + yaml.safe_dump(
+                {"GPTQModifier": {"targets": ["Linear"], "ignore": [SHELL + KUBELET]}}
+            ),
+            S + "ignore": [SHELL + KUBELET],
+        },
+    ),
     # --- boundaries the schema allows: accepted by all three -------------------------------
     good("seed-max", {S + "seed": 2**32 - 1}),
     good("seed-0", {S + "seed": 0}),
@@ -464,7 +680,7 @@ def test_the_corpus_is_large_and_named_uniquely():
 # --- the API server's verdicts: one kubectl apply of the whole corpus ----------------------
 
 _DEFAULT_NAME = re.compile(r"^(metadata:\n  name: )([rq])$", re.M)
-_CREATED = re.compile(r"^(\w+)\.qeval\.dev/(\S+) created \(server dry run\)$", re.M)
+_CREATED = re.compile(r"^(\w+)\.qeval\.dev/(\S+) created(?: \(server dry run\))?$", re.M)
 _UNMAPPED = re.compile(
     r'resource mapping not found for name: "([^"]+)" .*?no matches for kind "([^"]+)" '
     r'in version "([^"]+)"'
@@ -484,6 +700,8 @@ class Verdict:
     accepted: bool
     paths: set[str]
     message: str = ""
+    kind: str = ""  # the document's kind and (renamed) name
+    name: str = ""
 
 
 def _paths(message: str) -> set[str]:
@@ -493,10 +711,13 @@ def _paths(message: str) -> set[str]:
     return {re.sub(r"\[([^\]0-9][^\]]*)\]", r".\1", p) for p in found}
 
 
-def real_server_verdicts(cp: ControlPlane, namespace: str, texts: dict[str, str]) -> dict:
-    """Every case's documents in one ``kubectl apply --dry-run=server --validate=strict``:
-    each default-named object is renamed after its case so that kubectl's answers (printed
-    in document order, successes on stdout and refusals on stderr) map back to it."""
+def real_server_verdicts(
+    cp: ControlPlane, namespace: str, texts: dict[str, str], dry_run: bool = True
+) -> dict:
+    """Every case's documents in one ``kubectl apply --dry-run=server --validate=strict``
+    (``dry_run=False``: applied for real): each default-named object is renamed after its
+    case (``c<n>-r``, ``c<n>-q``) so that kubectl's answers (printed in document order,
+    successes on stdout and refusals on stderr) map back to it."""
     order: list[tuple[str, str, str]] = []  # (case id, kind, name)
     stream = []
     for n, (case_id, text) in enumerate(texts.items()):
@@ -505,8 +726,8 @@ def real_server_verdicts(cp: ControlPlane, namespace: str, texts: dict[str, str]
             order.append((case_id, str(doc.get("kind", "")), str(doc["metadata"]["name"])))
         stream.append(text)
     done = cp.kubectl(
-        "apply", "--dry-run=server", "--validate=strict", "-n", namespace, "-f", "-",
-        input="\n---\n".join(stream), check=False, timeout=300,
+        "apply", *(["--dry-run=server"] if dry_run else []), "--validate=strict",
+        "-n", namespace, "-f", "-", input="\n---\n".join(stream), check=False, timeout=300,
     )  # fmt: skip
     created = {(k, n) for k, n in _CREATED.findall(done.stdout)}
     unmapped = {n: k for n, k, _ in _UNMAPPED.findall(done.stderr)}
@@ -519,17 +740,18 @@ def real_server_verdicts(cp: ControlPlane, namespace: str, texts: dict[str, str]
     verdicts: dict[str, list[Verdict]] = {case_id: [] for case_id in texts}
     for case_id, kind, name in order:
         if (kind.lower(), name) in created:
-            verdicts[case_id].append(Verdict(True, set()))
+            verdicts[case_id].append(Verdict(True, set(), kind=kind, name=name))
         elif name in unmapped:  # the server's discovery lists no such kind in that version
             wrong = "apiVersion" if unmapped[name].lower() in served else "kind"
-            verdicts[case_id].append(Verdict(False, {wrong}, f"{kind} {name}: not served"))
+            message = f"{kind} {name}: not served"
+            verdicts[case_id].append(Verdict(False, {wrong}, message, kind, name))
         else:  # the next refusal, in document order: check it names this object
             assert refusals, (case_id, done.stdout, done.stderr)
             message = refusals.pop(0)
             named = _NAMED.match(message)
             assert named is None or named.groups() == (kind, name), (case_id, kind, name, message)
             assert named is not None or message.startswith(kind), (case_id, kind, message)
-            verdicts[case_id].append(Verdict(False, _paths(message), message))
+            verdicts[case_id].append(Verdict(False, _paths(message), message, kind, name))
     assert not refusals, refusals
     return verdicts
 

@@ -129,14 +129,15 @@ URI_RULE = Rule(
     message="a model is a Hugging Face id (org/name or hf://org/name), a path (/... or ./...), "
     "pvc://<claim>/<path>, s3://<bucket>/<key> or demo://tiny-llama: letters, digits and "
     "-_.+=@~ only, no '.' or '..' segments and no '//'",
-    check=lambda uri: any(re.match(f, uri) for f in URI_FORMS.values()),
+    # fullmatch: Python's ``$`` also matches before a final newline, RE2's (CEL's) does not.
+    check=lambda uri: any(re.fullmatch(f, uri) for f in URI_FORMS.values()),
 )
 PATH_RULE = Rule(
     cel=f"self.matches({_cel_string(PATH_FORM)})",
     message="a path is absolute (/...), relative to the spec's folder (./...) or a volume path "
     "(pvc://<claim>/<path>): letters, digits and -_.+=@~ only, no '.' or '..' segments and "
     "no '//'",
-    check=lambda path: re.match(PATH_FORM, path) is not None,
+    check=lambda path: re.fullmatch(PATH_FORM, path) is not None,
 )
 
 
@@ -203,7 +204,8 @@ class ModelSource(ApiModel):
     revision: str | None = Field(
         default=None,
         max_length=256,
-        pattern=r"^[A-Za-z0-9][-A-Za-z0-9_./]*$",
+        # Segments as a path's: none is "." or ".." (the hub's cache keeps refs as files).
+        pattern=r"^[A-Za-z0-9][-A-Za-z0-9_.]*(/[A-Za-z0-9_][-A-Za-z0-9_.]*)*$",
         description="Hugging Face revision (branch, tag or commit) to pin; ignored for paths.",
     )
 
@@ -238,7 +240,7 @@ def model_kind(uri: str) -> ModelKind:
             f"{clip(uri)}: unsupported scheme; use a Hugging Face id, a path, pvc://, s3:// "
             "or demo://"
         )
-    if re.match(URI_FORMS["huggingface"], uri):
+    if re.fullmatch(URI_FORMS["huggingface"], uri):
         return "huggingface"
     raise ValueError(
         f"{clip(uri)} is neither a Hugging Face id (org/name) nor a path (/... or ./...)"
@@ -256,13 +258,30 @@ def volume_path(uri: str, root: PurePosixPath = VOLUMES_ROOT) -> PurePosixPath:
 
 # --- scheduling ----------------------------------------------------------------------
 
-Quantity = int | Annotated[str, Field(min_length=1, max_length=64)]
+# A Kubernetes quantity (resource.Quantity's own expression, without a sign: requests and
+# limits are never negative): 8, 0.5, 500m, 64Gi, 1e3. Anything else makes the API server
+# refuse the Job the operator builds, long after the spec was accepted.
+QUANTITY = (
+    r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+    r"(([KMGTPE]i)|[numkMGTPE]|([eE][-+]?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+QUANTITY_RULE = Rule(
+    cel="type(self) != int || self >= 0",
+    message="a quantity is a non-negative number with an optional suffix (8, 0.5, 500m, 64Gi)",
+    check=lambda q: q >= 0 if isinstance(q, int) else re.fullmatch(QUANTITY, q) is not None,
+)
+# The string form as a schema pattern (as controller-gen writes resource.Quantity), which costs
+# no CEL budget; the CEL rule only bounds the integer form.
+Quantity = Annotated[
+    int | Annotated[str, Field(min_length=1, max_length=64)],
+    Field(json_schema_extra={"pattern": QUANTITY, **cel_rules(QUANTITY_RULE)}),
+    AfterValidator(_checked(QUANTITY_RULE)),
+]
 # A qualified name (a label key, a resource name): an optional DNS prefix and a name.
 QUALIFIED_NAME = r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+LABEL_VALUE = r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$"
 LabelKey = Annotated[str, Field(min_length=1, max_length=317, pattern=QUALIFIED_NAME)]
-LabelValue = Annotated[
-    str, Field(max_length=63, pattern=r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
-]
+LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE)]
 ResourceName = Annotated[str, Field(min_length=1, max_length=253, pattern=QUALIFIED_NAME)]
 
 
@@ -282,14 +301,21 @@ class ResourceRequirements(ApiModel):
 class Toleration(ApiModel):
     """A Kubernetes toleration, so stage pods can land on tainted GPU nodes."""
 
+    # As the API server checks a pod's tolerations (else it refuses the Job, not the spec).
     key: str | None = Field(
-        default=None, max_length=317, description="Taint key; empty matches all keys."
+        default=None,
+        max_length=317,
+        pattern=QUALIFIED_NAME,
+        description="Taint key; empty matches all keys.",
     )
     operator: Literal["Exists", "Equal"] | None = Field(
         default=None, description="Exists or Equal (default Equal)."
     )
     value: str | None = Field(
-        default=None, max_length=63, description="Taint value for operator Equal."
+        default=None,
+        max_length=63,
+        pattern=LABEL_VALUE,
+        description="Taint value for operator Equal.",
     )
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         default=None, description="Taint effect to tolerate; empty matches all effects."

