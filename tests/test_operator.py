@@ -1085,3 +1085,22 @@ def test_a_job_over_the_quota_stalls_the_stage_until_the_quota_allows_it(
         "Stalled to clear",
     )
     assert c["reason"] == "PodsRunning"
+
+
+def test_a_quantized_model_with_a_61_character_name_runs(kube: Kube, operator: Operator) -> None:
+    """Its stage is named quantize-<61 characters>: a 70-character label value, which the
+    API server refused (422) before label values were bounded like names."""
+    doc = next(
+        d
+        for d in yaml.safe_load_all((EXAMPLES / "evalrun.yaml").read_text())
+        if d["metadata"]["name"] == "tiny-llama-w4a16"
+    )
+    name = "tiny-llama-w4a16-" + "x" * 44
+    assert len(name) == 61
+    doc["metadata"]["name"] = name
+    kube.create("quantizedmodels", doc)
+    job = wait_for(lambda: kube.jobs().get(f"quantize-{name}"), "the quantize Job")
+    labels = job["spec"]["template"]["metadata"]["labels"]
+    assert max(len(v) for v in labels.values()) <= 63
+    kube.complete(f"quantize-{name}", quantize_result(job))
+    wait_for(lambda: kube.phase_is("quantizedmodels", name, "Ready"), "Ready")

@@ -132,7 +132,7 @@ def child_name(owner: str, stage: str) -> str:
 def label_value(text: str) -> str:
     """``text`` as a valid label value: itself if it is one, else a readable prefix and a
     hash of the whole (a resource's name may have 253 characters, a label value 63)."""
-    if True:
+    if len(text) <= NAME_LIMIT and LABEL_VALUE.fullmatch(text):
         return text
     suffix = digest(text, DIGEST_LENGTH)
     base = re.sub(r"[^A-Za-z0-9_.-]", "-", text)[: NAME_LIMIT - DIGEST_LENGTH - 1]
