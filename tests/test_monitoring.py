@@ -337,6 +337,7 @@ class Study:
                     ref["benchmark"] = str(self.local(ref["benchmark"]))
             if doc.get("similarity"):
                 doc["similarity"] = str(self.local(doc["similarity"]))
+            doc["resultsLocation"] = str(self.local(doc["resultsLocation"]))
             status = aggregate(AggregateInput.model_validate(doc))
             status.results_location = stage_input["resultsLocation"]
             result = status.dump()

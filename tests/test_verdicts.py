@@ -209,7 +209,9 @@ def test_limit_one_aggregates_from_the_real_results(tmp_path):
             result=result.model_dump(by_alias=True, mode="json"),
         ).write(path)
         refs.append(ModelResults(name=name, evaluate=str(path)))
-    status = run(AggregateInput(baseline=refs[0], candidates=refs[1:], results_location="x"))
+    status = run(
+        AggregateInput(baseline=refs[0], candidates=refs[1:], results_location=str(tmp_path))
+    )
     assert [(r.task, r.value, r.stderr) for r in status.recovery] == [
         ("qeval_demo_facts", 1.0, None),
         ("qeval_demo_recall", 1.0, None),

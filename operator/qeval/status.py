@@ -6,9 +6,13 @@ Conditions follow the Kubernetes API conventions; their reasons are defined here
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextlib import suppress
+from pathlib import Path
+
+from pydantic import ValidationError
 
 from qeval.api.common import Condition, ConditionStatus
-from qeval.api.evalrun import EvalRunStatus, StageFailure
+from qeval.api.evalrun import EvalRunStatus, FullResults, StageFailure
 from qeval.api.quantizedmodel import QuantizedModelStatus
 from qeval.stages.envelope import StageResult, StageStatus
 from qeval.stages.quantize import QuantizeResult
@@ -116,4 +120,24 @@ def finish_evalrun(
         condition(ACCEPTED, True, SPEC_VALID, "spec is valid", started),
         condition(SUCCEEDED, ok, reason, message, finished),
     ]
+    return status
+
+
+def with_full_results(status: EvalRunStatus) -> EvalRunStatus:
+    """``status`` with every score, recovery and difference (``detail: full``), read from its
+    full results table where that is at hand (a local run; a machine with the run's storage);
+    else ``status`` as it is."""
+    if status.full_results is None or status.detail == "full":
+        return status
+    with suppress(OSError, ValueError, ValidationError):
+        table = FullResults.model_validate_json(Path(status.full_results).read_text())
+        return status.model_copy(
+            update={
+                "scores": table.scores,
+                "recovery": table.recovery,
+                "differences": table.differences,
+                "cached": list(dict.fromkeys([*status.cached, *table.cached])),
+                "detail": "full",
+            }
+        )
     return status

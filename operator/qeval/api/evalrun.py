@@ -795,6 +795,27 @@ class StageFailure(ApiModel):
     message: str = Field(description="What went wrong, for a person.")
 
 
+StatusDetail = Literal["primary", "summary", "full"]
+
+
+class FullResults(ApiModel):
+    """The full results table, written by the aggregate stage beside the run's stage
+    documents (``EvalRunStatus.full_results``): what the status keeps of it is bounded."""
+
+    model_config = ApiModel.model_config | {"extra": "ignore"}  # a later v1's fields: kept out
+
+    schema_version: Literal["v1"] = Field(default="v1", description="Document version.")
+    scores: list[Score] = Field(default_factory=list, description="Every model x task metric.")
+    recovery: list[Recovery] = Field(default_factory=list, description="Every candidate x task.")
+    differences: list[Difference] = Field(
+        default_factory=list,
+        description="Candidate x task metrics where a ratio is undefined: the difference.",
+    )
+    cached: list[str] = Field(
+        default_factory=list, description="Results reused from the result cache, as model/task."
+    )
+
+
 class EvalRunStatus(ApiModel):
     """Progress and results of the comparison."""
 
@@ -813,12 +834,32 @@ class EvalRunStatus(ApiModel):
     started_at: str | None = Field(default=None, description="When the first stage started.")
     completed_at: str | None = Field(default=None, description="When the run finished.")
     baseline_size_bytes: int | None = Field(default=None, description="Baseline size on disk.")
-    scores: list[Score] = Field(default_factory=list, description="Every model x task metric.")
-    recovery: list[Recovery] = Field(default_factory=list, description="Every candidate x task.")
+    scores: list[Score] = Field(
+        default_factory=list,
+        description="Per model and task, the primary metric's score (see detail; every metric "
+        "of every task and subtask: fullResults).",
+    )
+    recovery: list[Recovery] = Field(
+        default_factory=list,
+        description="Per candidate and task, the primary metric's recovery (see detail).",
+    )
     differences: list[Difference] = Field(
         default_factory=list,
-        description="Candidate x task metrics where a ratio is undefined (signed metric, or a "
-        "baseline not clearly above 0): the difference with its interval instead.",
+        description="Per candidate and task, where a ratio is undefined on the primary metric "
+        "(signed metric, or a baseline not clearly above 0): the difference with its interval "
+        "instead (see detail).",
+    )
+    detail: StatusDetail | None = Field(
+        default=None,
+        description="What scores, recovery and differences hold: primary (each task's primary "
+        "metric), summary (none, nor cached: too many to fit an object; the candidates' "
+        "summaries, suite scores and performance stay) or full (every metric of every task: a "
+        "local run's status.json).",
+    )
+    full_results: str | None = Field(
+        default=None,
+        description="The full results table on the run's storage (every score, recovery and "
+        "difference, of every metric, task and subtask), as JSON.",
     )
     candidates: list[CandidateSummary] = Field(
         default_factory=list, description="Per-candidate summary."

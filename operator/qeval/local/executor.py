@@ -50,7 +50,7 @@ from qeval.stages.envelope import (
     library_versions,
     now,
 )
-from qeval.status import finish_evalrun, quantized_model_status
+from qeval.status import finish_evalrun, quantized_model_status, with_full_results
 
 REUSED_MESSAGE = "reused a cached result: nothing to run"
 
@@ -216,7 +216,7 @@ def execute_run(
 
     agg = docs.get(AGGREGATE_STAGE)
     aggregate = (
-        EvalRunStatus.model_validate(agg.result)
+        with_full_results(EvalRunStatus.model_validate(agg.result))  # the table, from disk
         if agg and agg.status == StageStatus.SUCCEEDED and agg.result
         else None
     )

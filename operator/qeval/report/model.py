@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from qeval.api.evalrun import EvalRunStatus, PerformancePoint
+from qeval.status import with_full_results
 
 # Scenario names (guidellm / vllm bench profiles) that mean one request at a time, and
 # those that mean as many as the server takes.
@@ -94,7 +95,9 @@ def run_from_objects(evalrun: Mapping[str, Any]) -> Run:
     # {model, scenario, latencySeconds, outputTokensPerSecond}; the status keeps full entries.
     fields = {k: v for k, v in raw.items() if k in known}
     fields["performance"] = [p for p in raw.get("performance") or [] if _full_point(p)]
-    status = EvalRunStatus.model_validate(fields)
+    # Every result, where the full table is at hand (the status may keep only the primary
+    # metrics, or only the summaries).
+    status = with_full_results(EvalRunStatus.model_validate(fields))
     candidates = {c.name for c in status.candidates}
     others = [s.model for s in status.scores if s.model not in candidates]
     return Run(

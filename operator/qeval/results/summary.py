@@ -229,3 +229,16 @@ def summarize(
         mean_recovery=min(means) if means else None,
         failures=failures,
     )
+
+
+def primary_table(
+    status: EvalRunStatus, baseline: str
+) -> tuple[list[Score], list[Recovery], list[Difference]]:
+    """The scores, recoveries and differences on each task's primary metric: the one the
+    verdict judges (the baseline's choice), which the tables and dashboards show."""
+    primary = {score_key(s) for s in status.scores if s.model == baseline and s.primary}
+    return (
+        [s for s in status.scores if s.primary or score_key(s) in primary],
+        [r for r in status.recovery if score_key(r) in primary],
+        [d for d in status.differences if score_key(d) in primary],
+    )

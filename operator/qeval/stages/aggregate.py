@@ -4,6 +4,11 @@ report, when asked).
 It works from the result documents alone: each evaluate result names lm-eval's results
 JSON and the per-sample logs, from which the paired statistics are computed; without
 those logs the intervals come from the reported standard errors.
+
+The status it returns is bounded (``bounded``): it becomes a ConfigMap (1 MiB at most) and
+then the EvalRun's status (etcd keeps an object to 1.5 MiB), so it keeps each task's primary
+metric, and the full table (every metric of every task and subtask) is written beside the
+stage documents (``FULL_RESULTS``), named by ``status.fullResults``.
 """
 
 from __future__ import annotations
@@ -16,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field
 
 from qeval.api.common import ApiModel
-from qeval.api.evalrun import EvalRunStatus, Score, StageFailure
-from qeval.stages.envelope import StageResult, StageStatus
+from qeval.api.evalrun import EvalRunStatus, FullResults, Score, StageFailure
+from qeval.stages.envelope import StageError, StageResult, StageStatus
 from qeval.stages.evaluate import EvaluateResult
 
 if TYPE_CHECKING:
@@ -124,6 +129,61 @@ def serving(inp: AggregateInput, status: EvalRunStatus) -> None:
         status.similarity = SimilarityResult.model_validate(result).scores
 
 
+FULL_RESULTS = "results.json"  # in the run's results location
+# The aggregate's document, as its result ConfigMap holds it (indented), is kept to this:
+# 128 KiB of the ConfigMap limit (1 MiB) are left for the envelope, and the EvalRun (the
+# status written compact, plus the spec and the stages' failures) stays well under etcd's
+# 1.5 MiB. 32 candidates x openllm-v1 + v2 x 16 scenarios, names of 40 characters: 737 KiB.
+STATUS_BUDGET = 896 * 1024
+
+
+def status_bytes(status: EvalRunStatus) -> int:
+    """The status's size as the aggregate's result ConfigMap holds it."""
+    from qeval.k8s.publish import document_bytes
+
+    doc = StageResult(stage="aggregate", kind="aggregate", status=StageStatus.SUCCEEDED)
+    doc.result = status.dump()
+    return document_bytes(doc)
+
+
+def write_full_results(status: EvalRunStatus, path: Path) -> None:
+    """Every score, recovery and difference, as one JSON document (written whole or not)."""
+    table = FullResults(
+        scores=status.scores,
+        recovery=status.recovery,
+        differences=status.differences,
+        cached=status.cached,
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(table.dump(), separators=(",", ":")) + "\n")
+    tmp.replace(path)
+
+
+def bounded(full: EvalRunStatus, baseline: str, full_results: str) -> EvalRunStatus:
+    """The status to publish: each task's primary metric (``detail: primary``); where even
+    that is over ``STATUS_BUDGET``, the summaries alone (``detail: summary``: no per-task
+    entries, no cached list). Raises StageError ResultTooLarge when those do not fit either."""
+    from qeval.results.summary import primary_table
+
+    scores, recovery, differences = primary_table(full, baseline)
+    update = {"scores": scores, "recovery": recovery, "differences": differences}
+    status = full.model_copy(update={**update, "detail": "primary", "full_results": full_results})
+    if (size := status_bytes(status)) <= STATUS_BUDGET:
+        return status
+    empty: dict[str, Any] = {"scores": [], "recovery": [], "differences": [], "cached": []}
+    status = status.model_copy(update={**empty, "detail": "summary"})
+    if (small := status_bytes(status)) <= STATUS_BUDGET:
+        return status
+    raise StageError(
+        "ResultTooLarge",
+        f"the run's results do not fit in a status: {size} bytes with each task's primary "
+        f"metric, {small} with the summaries alone, of at most {STATUS_BUDGET} "
+        f"({len(full.candidates)} candidates, {len(full.performance)} performance points, "
+        f"{len(full.cached)} cached results); every result is in {full_results}",
+    )
+
+
 def run(inp: AggregateInput) -> EvalRunStatus:
     from qeval.results.summary import summarize
 
@@ -149,4 +209,9 @@ def run(inp: AggregateInput) -> EvalRunStatus:
             write_report(run, Path(inp.report_dir))
         except Exception as e:  # the status matters more than its report: keep it
             print(f"report not written: {type(e).__name__}: {e}", file=sys.stderr)
-    return status
+    path = Path(inp.results_location) / FULL_RESULTS
+    try:
+        write_full_results(status, path)
+    except OSError as e:
+        raise StageError("ResultsNotWritten", f"cannot write the full results {path}: {e}") from e
+    return bounded(status, inp.baseline.name, str(path))
