@@ -264,3 +264,37 @@ def test_a_result_too_large_for_a_configmap_is_published_as_a_failure(control_pl
     published = StageResult.model_validate_json(cm["data"]["result.json"])
     assert (published.status, published.reason) == (StageStatus.FAILED, "ResultTooLarge")
     assert "over the API server's limit of 1048576" in str(published.message)
+
+
+def test_qeval_run_keeps_and_prints_every_result(tmp_path, monkeypatch):
+    """The local executor puts the full table back into status.json (and its table, report)."""
+    from rich.console import Console
+
+    from qeval.api.evalrun import EvalRun
+    from qeval.local import executor
+
+    spec = study_spec(2, scenarios=0, similarity=False)
+    run = EvalRun.model_validate({"metadata": {"name": "r"}, "spec": spec.dump()})
+
+    def stages(stages: Any, layout: Any, console: Any) -> dict[str, StageResult]:
+        """The aggregate over the documents its stages would have written."""
+        inp = write_study(Path(str(layout.run_root)), spec)
+        (tmp_path / "input.json").write_text(json.dumps(inp.dump()))
+        out = Path(str(layout.result_path("aggregate")))
+        return {
+            "aggregate": execute(
+                "aggregate", AggregateInput, aggregate.run, tmp_path / "input.json", out
+            )
+        }
+
+    monkeypatch.setattr(executor, "run_stages", stages)
+    monkeypatch.setattr(executor, "preflight", lambda *_: None)  # no models, datasets here
+    console = Console(record=True, width=3000)
+    outcome = executor.execute_run(run, {}, tmp_path, console)
+    published = StageResult.read(outcome.run_dir / "stages" / "aggregate" / "result.json")
+    assert published.result is not None and published.result["detail"] == "primary"
+    status = json.loads((outcome.run_dir / "status.json").read_text())
+    assert status["detail"] == "full" and len(status["scores"]) == 3 * 116
+    assert len(status["recovery"]) == 2 * 116
+    printed = console.export_text()
+    assert all(task in printed for task, _ in PRIMARY_V1_V2)
