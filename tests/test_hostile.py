@@ -152,10 +152,10 @@ def test_hostile_objects_are_refused_for_real_and_nothing_runs(
         for case_id, objects in created.items():
             for plural, name in objects:
                 status = kube.status(plural, name)
-                if case_id == MISSING_MODEL:  # it waits, and says for what
+                if case_id == MISSING_MODEL:  # not accepted, and it waits (not final)
                     if status.get("phase") != "WaitingForModels":
                         return None
-                    out[case_id] = condition_of(status, "Succeeded") or {}
+                    out[case_id] = condition_of(status, "Accepted") or {}
                 elif (refusal := _refusal(status)) is None:
                     return None
                 else:
@@ -165,7 +165,8 @@ def test_hostile_objects_are_refused_for_real_and_nothing_runs(
     conditions = wait_for(judged, "the operator's verdict on every stored object", timeout=60)
     for case_id, c in conditions.items():
         if case_id == MISSING_MODEL:
-            assert "QuantizedModel(s) nope" in c["message"], c
+            assert (c["status"], c["reason"]) == ("False", "QuantizedModelNotFound"), c
+            assert by_id[case_id].field in c["message"] and "QuantizedModel nope" in c["message"]
             continue
         assert c["reason"] == "InvalidSpec", (case_id, c)
         assert by_id[case_id].field in c["message"], (case_id, c["message"])

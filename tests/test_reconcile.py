@@ -173,6 +173,14 @@ def test_an_evalrun_waits_for_quantized_models_that_do_not_exist() -> None:
     assert d.status["phase"] == "WaitingForModels"
     assert conditions(d)["WaitingForModels"] == ("True", "ModelsNotReady")
     assert "tiny-llama-fp8" in d.status["conditions"][1]["message"]
+    # Not accepted, naming the field and the fix, until the models exist.
+    assert conditions(d)["Accepted"] == ("False", "QuantizedModelNotFound")
+    accepted = d.status["conditions"][0]["message"]
+    assert "spec.candidates[0].quantizedModel: QuantizedModel tiny-llama-fp8" in accepted
+    assert "create it" in accepted
+    _, models = demo()
+    d = run_decision(states(models, "Quantizing"), Observed())
+    assert conditions(d)["Accepted"] == ("True", "SpecValid")
 
 
 def test_an_evalrun_starts_what_it_can_while_models_quantize() -> None:

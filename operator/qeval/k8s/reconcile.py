@@ -46,6 +46,7 @@ MODELS_NOT_READY, MODELS_READY = "ModelsNotReady", "ModelsReady"
 STAGES_RUNNING, STAGES_PENDING = "StagesRunning", "StagesPending"
 INVALID_SPEC, SPEC_CHANGED = "InvalidSpec", "SpecChanged"
 QUANTIZED_MODEL_FAILED = "QuantizedModelFailed"
+QUANTIZED_MODEL_NOT_FOUND = "QuantizedModelNotFound"
 DEPENDENCY_FAILED = "DependencyFailed"
 JOB_CREATED = "JobCreated"
 SERVER_CREATED, SERVER_DONE, SERVER_STOPPED = "ServerCreated", "ServerDone", "ServerStopped"
@@ -434,8 +435,7 @@ def decide_evalrun(
     if missing := sorted(named - set(models)):
         if final:  # a model it evaluated was deleted since: the run's outcome stays
             return _final_run(old, observed, generation)
-        message = f"waiting for QuantizedModel(s) {', '.join(missing)}, which do not exist yet"
-        return _waiting(old, message, generation, now)
+        return _waiting(run, set(missing), old, generation, now)
     try:
         stages = build_plan(run, {n: m.model for n, m in models.items()}, layout)
     except PlanError as e:
@@ -614,13 +614,25 @@ def _final_run(old: EvalRunStatus, observed: Observed, generation: int | None) -
     return _run_decision(old, frozen(old), generation, [], done=not servers, delete=servers)
 
 
-def _waiting(old: EvalRunStatus, message: str, generation: int | None, now: str) -> Decision:
+def _waiting(
+    run: EvalRun, missing: set[str], old: EvalRunStatus, generation: int | None, now: str
+) -> Decision:
+    """Not accepted while a QuantizedModel it names does not exist, naming the field; not
+    final either: it starts when the model is created (applied in any order)."""
+    fields = [
+        f"spec.candidates[{i}].quantizedModel: QuantizedModel {c.quantized_model} does not exist"
+        for i, c in enumerate(run.spec.candidates)
+        if c.quantized_model in missing
+    ]
+    fix = "create it (the run starts when it exists) or name an existing one"
+    message = f"{'; '.join(fields)}: {fix}"
+    waiting = f"waiting for QuantizedModel(s) {', '.join(sorted(missing))}, which do not exist yet"
     status = EvalRunStatus(
         phase="WaitingForModels",
         conditions=[
-            condition(ACCEPTED, True, SPEC_VALID, "spec is valid", now, generation),
-            condition(WAITING_FOR_MODELS, True, MODELS_NOT_READY, message, now, generation),
-            condition(SUCCEEDED, None, MODELS_NOT_READY, message, now, generation),
+            condition(ACCEPTED, False, QUANTIZED_MODEL_NOT_FOUND, message, now, generation),
+            condition(WAITING_FOR_MODELS, True, MODELS_NOT_READY, waiting, now, generation),
+            condition(SUCCEEDED, None, MODELS_NOT_READY, waiting, now, generation),
         ],
     )
     return _run_decision(old, status, generation, [])
