@@ -153,17 +153,23 @@ def record(section: str, lines: list[str]) -> None:
         text = text.rstrip("\n") + "\n\n" + intro
     start = text.index(head)
     after = text.find("\n## ", start + len(head))
-    body = text[start : after if after >= 0 else len(text)]
-    sub = f"### {section}"
-    block = sub + "\n\n" + "\n".join(lines) + "\n"
-    if sub in body:
-        s = body.index(sub)
-        e = body.find("\n### ", s + len(sub))
-        body = body[:s] + block + (body[e + 1 :] if e >= 0 else "")
-    else:
-        body = body.rstrip("\n") + "\n\n" + block
-    text = text[:start] + body.rstrip("\n") + "\n" + (text[after:] if after >= 0 else "")
-    RESULTS.write_text(text)
+    body = text[start : after + 1 if after >= 0 else len(text)]
+    first = body.find("\n### ")
+    intro_text = body if first < 0 else body[: first + 1]
+    subsections = {}
+    for chunk in body[first + 1 :].split("\n### ") if first >= 0 else []:
+        title, _, rest = chunk.removeprefix("### ").partition("\n")
+        subsections[title] = rest.strip("\n")
+    subsections[section] = "\n".join(lines)
+    order = sorted(subsections, key=lambda t: (SECTION_ORDER.get(t.split(" ")[0], 9), t))
+    body = intro_text.rstrip("\n") + "\n"
+    for title in order:
+        body += f"\n### {title}\n\n{subsections[title]}\n"
+    rest = text[after + 1 :] if after >= 0 else ""
+    RESULTS.write_text(text[:start] + body + ("\n" + rest if rest else ""))
+
+
+SECTION_ORDER = {"100": 0, "10": 1, "kube-apiserver": 2, "etcd": 3, "410": 4}
 
 
 # --- fixtures ---------------------------------------------------------------------------------
@@ -358,6 +364,12 @@ def test_a_run_carries_on_across_a_restart_of(
         assert sorted(created) == sorted(j["metadata"]["name"] for j in jobs)
         assert len(jobs) == 3 and set(created.values()) == {1}
         counted = retries(operator.metrics())
+        forbidden = Counter(
+            "kopf" if e.get("userAgent", "").startswith("kopf") else "Kube"
+            for e in cluster.audit_events()
+            if e.get("user", {}).get("username") == kube.identities.operator_user
+            and e.get("responseStatus", {}).get("code") == 403
+        )
     finally:
         operator.stop_now()
     record(
@@ -366,7 +378,10 @@ def test_a_run_carries_on_across_a_restart_of(
             f"- {component} down and back (ready on /readyz) in {seconds:.1f} s; the run"
             " Succeeded, one Job per stage (audit log);",
             f"- qeval_api_retries_total meanwhile: {sum(counted.values()):.0f}"
-            f" ({ {f'{v} {r} {why}': n for (v, r, why), n in counted.items()} }).",
+            f" ({ {f'{v} {r} {why}': n for (v, r, why), n in counted.items()} });",
+            f"- the operator's requests answered 403 meanwhile, by client: {dict(forbidden)}"
+            " (a starting API server's RBAC cache is empty a moment; kopf retries a 403, Kube"
+            " does not: the next resync does).",
         ],
     )
 
