@@ -534,7 +534,7 @@ def build_result_configmap(
         "kind": "ConfigMap",
         "metadata": meta,
         "immutable": True,
-        "data": {RESULT_KEY: json.dumps(document, indent=1, sort_keys=True)},
+        "data": {RESULT_KEY: json.dumps(document, separators=(",", ":"), sort_keys=True)},
     }
 
 
