@@ -444,8 +444,9 @@ def test_stage_pods_get_their_own_account_that_may_only_write_configmaps() -> No
             for o in objs:
                 assert o["metadata"]["labels"]["app.kubernetes.io/component"] == "stage"
         for role in roles:
-            # qeval.k8s.publish: create the result ConfigMap, or replace it on a retry.
-            assert grants(role) == {("", "configmaps"): {"create", "update"}}
+            # qeval.k8s.publish: create the result ConfigMap (immutable: a retried pod's
+            # create is AlreadyExists); nothing read, replaced or deleted.
+            assert grants(role) == {("", "configmaps"): {"create"}}
         for binding, namespace in zip(bindings, namespaces, strict=True):
             assert binding["roleRef"]["name"] == "qeval-stage"
             assert binding["subjects"] == [
@@ -458,11 +459,16 @@ def test_stage_pods_get_their_own_account_that_may_only_write_configmaps() -> No
         assert not template(name, off)
 
 
-def test_the_stage_admission_policy_admits_result_configmaps_only() -> None:
+def test_the_stage_admission_policy_admits_a_pods_own_result_configmap_only() -> None:
+    """The policy's CEL as data (cel-python, with the strings extension's ``substring`` the
+    API server has); tests/test_security.py tries it on the real API server."""
     import celpy
+    from celpy import celtypes
 
-    assert not template("stage-admissionpolicy.yaml")
-    assert not template("stage-admissionpolicybinding.yaml")
+    off = "stages.admissionPolicy.enabled=false"
+    assert not template("stage-admissionpolicy.yaml", off)
+    assert not template("stage-admissionpolicybinding.yaml", off)
+    assert one(template("stage-admissionpolicy.yaml"), "ValidatingAdmissionPolicy")  # default on
     policy = one(
         template("stage-admissionpolicy.yaml", *CLUSTERWIDE_EVERYTHING), "ValidatingAdmissionPolicy"
     )
@@ -474,35 +480,64 @@ def test_the_stage_admission_policy_admits_result_configmaps_only() -> None:
     assert binding["spec"]["validationActions"] == ["Deny"]
     namespaces = binding["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"][0]
     assert namespaces["values"] == ["ml", "ml-staging"]
+    (rule,) = policy["spec"]["matchConstraints"]["resourceRules"]
+    assert rule["resources"] == ["configmaps"]
+    assert set(rule["operations"]) == {"CREATE", "UPDATE", "DELETE"}
+    assert policy["spec"]["failurePolicy"] == "Fail"
 
     env = celpy.Environment()
+    strings = {"substring": lambda s, a, b: celtypes.StringType(str(s)[int(a) : int(b)])}
 
-    def evaluate(expression: str, **activation: Any) -> bool:
-        program = env.program(env.compile(expression))
-        return bool(program.evaluate({k: celpy.json_to_cel(v) for k, v in activation.items()}))
+    def evaluate(expression: str, **activation: Any) -> Any:
+        program = env.program(env.compile(expression), functions=strings)
+        return program.evaluate(activation)
 
-    def admitted(user: str, operation: str, labels: dict[str, str] | None, old: Any = None) -> bool:
-        request = {"userInfo": {"username": user}, "operation": operation}
+    def admitted(user: str, operation: str, name: str, pod: str | None, body: Any = None) -> bool:
+        info: dict[str, Any] = {"username": user}
+        if pod is not None:
+            info["extra"] = {"authentication.kubernetes.io/pod-name": [pod]}
+        request = celpy.json_to_cel({"userInfo": info, "operation": operation, "name": name})
         (match,) = policy["spec"]["matchConditions"]
         if not evaluate(match["expression"], request=request):
             return True  # not a stage pod: the policy does not apply
-        obj = {"metadata": {"name": "x", **({"labels": labels} if labels is not None else {})}}
+        obj = celpy.json_to_cel(body)
+        variables: dict[str, Any] = {}
+        for v in policy["spec"]["variables"]:
+            variables[v["name"]] = evaluate(
+                v["expression"], request=request, object=obj, variables=celpy.json_to_cel(variables)
+            )
+        cel_vars = celpy.json_to_cel({k: str(v) for k, v in variables.items()})
         return all(
-            evaluate(v["expression"], request=request, object=obj, oldObject=old)
+            bool(evaluate(v["expression"], request=request, object=obj, variables=cel_vars))
             for v in policy["spec"]["validations"]
         )
 
     stage = "system:serviceaccount:ml:qeval-stage"
-    result = {m.LABEL_RESULT: "true", m.MANAGED_BY: m.MANAGER, m.LABEL_RUN: "demo"}
-    assert admitted(stage, "CREATE", result)
-    assert admitted(stage, "UPDATE", result, old={"metadata": {"labels": result}})
-    assert not admitted(stage, "CREATE", {"app": "web"})
-    assert not admitted(stage, "CREATE", None)
-    assert not admitted(stage, "UPDATE", result, old={"metadata": {"labels": {"app": "web"}}})
-    assert admitted("system:serviceaccount:ml:default", "CREATE", {"app": "web"})
-    # What a stage really publishes passes.
-    doc = m.build_result_configmap("r", "ml", {}, {m.MANAGED_BY: m.MANAGER}, None)
-    assert admitted(stage, "CREATE", doc["metadata"]["labels"])
+    result = m.build_result_configmap(
+        "demo-eval-1a2b3c4d", "ml", {}, {m.MANAGED_BY: m.MANAGER}, None
+    )
+    job = "demo-eval-1a2b3c4d"
+    pod = f"{job}-x7k2q"  # the Job controller's name for its pod
+    assert admitted(stage, "CREATE", job, pod, result)
+    assert not admitted(stage, "CREATE", "demo-other-1a2b3c4d", pod, result)  # not its Job's
+    assert not admitted(stage, "CREATE", "demo-eval", pod, result)  # a prefix of the pod's name
+    assert not admitted(stage, "CREATE", job, None, result)  # a token bound to no pod
+    assert not admitted(stage, "UPDATE", job, pod, result)
+    assert not admitted(stage, "DELETE", job, pod, None)
+    unlabelled = result | {"metadata": {"name": job, "labels": {"app": "web"}}}
+    assert not admitted(stage, "CREATE", job, pod, unlabelled)
+    assert not admitted(stage, "CREATE", job, pod, result | {"immutable": False})
+    # Names of 63 characters: the pods are named from their first 58.
+    long = "a" * 54 + "-1a2b3c4d"
+    assert len(long) == 63
+    assert admitted(stage, "CREATE", long, long[:58] + "x7k2q", result)
+    assert not admitted(stage, "CREATE", "b" + long[1:], long[:58] + "x7k2q", result)
+    # The limit of what such a pod's name says: a name agreeing on those 58 (54 characters
+    # of owner and stage, 3 of the hash) is admitted too.
+    assert admitted(stage, "CREATE", long[:58] + "99999", long[:58] + "x7k2q", result)
+    assert not admitted(stage, "CREATE", long + "b", long[:58] + "x7k2q", result)
+    # Anyone else's writes are not the policy's business.
+    assert admitted("system:serviceaccount:ml:default", "CREATE", "x", None, {"metadata": {}})
 
 
 # --- metrics: Service, ServiceMonitor, PrometheusRule, dashboards ----------------------------

@@ -1041,14 +1041,20 @@ def test_the_charts_rbac_allows_every_call_the_operator_and_the_stages_made(stac
     }
     assert blocking == AUTHORIZATION_ONLY, f"children blocking their owners: {sorted(blocking)}"
 
-    # The stage pods: create their result ConfigMap, and replace it when a retried pod
-    # publishes again (the failing quantization's second pod).
+    # The stage pods: create their result ConfigMap, only (immutable: when a retried pod
+    # publishes again, the failing quantization's second pod, its create is AlreadyExists).
     stage_roles, stage_cluster_roles = bound_roles(objects, ids.stage_user)
     assert stage_roles and not stage_cluster_roles
     stage_calls = calls_by(stack.cluster, ids.stage_user)
     stage_used = check_identity(stage_calls, stage_roles, [], "the stage pods")
     stage_unused = granted(stage_roles) - stage_used
     assert not stage_unused, f"granted to the stage pods but never used: {sorted(stage_unused)}"
+    assert stage_used == {("create", "", "configmaps")}
+    assert any(c.code == 409 for c in stage_calls)  # the retried pod's publish: the first kept
+    # Secrets are only ever referenced (secretKeyRef, resolved by the kubelet): no account
+    # asked for one, not even refused.
+    secrets = [c for c in calls + stage_calls if c.resource.split("/")[0] == "secrets"]
+    assert not secrets, secrets
     print(f"RBAC from the audit log: operator {sorted(used)}; stage pods {sorted(stage_used)}")
 
 

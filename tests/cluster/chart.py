@@ -27,6 +27,9 @@ RBAC_TEMPLATES = (
     "stage-rolebinding.yaml",
     "storage-pvc.yaml",
 )
+# The admission policy that binds each result ConfigMap to the stage pod that may write it
+# (cluster-scoped; its binding selects the release's stage namespaces).
+POLICY_TEMPLATES = ("stage-admissionpolicy.yaml", "stage-admissionpolicybinding.yaml")
 
 
 def render(release: str, namespace: str, *sets: str, only: tuple[str, ...] = ()) -> list[Any]:
@@ -54,13 +57,19 @@ class Identities:
     stage_user: str
 
 
-def install_identities(cp: ControlPlane, namespace: str) -> Identities:
+def install_identities(
+    cp: ControlPlane, namespace: str, *, stage_policy: bool = False
+) -> Identities:
     """The chart's RBAC, ServiceAccounts and storage claim for an operator that watches
     ``namespace`` and runs there (release ``qeval-<namespace>``), with a volume for the claim;
-    returns kubeconfigs carrying the ServiceAccounts' TokenRequest tokens."""
+    returns kubeconfigs carrying the ServiceAccounts' TokenRequest tokens (bound to no pod).
+
+    ``stage_policy``: also the stage admission policy, which refuses writes with such
+    tokens: stage pods then publish only with tokens bound to their pods."""
     release = f"qeval-{namespace}"
     sets = (f"watchNamespaces={{{namespace}}}", "storage.create=true")
-    objects = render(release, namespace, *sets, only=RBAC_TEMPLATES)
+    templates = RBAC_TEMPLATES + (POLICY_TEMPLATES if stage_policy else ())
+    objects = render(release, namespace, *sets, only=templates)
     cp.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump_all(objects))
     for claim in (o for o in objects if o["kind"] == "PersistentVolumeClaim"):
         cp.provide_volume(namespace, claim["metadata"]["name"])
