@@ -200,7 +200,8 @@ class _TlsServer(ThreadingHTTPServer):
         super().__init__(address, handler)
 
     def finish_request(self, request: Any, client_address: Any) -> None:
-        self.owner.connections += 1
+        with self.owner.lock:
+            self.owner.connections += 1
         try:  # the handshake in the request's thread, not the accepting one
             tls = self.context.wrap_socket(request, server_side=True)
         except (OSError, ssl.SSLError):
@@ -257,7 +258,7 @@ class _Handler(BaseHTTPRequestHandler):
         owner = self.owner
         what, resource = self._classify()
         owner.count(what)
-        length = int(self.headers.get("Content-Length") or 0)
+        length = int(self.headers.get("Content-Length") or 0)  # (no client sends chunked)
         body = self.rfile.read(length) if length else None
         if what == "list":
             with owner.lock:

@@ -48,7 +48,7 @@ class RetryPolicy:
     attempts, the n-th after a random wait in [0, min(cap, base * 2**n)] seconds (full
     jitter), or after the server's Retry-After (at most ``cap``) if that is longer."""
 
-    retries: int = 5
+    retries: int = 8
     base: float = 0.5
     cap: float = 30.0
 

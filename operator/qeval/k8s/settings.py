@@ -39,11 +39,12 @@ class OperatorSettings(BaseSettings):
     )
     api_timeout_seconds: float = Field(default=30.0, gt=0, description="Per API request.")
     api_retries: int = Field(
-        default=5,
+        default=8,
         ge=0,
         description="Retries of an API request that failed transiently (429, 500, 502, 503, "
         "504, a reset connection, a timeout) before the failure counts; other answers (400, "
-        "403, 404, 409, 422) are not retried.",
+        "403, 404, 409, 422) are not retried. 8 with the default backoff wait up to 91 s in "
+        "all (kopf's own default: 54 s), so a restarting API server is waited out.",
     )
     api_retry_backoff_seconds: float = Field(
         default=0.5,
