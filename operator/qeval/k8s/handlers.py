@@ -2,7 +2,12 @@
 
 * One startup handler holds every setting (``OperatorSettings``, from the environment).
 * Indexes keep the children the operator watches (stage Jobs, model servers' Deployments,
-  result ConfigMaps) and the QuantizedModels in memory, rebuilt from the API on every start.
+  result ConfigMaps) and the QuantizedModels in memory, rebuilt from the API on every start,
+  as slim projections: what the decisions read, not the objects (``slim``).
+* The children are selected by the API server (``settings.watching.label_selectors``): the
+  operator lists and watches only its own Jobs, Deployments and result ConfigMaps, in
+  chunks of ``LIST_CHUNK``, never every ConfigMap of a namespace (a handler's ``labels=``
+  filter is applied by kopf after the whole stream has arrived).
 * Event handlers reconcile a resource when it or one of its children changes; the
   controller's resync loop covers the rest. Event handlers keep no progress annotations
   and need no finalizers.
@@ -30,6 +35,29 @@ from qeval.stages.envelope import StageResult, StageStatus
 CHILDREN = {m.MANAGED_BY: m.MANAGER}
 RESULTS = {m.MANAGED_BY: m.MANAGER, m.LABEL_RESULT: "true"}
 REUSABLE = {**RESULTS, LABEL_REUSE_KEY: kopf.PRESENT}
+# The children each watch asks the API server for (kopf's handler filters stay, as a check).
+SELECTORS: dict[tuple[str, str] | tuple[str, str, str], dict[str, str]] = {
+    ("batch", "v1", "jobs"): CHILDREN,
+    ("apps", "v1", "deployments"): CHILDREN,
+    ("v1", "configmaps"): RESULTS,
+}
+LIST_CHUNK = 500  # objects per page of the initial lists (one page in memory at a time)
+# The stage kinds whose result the decisions read (a quantized model's size and scheme, the
+# run's status from the aggregate); an evaluation's scores are read by the aggregate stage
+# from the claim, never by the operator.
+RESULT_READ = frozenset({"quantize", "aggregate"})
+
+
+def selector(labels: dict[str, str]) -> str:
+    """A label selector, as the API server takes it: ``a=b,c=d``."""
+    return ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
+
+
+def slim(doc: StageResult) -> StageResult:
+    """What reconcile reads of a result document: its status, reason, message and times,
+    and the result itself only where a decision reads it (``RESULT_READ``)."""
+    keep = doc.kind in RESULT_READ
+    return doc.model_copy(update={"versions": {}, "result": doc.result if keep else None})
 
 
 # --- startup, login, probe ------------------------------------------------------------
@@ -48,6 +76,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.networking.request_timeout = config.api_timeout_seconds
     settings.watching.server_timeout = config.watch_timeout_seconds
     settings.watching.client_timeout = config.watch_timeout_seconds + 10
+    settings.watching.chunk_size = LIST_CHUNK
+    for resource, labels in SELECTORS.items():
+        settings.watching.label_selectors[resource] = selector(labels)
     # kopf's own requests and watches retry as Kube's do: the same number of retries and
     # backoff bounds (kopf's list has no jitter), Retry-After honoured, and a broken or
     # ended watch stream reconnects after the first backoff.
@@ -103,7 +134,7 @@ def index_servers(body: kopf.Body, labels: kopf.Labels, **_: Any) -> dict[str, S
 def index_results(body: kopf.Body, labels: kopf.Labels, **_: Any) -> dict[str, StageResult] | None:
     uid = labels.get(m.LABEL_OWNER_UID)
     doc = result_document(body) if uid else None
-    return {uid: doc} if uid and doc else None
+    return {uid: slim(doc)} if uid and doc else None
 
 
 def index_result_paths(
