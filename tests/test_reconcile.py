@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from qeval.api.documents import load_documents
@@ -25,9 +26,9 @@ from qeval.k8s.reconcile import (
     decide_quantized_model,
     invalid_spec,
 )
-from qeval.k8s.reuse import LABEL_REUSE_KEY, Reused, model_identity, reuse_keys
+from qeval.k8s.reuse import LABEL_REUSE_KEY, Reused, model_identity, reuse_keys, vouched
 from qeval.k8s.settings import OperatorSettings
-from qeval.plan import build_plan
+from qeval.plan import Stage, build_plan
 from qeval.stages.envelope import StageResult, StageStatus
 from tests.conftest import EXAMPLES
 
@@ -358,12 +359,59 @@ def test_a_pod_killed_for_memory_fails_its_stage_as_oomkilled() -> None:
     assert conditions(d)["Ready"] == ("False", "PodFailurePolicy")
 
 
+RUN_OWNER = m.Owner("EvalRun", "demo", "default", "run-uid")
+
+
+def result_configmap(stage: str, text: str, owner: m.Owner = RUN_OWNER) -> dict[str, Any]:
+    """A result ConfigMap as the stage ``stage`` of ``owner`` publishes it."""
+    return m.build_result_configmap(
+        m.child_name(owner.name, stage),
+        owner.namespace,
+        {},
+        m.labels(owner, Stage(stage, "evaluate", {})),
+        owner.reference(block_owner_deletion=False),
+    ) | {"data": {m.RESULT_KEY: text}}
+
+
 def test_an_unreadable_result_configmap_is_a_failed_stage() -> None:
-    cm = {"metadata": {"name": "x", "labels": {m.LABEL_STAGE: "s"}}, "data": {m.RESULT_KEY: "{"}}
+    cm = result_configmap("s", "{")
+    cm["metadata"]["annotations"] = {m.ANNOTATION_STAGE: "s"}
     doc = result_document(cm)
     assert doc is not None and doc.status == StageStatus.FAILED
     assert doc.reason == "UnreadableResult"
     assert result_document({"metadata": {}, "data": {}}) is None
+
+
+def test_a_result_passed_off_as_another_stages_or_runs_is_no_result() -> None:
+    """A stage pod may write only the ConfigMap named after its Job, but chooses its labels,
+    owner and document: any that do not match the name are not taken."""
+    text = json.dumps(ok("evaluate-fp8", "evaluate").dump())
+    assert result_document(result_configmap("evaluate-fp8", text)) is not None
+    # Its own ConfigMap, its document naming another stage of the run.
+    forged = result_configmap("evaluate-fp8", json.dumps(ok("evaluate-fp32", "evaluate").dump()))
+    assert result_document(forged) is None
+    # Its own ConfigMap, labelled and owned as another run's.
+    other = m.Owner("EvalRun", "victim", "default", "victim-uid")
+    forged = result_configmap("evaluate-fp8", text)
+    forged["metadata"]["labels"][m.LABEL_OWNER_UID] = other.uid
+    assert result_document(forged) is None
+    forged["metadata"]["ownerReferences"] = [other.reference(block_owner_deletion=False)]
+    assert result_document(forged) is None  # named after its own run, not the victim's
+
+
+def test_only_results_whose_job_carries_the_reuse_key_are_reused() -> None:
+    """A reuse key on a result is its writer's choice; the one on its Job is the operator's."""
+    honest = Reused(ok("evaluate-fp8", "evaluate"), "/a", "run-a")
+    forged = Reused(ok("evaluate-fp8", "evaluate"), "/b", "run-b")
+    jobs = {"run-a": {"evaluate-fp8": "key-1"}, "run-b": {"evaluate-fp8": "key-2"}}
+
+    def lookup(run: str) -> dict[str, str | None]:
+        return dict(jobs.get(run, {}))
+
+    assert vouched("key-1", [forged, honest], lookup) is honest
+    assert vouched("key-1", [forged], lookup) is None
+    assert vouched("key-2", [forged], lookup) is forged
+    assert vouched("key-1", [Reused(honest.doc, "/a")], lookup) is None  # no owner known
 
 
 # --- reusing another run's evaluations ------------------------------------------------------

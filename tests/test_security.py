@@ -49,7 +49,7 @@ TRIED = (
     ("demo", "aggregate"),  # publishes, then tries to change or delete it
     ("demo", "demo-model"),  # tries results that are not qeval's
     ("demo-b", "evaluate-fp32"),  # the same stage of another run
-    (LONG_RUN, "evaluate-fp32"),  # names of 63 characters: pods named from 58 of them
+    (LONG_RUN, "evaluate-fp32"),  # names of 57 characters, the longest
     (LONG_RUN, "evaluate-fp8"),
 )
 POLICY_DENIED = "denied request"  # how the API server words a ValidatingAdmissionPolicy's no
@@ -276,22 +276,20 @@ def test_a_stage_pod_cannot_write_a_configmap_named_by_a_prefix_of_its_name(worl
     assert cp.get("v1/configmaps", NS, shorter) is None
 
 
-def test_names_of_63_characters_bind_through_their_pods_58_character_prefix(
-    world: World,
-) -> None:
+def test_the_longest_names_bind_whole_through_their_pods_names(world: World) -> None:
+    """Child names end at 57 characters, so the Job controller's pod name (the Job's name
+    cut to 58, then 5 random characters) holds the whole name and its 8-character hash."""
     cp = world.cp
     own, neighbour = (
         world.stages[(LONG_RUN, "evaluate-fp32")],
         world.stages[(LONG_RUN, "evaluate-fp8")],
     )
-    assert len(own.name) == len(neighbour.name) == 63
+    assert len(own.name) == len(neighbour.name) == m.CHILD_NAME_LIMIT
     pod = own.pod["metadata"]["name"]
-    # The Job controller's pod name: the Job's name cut to 58 characters, 5 random ones.
-    assert len(pod) == 63 and pod[:58] == own.name[:58] and not pod.startswith(own.name)
-    assert own.name[:58] != neighbour.name[:58]  # the operator's hash differs in those
+    assert pod.startswith(own.name + "-") and len(pod) == m.CHILD_NAME_LIMIT + 6
     assert as_bearer(cp, own.token, "POST", configmaps(NS), own.result())[0] == 201
     refused(as_bearer(cp, own.token, "POST", configmaps(NS), neighbour.result()), NOT_ITS_OWN)
-    # A longer name with the same 58 characters: no Job has one (names end at 63).
+    # A longer name with the same prefix: no Job has one.
     longer = own.result(metadata={**own.result()["metadata"], "name": own.name + "x"})
     refused(as_bearer(cp, own.token, "POST", configmaps(NS), longer), NOT_ITS_OWN)
 
@@ -367,11 +365,6 @@ def test_tokens_bound_to_no_pod_write_nothing(world: World) -> None:
     assert cp.get("v1/configmaps", NS, own.name) is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the operator trusts a result ConfigMap's labels (owner uid, stage, reuse key), "
-    "which its writer chooses: it must trust only those matching the namesake Job's",
-)
 def test_a_stage_pod_cannot_forge_another_runs_result_through_its_own_configmaps_labels(
     world: World,
 ) -> None:

@@ -42,7 +42,7 @@ from qeval.k8s.reconcile import (
     decide_quantized_model,
     invalid_spec,
 )
-from qeval.k8s.reuse import Reused
+from qeval.k8s.reuse import Reused, vouched
 from qeval.k8s.settings import OperatorSettings
 from qeval.plan import Layout, Stage
 from qeval.recipes import scheme_label
@@ -227,8 +227,11 @@ class Controller:
                 ):
                     problems[problem.stage] = problem
 
+        def job_keys(run: str) -> dict[str, str | None]:
+            return {j.stage: j.reuse_key for j in idx.jobs.get(run, [])}
+
         def reuse(key: str) -> Reused | None:
-            return next(iter(idx.reusable.get((owner.namespace, key), [])), None)
+            return vouched(key, idx.reusable.get((owner.namespace, key), []), job_keys)
 
         return Observed(
             jobs=by_stage,

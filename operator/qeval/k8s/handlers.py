@@ -176,7 +176,8 @@ def index_reusable(
     if doc is None or doc.status != StageStatus.SUCCEEDED:
         return None
     layout = m.cluster_layout(memo.controller.config, namespace, str(run))
-    return {(namespace, str(key)): Reused(doc, str(layout.result_path(doc.stage)))}
+    path = str(layout.result_path(doc.stage))
+    return {(namespace, str(key)): Reused(doc, path, labels.get(m.LABEL_OWNER_UID))}
 
 
 # --- events: reconcile what changed ------------------------------------------------------

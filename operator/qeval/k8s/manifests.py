@@ -46,7 +46,10 @@ GPU = "nvidia.com/gpu"
 
 RESULT_KEY = "result.json"  # the ConfigMap data key holding the StageResult document
 INPUT_ENV = "QEVAL_STAGE_INPUT"
-NAME_LIMIT = 63  # a Job's name becomes its pods' job-name label value; a label value's limit
+NAME_LIMIT = 63  # a label value's limit (a Job's name becomes its pods' job-name label)
+# A child's name: a Job's pods are named <job>-<5 characters> with the Job's name cut to 58
+# characters, so at 57 the stage account's admission policy binds a pod to its whole name.
+CHILD_NAME_LIMIT = 57
 LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?")
 DIGEST_LENGTH = 8
 
@@ -119,12 +122,12 @@ def _jsonable(value: Any) -> Any:
 
 
 def child_name(owner: str, stage: str) -> str:
-    """A deterministic, valid name of at most 63 characters for ``owner``'s ``stage``.
+    """A deterministic, valid name of at most 57 characters for ``owner``'s ``stage``.
 
     Readable prefix, then a hash of the full pair so truncation never makes two equal.
     """
     suffix = digest([owner, stage], DIGEST_LENGTH)
-    budget = NAME_LIMIT - len(suffix) - 1
+    budget = CHILD_NAME_LIMIT - len(suffix) - 1
     base = re.sub(r"[^a-z0-9-]", "-", f"{owner}-{stage}".lower())[:budget].strip("-")
     return f"{base}-{suffix}" if base else suffix
 

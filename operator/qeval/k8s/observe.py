@@ -22,10 +22,13 @@ from pydantic import ValidationError
 from qeval.k8s.manifests import (
     ANNOTATION_INPUT_DIGEST,
     ANNOTATION_SPEC_DIGEST,
+    LABEL_OWNER_UID,
     LABEL_STAGE_KIND,
     RESULT_KEY,
+    child_name,
     stage_name,
 )
+from qeval.k8s.reuse import LABEL_REUSE_KEY
 from qeval.stages.envelope import StageResult, failed
 
 JobPhase = Literal["Pending", "Running", "Succeeded", "Failed"]
@@ -59,6 +62,7 @@ class JobState:
     created: str | None = None
     input_digest: str | None = None
     spec_digest: str | None = None  # of the owner's immutable fields when it was created
+    reuse_key: str | None = None  # the key its result may be reused under (the operator's)
     starting: bool = False  # it has a pod, none ready yet (pulling an image, or unscheduled)
 
     @property
@@ -98,6 +102,7 @@ def job_state(job: Mapping[str, Any]) -> JobState:
         "created": meta.get("creationTimestamp"),
         "input_digest": annotations.get(ANNOTATION_INPUT_DIGEST),
         "spec_digest": annotations.get(ANNOTATION_SPEC_DIGEST),
+        "reuse_key": (meta.get("labels") or {}).get(LABEL_REUSE_KEY),
     }
     if failed := _true(conditions, "Failed", "FailureTarget"):
         return JobState(
@@ -276,17 +281,33 @@ def api_problem(stage: str, child: str, error: Exception) -> PodProblem:
 
 
 def result_document(configmap: Mapping[str, Any]) -> StageResult | None:
-    """The stage result document a ConfigMap holds (a Failed one if it is unreadable)."""
+    """The stage result document a ConfigMap holds (a Failed one if it is unreadable), if
+    the ConfigMap is ``genuine``."""
     text = (configmap.get("data") or {}).get(RESULT_KEY)
     if text is None:
         return None
     try:
-        return StageResult.model_validate(json.loads(text))
+        doc = StageResult.model_validate(json.loads(text))
     except (ValueError, ValidationError) as e:
         meta = configmap.get("metadata", {})
-        return failed(
+        doc = failed(
             stage_name(meta),
             (meta.get("labels") or {}).get(LABEL_STAGE_KIND, ""),
             "UnreadableResult",
             f"ConfigMap {meta.get('name')}: {e}",
         )
+    return doc if genuine(configmap, doc.stage) else None
+
+
+def genuine(configmap: Mapping[str, Any], stage: str) -> bool:
+    """Whether a result ConfigMap is the one its owner's ``stage`` publishes: named after
+    that owner and stage, and owned by the resource its owner-uid label names. The stage
+    account's admission policy lets a pod write only the ConfigMap named after its own Job
+    (``child_name``), but what that ConfigMap's labels, owner and document say is the
+    writer's choice: a pod must not pass its result off as another stage's or run's."""
+    meta = configmap.get("metadata") or {}
+    owners = [o for o in meta.get("ownerReferences") or [] if o.get("controller")]
+    uid = (meta.get("labels") or {}).get(LABEL_OWNER_UID)
+    if len(owners) != 1 or not uid or owners[0].get("uid") != uid:
+        return False
+    return bool(meta.get("name") == child_name(str(owners[0].get("name", "")), stage))

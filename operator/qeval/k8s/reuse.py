@@ -13,7 +13,7 @@ creating a Job.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -37,6 +37,20 @@ class Reused:
 
     doc: StageResult
     path: str  # its result document on the claim (the aggregate reads it there)
+    owner: str | None = None  # the uid of the run that did it
+
+
+def vouched(
+    key: str, hits: Iterable[Reused], jobs: Callable[[str], Mapping[str, str | None]]
+) -> Reused | None:
+    """The first of ``hits`` (results labelled with reuse key ``key``) that the operator
+    vouches for: one whose stage's Job, which only the operator writes, carries that key
+    (``jobs(owner)``: the reuse key of each stage Job of that run). A result's own labels
+    are its writer's choice: a pod must not offer its result under another evaluation's key."""
+    for hit in hits:
+        if hit.owner is not None and jobs(hit.owner).get(hit.doc.stage) == key:
+            return hit
+    return None
 
 
 Lookup = Callable[[str], "Reused | None"]
