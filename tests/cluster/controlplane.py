@@ -53,6 +53,7 @@ SERVICE_RANGE = "10.96.0.0/24"  # allocated, never routed: there is no kube-prox
 ISSUER = "https://kubernetes.default.svc.cluster.local"
 CONTROLLERS = (
     "job-controller",
+    "resourcequota-controller",
     "deployment-controller",
     "replicaset-controller",
     "garbage-collector-controller",
