@@ -222,7 +222,7 @@ def test_a_vllm_server_study_runs_through_the_same_path(cluster: Cluster) -> Non
         "serve-fp32",
         "serve-w4a16",
     }
-    assert all('"status": "Succeeded"' in r["data"]["result.json"] for r in records)
+    assert all(json.loads(r["data"]["result.json"])["status"] == "Succeeded" for r in records)
     assert not cluster.cp.list("apps/v1/deployments", ML)
     assert not cluster.cp.list("v1/services", ML)
 
