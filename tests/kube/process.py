@@ -36,8 +36,8 @@ class OperatorProcess:
     """One ``qeval operator`` process at a time; ``start`` waits until it answers its liveness
     probe (kopf serves it once the operator runs)."""
 
-    def __init__(self, env: Mapping[str, str], log: Path, module: str | None = None):
-        self.env, self.log, self.module = dict(env), log, module
+    def __init__(self, env: Mapping[str, str], log: Path, module: str | None = None, *args: str):
+        self.env, self.log, self.module, self.args = dict(env), log, module, args
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self.liveness, self.metrics_port = "", 0
@@ -61,7 +61,11 @@ class OperatorProcess:
             "QEVAL_LIVENESS_ENDPOINT": liveness,
             **(extra or {}),
         }
-        argv = [sys.executable, "-m", self.module] if self.module else [str(QEVAL), "operator"]
+        argv = (
+            [sys.executable, "-m", self.module, *self.args]
+            if self.module
+            else [str(QEVAL), "operator"]
+        )
         self.starts += 1
         with self.log.open("ab") as out:
             out.write(f"--- start {self.starts}: {' '.join(argv)}\n".encode())
