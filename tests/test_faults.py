@@ -31,7 +31,7 @@ from qeval.k8s import manifests as m
 from tests.cluster.chart import Identities, install_identities
 from tests.cluster.controlplane import ControlPlane
 from tests.cluster.faults import faulty_kubeconfig, faulty_path
-from tests.kube.play import aggregate_result, evaluate_result, free_port
+from tests.kube.play import aggregate_result, evaluate_result, free_port, wait_for
 from tests.kube.running import Operator
 from tests.test_operator import Kube
 
@@ -47,14 +47,7 @@ TIMESTAMPS = {"startedAt", "completedAt", "lastTransitionTime"}
 
 def poll(check: Callable[[], T | None], what: str, timeout: float = 120.0) -> T:
     """``wait_for`` with a slower poll, for many lifecycles polling the API at once."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.25)  # the poll interval, not the oracle
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+    return wait_for(check, what, timeout, interval=0.25)
 
 
 def study(name: str, revision: str) -> dict[str, Any]:

@@ -595,30 +595,32 @@ def test_kubectl_apply_get_explain_and_wait_with_the_operator_running(
     assert "few-shot" in explained.lower()
 
 
-def test_a_second_run_takes_the_evaluations_a_first_run_did(kube: Kube, operator: Operator) -> None:
-    def study(name: str) -> dict[str, Any]:
-        return {
-            "apiVersion": "qeval.dev/v1alpha1",
-            "kind": "EvalRun",
-            "metadata": {"name": name},
-            "spec": {
-                "baseline": {"name": "bf16", "model": {"uri": "demo://tiny-llama"}},
-                "candidates": [
-                    {
-                        "name": "w4a16",
-                        "model": {"uri": "RedHatAI/tiny-w4a16", "revision": "4f2a9c1"},
-                        "scheme": "W4A16",
-                    }
-                ],
-                "tasks": [{"name": "qeval_demo_facts"}],
-            },
-        }
+def study(name: str) -> dict[str, Any]:
+    """The demo model against a hub model at a revision: both nameable, so reusable."""
+    return {
+        "apiVersion": "qeval.dev/v1alpha1",
+        "kind": "EvalRun",
+        "metadata": {"name": name},
+        "spec": {
+            "baseline": {"name": "fp32", "model": {"uri": "demo://tiny-llama"}},
+            "candidates": [
+                {
+                    "name": "w4a16",
+                    "model": {"uri": "RedHatAI/tiny-w4a16", "revision": "4f2a9c1"},
+                    "scheme": "W4A16",
+                }
+            ],
+            "tasks": [{"name": "qeval_demo_facts"}],
+        },
+    }
 
+
+def test_a_second_run_takes_the_evaluations_a_first_run_did(kube: Kube, operator: Operator) -> None:
     kube.create("evalruns", study("first"))
-    scores = {"bf16": 0.976, "w4a16": 0.970}
+    scores = {"fp32": 0.976, "w4a16": 0.970}
     evaluations = {}
     first = {m.LABEL_RUN: "first"}
-    for stage in ("demo-model", "evaluate-bf16", "evaluate-w4a16"):
+    for stage in ("demo-model", "evaluate-fp32", "evaluate-w4a16"):
         job = wait_for(lambda s=stage: kube.jobs(**first).get(s), stage)
         result = evaluate_result(job, scores) if stage != "demo-model" else {}
         evaluations[stage.removeprefix("evaluate-")] = result
@@ -632,9 +634,9 @@ def test_a_second_run_takes_the_evaluations_a_first_run_did(kube: Kube, operator
     second = {m.LABEL_RUN: "second"}
     job = wait_for(lambda: kube.jobs(**second).get("aggregate"), "aggregate")
     assert set(kube.jobs(**second)) == {"aggregate"}
-    source = f"/runs/{kube.ns}/first/stages/evaluate-bf16/result.json"
+    source = f"/runs/{kube.ns}/first/stages/evaluate-fp32/result.json"
     assert stage_input(job)["baseline"]["evaluate"].endswith(source)
-    cached = ["bf16/qeval_demo_facts", "w4a16/qeval_demo_facts"]
+    cached = ["fp32/qeval_demo_facts", "w4a16/qeval_demo_facts"]
     wait_for(lambda: kube.status("evalruns", "second").get("cached") == cached, "cached listed")
 
 
@@ -885,25 +887,6 @@ def test_deleting_a_quantized_model_leaves_the_finished_run_as_it_was(
         assert not kube.cluster.list("batch/v1/jobs", kube.ns, {m.LABEL_RUN: "demo"})
     finally:
         second.stop_now()
-
-
-def study(name: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "qeval.dev/v1alpha1",
-        "kind": "EvalRun",
-        "metadata": {"name": name},
-        "spec": {
-            "baseline": {"name": "fp32", "model": {"uri": "demo://tiny-llama"}},
-            "candidates": [
-                {
-                    "name": "w4a16",
-                    "model": {"uri": "RedHatAI/tiny-w4a16", "revision": "4f2a9c1"},
-                    "scheme": "W4A16",
-                }
-            ],
-            "tasks": [{"name": "qeval_demo_facts"}],
-        },
-    }
 
 
 def test_a_run_keeps_what_it_reused_when_the_run_it_came_from_is_deleted(

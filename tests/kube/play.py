@@ -34,15 +34,18 @@ NOW = "2026-11-23T10:05:00Z"
 MERGE_PATCH = "application/merge-patch+json"
 
 
-def wait_for(check: Callable[[], T | None], what: str, timeout: float = 20.0) -> T:
-    """Poll ``check`` until it returns something truthy; fail naming ``what`` at the deadline."""
+def wait_for(
+    check: Callable[[], T | None], what: str, timeout: float = 20.0, interval: float = 0.05
+) -> T:
+    """Poll ``check`` every ``interval`` seconds until it returns something truthy; fail
+    naming ``what`` at the deadline."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
         last = check()
         if last:
             return last
-        time.sleep(0.05)  # the poll interval, not the oracle
+        time.sleep(interval)  # the poll interval, not the oracle
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
