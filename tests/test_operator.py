@@ -615,19 +615,24 @@ def study(name: str) -> dict[str, Any]:
     }
 
 
-def test_a_second_run_takes_the_evaluations_a_first_run_did(kube: Kube, operator: Operator) -> None:
+def finish_first_run(kube: Kube) -> dict[str, dict[str, Any]]:
+    """Create ``study("first")`` and play its stages to Succeeded; its evaluations."""
     kube.create("evalruns", study("first"))
-    scores = {"fp32": 0.976, "w4a16": 0.970}
     evaluations = {}
     first = {m.LABEL_RUN: "first"}
     for stage in ("demo-model", "evaluate-fp32", "evaluate-w4a16"):
         job = wait_for(lambda s=stage: kube.jobs(**first).get(s), stage)
-        result = evaluate_result(job, scores) if stage != "demo-model" else {}
+        result = evaluate_result(job, SCORES) if stage != "demo-model" else {}
         evaluations[stage.removeprefix("evaluate-")] = result
         kube.complete(stage, result, run="first")
     job = wait_for(lambda: kube.jobs(**first).get("aggregate"), "aggregate")
     kube.complete("aggregate", aggregate_result(job, evaluations), run="first")
     wait_for(lambda: kube.phase_is("evalruns", "first", "Succeeded"), "first done")
+    return evaluations
+
+
+def test_a_second_run_takes_the_evaluations_a_first_run_did(kube: Kube, operator: Operator) -> None:
+    finish_first_run(kube)
 
     # The same study again: its evaluations are taken from the first run, not run again.
     kube.create("evalruns", study("second"))
@@ -894,17 +899,8 @@ def test_a_run_keeps_what_it_reused_when_the_run_it_came_from_is_deleted(
 ) -> None:
     """It used to go from Succeeded 3/3 to Failed 1/3: the reused results went with the
     other run (owner references). The run now keeps its own copy of each."""
-    kube.create("evalruns", study("first"))
-    evaluations = {}
     first = {m.LABEL_RUN: "first"}
-    for stage in ("demo-model", "evaluate-fp32", "evaluate-w4a16"):
-        job = wait_for(lambda s=stage: kube.jobs(**first).get(s), stage)
-        result = evaluate_result(job, SCORES) if stage != "demo-model" else {}
-        evaluations[stage.removeprefix("evaluate-")] = result
-        kube.complete(stage, result, run="first")
-    job = wait_for(lambda: kube.jobs(**first).get("aggregate"), "aggregate")
-    kube.complete("aggregate", aggregate_result(job, evaluations), run="first")
-    wait_for(lambda: kube.phase_is("evalruns", "first", "Succeeded"), "first done")
+    evaluations = finish_first_run(kube)
 
     kube.create("evalruns", study("second"))
     second = {m.LABEL_RUN: "second"}
