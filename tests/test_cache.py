@@ -305,3 +305,20 @@ def test_the_plan_passes_the_cache_and_the_switch_to_the_stages():
         assert all(i["cacheDir"] == "/c" and i["reuseCached"] is cache for i in heavy)
     no_cache = build_plan(run, models, Layout(PurePosixPath("/r"), PurePosixPath("/m")))
     assert not any("cacheDir" in s.input for s in no_cache)  # the operator's layout: none
+
+
+def test_a_changed_limit_model_arg_or_task_folder_recomputes(tmp_path):
+    """Each changes what lm-eval computes: none may be answered from the cache."""
+    model = _model(tmp_path / "model")
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "t.yaml").write_text("task: t\n")
+    first = evaluate_input(tmp_path, model, "r1", task_paths=[str(tasks)])
+    compute(first, {"ta": 0.5, "tb": 0.5})
+    assert evaluate.reuse(evaluate_input(tmp_path, model, "r2", task_paths=[str(tasks)]))
+    limited = first.model_copy(update={"tasks": [Task(name="ta", limit=2), Task(name="tb")]})
+    assert evaluate.lookup(limited, model).hits.keys() == {"tb"}
+    dtype = first.model_copy(update={"model_args": {"dtype": "float32"}})
+    assert evaluate.reuse(dtype) is None
+    (tasks / "t.yaml").write_text("task: t\nnum_fewshot: 5\n")  # the task defined anew
+    assert evaluate.reuse(evaluate_input(tmp_path, model, "r2", task_paths=[str(tasks)])) is None

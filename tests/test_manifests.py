@@ -44,7 +44,7 @@ def quantize_job(settings: OperatorSettings | None = None) -> dict:
 )
 def test_child_names_are_valid_labels_and_deterministic(owner: str, stage: str) -> None:
     name = m.child_name(owner, stage)
-    assert len(name) <= m.NAME_LIMIT
+    assert len(name) <= 57  # a Job's pods are <job>-<5>, cut to 58: the whole name binds
     assert DNS_LABEL.match(name), name
     assert name == m.child_name(owner, stage)
 
@@ -457,3 +457,44 @@ def test_label_values_from_long_names_are_bounded_and_the_stage_is_read_back() -
     assert m.label_value("a" * 70) != m.label_value("a" * 71)
     assert m.label_value("short-name") == "short-name"
     kubernetes_validate.validate(job, "1.35.0", strict=True)
+
+
+def test_an_evaluate_job_runs_where_and_with_what_the_spec_schedules() -> None:
+    """The backend vllm evaluates in the pod: its Job gets the spec's GPUs, node selector,
+    tolerations, affinity and priority class, as a quantize Job does."""
+    from qeval.api.evalrun import EvalRun
+    from qeval.plan import build_plan
+
+    docs = load_documents(EXAMPLES / "llama-3.1-8b")
+    run = next(d for d in docs if isinstance(d, EvalRun) and d.spec.backend == "vllm")
+    affinity = {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}
+                ]
+            }
+        }
+    }
+    scheduling = run.spec.scheduling.model_copy(
+        update={
+            "gpus": 2,
+            "node_selector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+            "affinity": affinity,
+            "priority_class_name": "batch-high",
+        }
+    )
+    run = run.model_copy(update={"spec": run.spec.model_copy(update={"scheduling": scheduling})})
+    models = {d.name: d for d in docs if isinstance(d, QuantizedModel)}
+    settings = OperatorSettings()
+    layout = m.cluster_layout(settings, "team-a", run.name)
+    stage = next(s for s in build_plan(run, models, layout) if s.name == "evaluate-bf16")
+    pod = m.build_job(stage, RUN_OWNER, layout, settings)["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["resources"]["requests"]["nvidia.com/gpu"] == "2"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    assert pod["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ]
+    assert pod["affinity"] == affinity and pod["priorityClassName"] == "batch-high"

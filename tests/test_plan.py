@@ -168,3 +168,10 @@ def test_the_demo_model_is_built_on_the_runs_nodes_without_its_gpus():
 def test_the_hf_backend_plans_no_server():
     run, models = demo_objects()
     assert not any(s.serves for s in build_plan(run, models, LAYOUT))
+
+
+def test_the_aggregate_gets_the_spec_recovery_threshold():
+    run, models = demo_objects()
+    spec = run.spec.model_copy(update={"recovery_threshold": 0.8})
+    stages = build_plan(run.model_copy(update={"spec": spec}), models, LAYOUT)
+    assert stages[-1].kind == "aggregate" and stages[-1].input["recoveryThreshold"] == 0.8

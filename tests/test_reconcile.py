@@ -782,3 +782,52 @@ def test_no_server_starts_for_evaluations_taken_from_another_run() -> None:
     d = decide_evalrun(run, {}, Observed(reuse=hits.get), layout(run.name), T1, 1, None)
     assert [s.name for s in d.create] == ["aggregate"]
     assert d.status["progress"] == "2/3"
+
+
+# --- condition times, a Job that succeeded without a result -------------------------------
+
+
+def test_a_condition_keeps_its_transition_time_until_its_status_changes() -> None:
+    _, models = demo()
+    qm = models["tiny-llama-w4a16"]
+    stage = "quantize-tiny-llama-w4a16"
+    job = {stage: running(stage)}
+
+    def times(d: Decision) -> dict[str, str]:
+        return {c["type"]: c["lastTransitionTime"] for c in d.status["conditions"]}
+
+    first = decide_quantized_model(qm, Observed(jobs=job), layout(qm.name), T0, 1)
+    assert set(times(first).values()) == {T0}
+    old = QuantizedModelStatus.model_validate(first.status)
+    later = decide_quantized_model(qm, Observed(jobs=job), layout(qm.name), T1, 1, old)
+    assert times(later) == times(first)  # nothing changed at T1: still T0
+    doc = ok(stage, "quantize", QUANTIZED)
+    ready = decide_quantized_model(qm, Observed(results={stage: doc}), layout(qm.name), T1, 1, old)
+    assert times(ready)["Ready"] == T1 and times(ready)["Accepted"] == T0
+
+
+def test_a_job_that_succeeded_without_publishing_a_result_fails_its_stage() -> None:
+    stage = "quantize-tiny-llama-w4a16"
+    d = qm_decision(Observed(jobs={stage: running(stage, "Succeeded")}))
+    assert d.done and d.create == ()
+    assert d.status["phase"] == "Failed"
+    assert conditions(d)["Ready"] == ("False", "NoResult")
+
+
+def test_reuse_keys_follow_the_tasks_the_recipe_and_the_calibration() -> None:
+    run, models = demo()
+    keys = reuse_keys(build_plan(run, models, layout(run.name)), "")
+
+    def changed(run: EvalRun, models: dict[str, QuantizedModel]) -> set[str]:
+        again = reuse_keys(build_plan(run, models, layout(run.name)), "")
+        return {name for name in keys if again[name] != keys[name]}
+
+    fewer = run.spec.model_copy(update={"tasks": run.spec.tasks[:1]})
+    assert changed(run.model_copy(update={"spec": fewer}), models) == set(keys)
+    w4 = models["tiny-llama-w4a16"]
+    for update in (
+        {"group_size": 64},
+        {"calibration": w4.spec.calibration.model_copy(update={"num_samples": 128})},
+    ):
+        other = w4.model_copy(update={"spec": w4.spec.model_copy(update=update)})
+        assert changed(run, {**models, w4.name: other}) == {"evaluate-w4a16"}, update

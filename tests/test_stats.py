@@ -221,3 +221,106 @@ def test_items_that_do_not_average_to_the_score_are_not_paired():
     cand = ModelOutcome("c", None, (score("c", "t1", 0.5, 0.05),), items=_items(b))
     (r,) = summarize(base, [cand]).recovery
     assert r.test is None and r.stderr == pytest.approx(math.sqrt(2) * 0.05 / 0.5)
+
+
+# --- the metric's direction, the spec's threshold, the verdict's boundaries -----------------
+
+
+def test_paired_recovery_of_a_lower_is_better_metric_divides_by_the_candidate():
+    # Per-item values of a lower-is-better metric (a perplexity); the candidate is one
+    # worse on every item: means 2.5 and 3.5, recovery 2.5 / 3.5.
+    b = np.array([1.0, 2.0, 3.0, 4.0])
+    c = b + 1
+    i = stats.paired_recovery_interval(b, c, higher_is_better=False)
+    assert i.value == pytest.approx(2.5 / 3.5)
+    # Each mean's variance is var(b) / n = (5 / 3) / 4; c = b + 1: the covariance is the same.
+    v = 5 / 12
+    se_log = math.sqrt(v / 2.5**2 + v / 3.5**2 - 2 * v / (2.5 * 3.5))
+    assert i.low == pytest.approx(2.5 / 3.5 * math.exp(-1.959964 * se_log), rel=1e-6)
+    assert i.high == pytest.approx(2.5 / 3.5 * math.exp(1.959964 * se_log), rel=1e-6)
+    assert i.high < 1.0  # worse, and pairing tells
+
+
+def test_the_summary_judges_a_lower_is_better_metric_in_its_own_direction():
+    rng = np.random.default_rng(5)
+    b = rng.uniform(1.0, 3.0, 200)
+    c = b + 0.5 + rng.normal(0, 0.05, 200)  # higher: worse on every item
+    items = lambda v: {("t1", "ppl", "none"): {("t1", i): float(x) for i, x in enumerate(v)}}  # noqa: E731
+
+    def outcome(name, values):
+        s = Score(
+            model=name,
+            task="t1",
+            metric="ppl",
+            value=float(values.mean()),
+            stderr=0.05,
+            primary=True,
+            higher_is_better=False,
+        )
+        return ModelOutcome(name, None, (s,), items=items(values))
+
+    status = summarize(outcome("b", b), [outcome("c", c)])
+    (r,) = status.recovery
+    assert r.test == "bootstrap"  # paired over the items
+    assert r.value == pytest.approx(b.mean() / c.mean())
+    assert r.ci_high < 1.0 and r.significant
+    assert status.candidates[0].verdict == "Degraded"
+
+
+def test_the_recovery_threshold_reaches_the_verdict():
+    # Recovery 0.9 within about +-0.012: Pass against a gate of 0.8, Degraded against 0.95.
+    base = ModelOutcome("b", None, (score("b", "t1", 0.8, 0.004),))
+    cand = ModelOutcome("c", None, (score("c", "t1", 0.72, 0.004),))
+    verdict = lambda t: summarize(base, [cand], threshold=t).candidates[0].verdict  # noqa: E731
+    assert (verdict(0.8), verdict(0.95), verdict(0.9)) == ("Pass", "Degraded", "Inconclusive")
+
+
+def test_the_aggregate_stage_judges_against_its_recovery_threshold(tmp_path):
+    from qeval.stages.aggregate import AggregateInput, ModelResults, run
+    from qeval.stages.envelope import StageResult, StageStatus
+    from qeval.stages.evaluate import EvaluateResult
+
+    refs = []
+    for name, value in (("b", 0.8), ("c", 0.72)):
+        result = EvaluateResult(
+            model_name=name,
+            backend="hf",
+            harness_version="0.4.13",
+            scores=[score(name, "t1", value, 0.004)],
+            results_path=str(tmp_path / "absent.json"),
+            samples_dir=str(tmp_path / "absent"),
+        )
+        path = tmp_path / f"evaluate-{name}" / "result.json"
+        StageResult(
+            stage=f"evaluate-{name}",
+            kind="evaluate",
+            status=StageStatus.SUCCEEDED,
+            result=result.dump(),
+        ).write(path)
+        refs.append(ModelResults(name=name, evaluate=str(path)))
+    verdicts = [
+        run(
+            AggregateInput(
+                baseline=refs[0],
+                candidates=refs[1:],
+                results_location=str(tmp_path / str(t)),
+                recovery_threshold=t,
+            )
+        )
+        .candidates[0]
+        .verdict
+        for t in (0.8, 0.95)
+    ]
+    assert verdicts == ["Pass", "Degraded"]
+
+
+@pytest.mark.parametrize(
+    ("mean", "task", "verdict"),
+    [
+        ((0.75, 0.5, 0.75), (0.75, 0.5, 0.75), "Inconclusive"),  # high at the gate: not below
+        ((1.0, 0.75, 1.25), (1.0, 0.75, 1.25), "Pass"),  # low at the gate: at or above it
+    ],
+)
+def test_verdict_boundaries_at_the_threshold(mean, task, verdict):
+    mk = lambda v, lo, hi: stats.Interval(v, None, lo, hi)  # noqa: E731
+    assert stats.verdict(mk(*mean), [mk(*task)], 0.75) == verdict
