@@ -39,6 +39,17 @@ test-fast: $(STAMP) prerequisites ## Run the tests that take seconds (no pipelin
 e2e: $(STAMP) prerequisites ## helm install + the demo study on the real control plane (kubelet stand-in)
 	$(OFFLINE) $(BIN)/pytest -ra -m e2e
 
+# mutmut names modules by their path and strips only src/: it runs in build/mutation, where
+# operator/ is linked as src/ ([tool.mutmut] in pyproject.toml: modules and tests).
+MUTATION := build/mutation
+.PHONY: mutation
+mutation: $(STAMP) ## Mutation testing (mutmut) of the stats, cache, plan and reconcile modules
+	rm -rf $(MUTATION) && mkdir -p $(MUTATION)
+	cd $(MUTATION) && for p in pyproject.toml tests examples crds; do ln -s ../../$$p $$p; done
+	ln -s ../../operator $(MUTATION)/src
+	cd $(MUTATION) && $(OFFLINE) ../../$(BIN)/mutmut run --max-children $$(nproc)
+	cd $(MUTATION) && ../../$(BIN)/mutmut results
+
 # What the tests need besides the virtualenv: installed or built here, never skipped.
 prerequisites: prometheus control-plane toxiproxy
 
