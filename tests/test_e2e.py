@@ -72,6 +72,20 @@ class Cluster:
         return pod
 
 
+def same_numbers(a: Any, b: Any, tolerance: float) -> bool:
+    """``a == b`` but for floats, which may differ by ``tolerance`` (bools and ints exactly)."""
+    if isinstance(a, float) or isinstance(b, float):
+        ok = isinstance(a, int | float) and isinstance(b, int | float) and abs(a - b) <= tolerance
+        if ok and a != b:
+            print(f"a float differs on the cluster: {a} vs {b}")
+        return ok
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_numbers(a[k], b[k], tolerance) for k in a)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(same_numbers(x, y, tolerance) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """A control plane of its own, a tainted H100 node and a CPU node run by the kubelet
@@ -141,14 +155,17 @@ def test_the_demo_study_runs_to_succeeded_as_on_one_machine(
     cluster.seconds["the same study with qeval run"] = time.monotonic() - t0
     assert local.returncode == 0, local.stdout + local.stderr
     on_one_machine = json.loads((tmp_path / "runs" / "demo" / "status.json").read_text())
+    # Exactly, but for the floating point of four quantizations sharing one node's cores
+    # (stages pin MKL's code path and threads; a one-in-a-thousand difference once seen on a
+    # GPTQ score before that is allowed, none bigger): everything else is equal.
     for key in ("scores", "recovery", "differences", "meanRecovery", "baselineSizeBytes"):
-        assert status.get(key) == on_one_machine.get(key), key
+        assert same_numbers(status.get(key), on_one_machine.get(key), 0.0015), key
     assert status["scores"] and status["recovery"]
 
     def verdicts(st: dict[str, Any]) -> dict[str, tuple[Any, ...]]:
         return {c["name"]: (c.get("meanRecovery"), c.get("verdict")) for c in st["candidates"]}
 
-    assert verdicts(status) == verdicts(on_one_machine)
+    assert same_numbers(verdicts(status), verdicts(on_one_machine), 0.0015)
     assert status["phase"] == on_one_machine["phase"] == "Succeeded"
 
     # Events say what happened, as the operator posted them.

@@ -78,3 +78,20 @@ def test_size_on_disk_counts_weights_only(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"x" * 100)
     (tmp_path / "config.json").write_text("{}")
     assert size_on_disk(tmp_path) == 100
+
+
+def test_a_stage_runs_with_reproducible_math_and_keeps_what_the_user_set(tmp_path, monkeypatch):
+    monkeypatch.delenv("MKL_CBWR", raising=False)
+    monkeypatch.setenv("MKL_DYNAMIC", "TRUE")  # the user's choice wins
+    seen = {}
+
+    def run(_):
+        import os
+
+        seen.update(cbwr=os.environ.get("MKL_CBWR"), dynamic=os.environ.get("MKL_DYNAMIC"))
+        raise StageError("Done", "looked")
+
+    inp = _input(tmp_path, {"name": "x", "model": {"uri": "/m"}, "scheme": "W4A16",
+                            "recipe": "a: 1", "outputDir": "/o"})  # fmt: skip
+    execute("quantize", QuantizeInput, run, inp, tmp_path / "s" / "result.json")
+    assert seen == {"cbwr": "AUTO", "dynamic": "TRUE"}

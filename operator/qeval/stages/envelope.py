@@ -9,6 +9,7 @@ killed outright writes nothing; the executor then writes the Failed document its
 from __future__ import annotations
 
 import json
+import os
 import time
 import traceback
 from collections.abc import Callable
@@ -28,6 +29,16 @@ from qeval.api.common import ApiModel
 # on it instead of running the stage again on its GPUs. A crash outside the envelope (the
 # publish itself) exits 1 and is retried; a kill by the kernel's OOM killer is 137.
 EXIT_RECORDED_FAILURE = 3
+
+# Intel MKL (torch's BLAS and LAPACK on x86) may pick a code path by the data's memory
+# alignment and use fewer threads than asked when the machine is busy, so the same stage
+# could sum in a different order from one process to the next: GPTQ's Hessian on a node
+# shared with three other quantize pods gave one answer in a thousand differently from the
+# same stage run alone. Conditional numerical reproducibility (AUTO: the best code path of
+# this processor, the same one every run; measured as fast as without) and a fixed thread
+# count make a stage's numbers depend on its input and its machine only (a value the user
+# set is kept).
+REPRODUCIBLE_MATH = {"MKL_CBWR": "AUTO", "MKL_DYNAMIC": "FALSE"}
 
 LIBRARIES = ("qeval", "torch", "transformers", "llmcompressor", "compressed-tensors", "lm_eval")
 
@@ -106,6 +117,8 @@ def execute(
     """Run one stage on ``input_path`` and write its result document to ``output_path``."""
     stage = output_path.parent.name or kind
     started, t0 = now(), time.monotonic()
+    for var, value in REPRODUCIBLE_MATH.items():  # before the stage's libraries load
+        os.environ.setdefault(var, value)
     try:
         try:
             raw = json.loads(input_path.read_text())
