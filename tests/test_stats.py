@@ -324,3 +324,16 @@ def test_the_aggregate_stage_judges_against_its_recovery_threshold(tmp_path):
 def test_verdict_boundaries_at_the_threshold(mean, task, verdict):
     mk = lambda v, lo, hi: stats.Interval(v, None, lo, hi)  # noqa: E731
     assert stats.verdict(mk(*mean), [mk(*task)], 0.75) == verdict
+
+
+def test_paired_recovery_needs_two_matching_vectors_and_honours_the_level():
+    b, c = np.array([1.0, 0.0]), np.array([1.0, 1.0])  # two items: enough to pair
+    assert stats.paired_recovery_interval(b, c).value == pytest.approx(2.0)
+    for bad in ((b, np.ones(3)), (np.ones((2, 2)), np.ones((2, 2))), (b[:1], c[:1])):
+        with pytest.raises(ValueError):
+            stats.paired_recovery_interval(*bad)
+    b = np.array([1.0, 2.0, 3.0, 4.0])
+    wide, narrow = (stats.paired_recovery_interval(b, b[::-1], level=x) for x in (0.95, 0.9))
+    # the same log-scale standard error, z 1.645 instead of 1.960
+    ratio = math.log(narrow.high / narrow.value) / math.log(wide.high / wide.value)
+    assert ratio == pytest.approx(1.644854 / 1.959964, rel=1e-5)
