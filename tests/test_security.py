@@ -372,7 +372,7 @@ def test_a_stage_pod_cannot_forge_another_runs_result_through_its_own_configmaps
     choose. Here the long run's stage publishes under its own name, labelled as the demo-b
     run's evaluate-fp32 (its owner uid, its stage) with a document naming that stage: the
     operator's result index must not take it for demo-b's."""
-    from qeval.k8s.handlers import index_results
+    from qeval.k8s.store import index_results
 
     cp = world.cp
     writer, victim = (
@@ -384,7 +384,7 @@ def test_a_stage_pod_cannot_forge_another_runs_result_through_its_own_configmaps
     status, text = as_bearer(cp, writer.token, "POST", configmaps(NS), forged)
     assert status == 201, text  # what the policy cannot see
     stored = cp.get("v1/configmaps", NS, writer.name) or {}
-    indexed = index_results(body=stored, labels=stored["metadata"]["labels"])
+    indexed = index_results(stored)
     victim_uid = world.runs["demo-b"]["metadata"]["uid"]
     assert not indexed or victim_uid not in indexed, indexed
 

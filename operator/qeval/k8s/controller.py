@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -44,31 +44,15 @@ from qeval.k8s.reconcile import (
 )
 from qeval.k8s.reuse import Reused, vouched
 from qeval.k8s.settings import OperatorSettings
+from qeval.k8s.store import LIST_CHUNK, Index, Kind, ModelRecord, Store, selector, watched
 from qeval.plan import Layout, Stage
 from qeval.recipes import scheme_label
-from qeval.stages.envelope import StageResult
 
 log = logging.getLogger(__name__)
-
-ModelRecord = tuple[dict[str, Any], str | None, str]  # a QuantizedModel's spec, phase, message
 
 
 def now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-@dataclass
-class Indexes:
-    """kopf's in-memory indexes of what the operator watches (rebuilt on every start)."""
-
-    jobs: Mapping[str, Collection[JobState]]  # owner uid -> its stage Jobs
-    servers: Mapping[str, Collection[ServerState]]  # owner uid -> its model servers
-    results: Mapping[str, Collection[StageResult]]  # owner uid -> its result documents
-    # owner uid -> (stage, path) of its copies of reused evaluations, where their files are
-    result_paths: Mapping[str, Collection[tuple[str, str]]]
-    models: Mapping[tuple[str, str], Collection[ModelRecord]]  # (namespace, name) -> QM
-    runs_by_model: Mapping[tuple[str, str], Collection[str]]  # (namespace, QM) -> run uids
-    reusable: Mapping[tuple[str, str], Collection[Reused]]  # (namespace, reuse key) -> results
 
 
 class Controller:
@@ -76,7 +60,7 @@ class Controller:
 
     def __init__(self, config: OperatorSettings, kube: Kube, metrics: Metrics):
         self.config, self.kube, self.metrics = config, kube, metrics
-        self.indexes: Indexes | None = None
+        self.store = Store(config)  # what the watches show, filled by ``prime`` at start
         self.objects: dict[str, kopf.Body] = {}  # uid -> the latest body seen
         self.finished: set[str] = set()  # uids nothing will change until an event comes
         # The status last written per uid: a child's event can arrive before our own status
@@ -90,8 +74,24 @@ class Controller:
 
     # -- what the handlers call ---------------------------------------------------------
 
-    def seen(self, body: kopf.Body, indexes: Indexes) -> None:
-        self.indexes = indexes
+    async def prime(self) -> None:
+        """Fill the store from one list of each kind it holds (``store.PRIMED``), before
+        kopf's watches start: the first reconcile already sees every child there is."""
+
+        def pages(kind: Kind) -> Iterator[list[Mapping[str, Any]]]:
+            patterns = self.config.namespaces
+            plain = patterns and not any(set(p) & set("*?[") for p in patterns)
+            for namespace in patterns if plain else [None]:
+                for page in self.kube.pages(
+                    kind.resource, namespace, selector(kind.labels), LIST_CHUNK
+                ):
+                    yield [b for b in page if watched(b["metadata"]["namespace"], patterns)]
+
+        t0 = time.monotonic()
+        counts = await asyncio.to_thread(self.store.prime, pages)
+        log.info("listed %s in %.1f s", counts, time.monotonic() - t0)
+
+    def seen(self, body: kopf.Body) -> None:
         self.objects[body["metadata"]["uid"]] = body
         if self._resync is None:  # started from a handler: its context can post Events
             self._resync = asyncio.create_task(self._resync_loop())
@@ -105,7 +105,7 @@ class Controller:
     async def reconcile(self, uid: str | None, fresh: bool = False) -> None:
         """Reconcile the resource ``uid`` (if the operator has seen it), one at a time."""
         body = self.objects.get(uid or "")
-        if uid is None or body is None or self.indexes is None:
+        if uid is None or body is None:
             return
         lock = self._locks.setdefault(uid, asyncio.Lock())
         async with lock:
@@ -114,9 +114,9 @@ class Controller:
                 return
             t0 = time.perf_counter()
             decide = self._evalrun if body["kind"] == "EvalRun" else self._quantized_model
-            decision, refused = await decide(body, self.indexes, fresh)
+            decision, refused = await decide(body, self.store, fresh)
             if refused:  # say so now, not at the next resync
-                decision, _ = await decide(body, self.indexes, fresh)
+                decision, _ = await decide(body, self.store, fresh)
             if decision.done:
                 self.finished.add(uid)
             else:
@@ -150,7 +150,7 @@ class Controller:
             return model()
 
     async def _quantized_model(
-        self, body: kopf.Body, idx: Indexes, fresh: bool
+        self, body: kopf.Body, idx: Store, fresh: bool
     ) -> tuple[Decision, bool]:
         owner = m.Owner.of(body)
         old = self._old(QuantizedModelStatus, body, fresh)
@@ -172,7 +172,7 @@ class Controller:
             self.metrics.jobs_failed.labels(owner.namespace, "quantize", _reason(new)).inc()
         return decision, refused
 
-    async def _evalrun(self, body: kopf.Body, idx: Indexes, fresh: bool) -> tuple[Decision, bool]:
+    async def _evalrun(self, body: kopf.Body, idx: Store, fresh: bool) -> tuple[Decision, bool]:
         owner = m.Owner.of(body)
         old = self._old(EvalRunStatus, body, fresh)
         generation = body["metadata"].get("generation")
@@ -205,7 +205,7 @@ class Controller:
 
     # -- observing and acting -------------------------------------------------------------
 
-    async def _observe(self, owner: m.Owner, idx: Indexes) -> Observed:
+    async def _observe(self, owner: m.Owner, idx: Store) -> Observed:
         by_stage = {j.stage: j for j in idx.jobs.get(owner.uid, [])}
         servers = {s.stage: s for s in idx.servers.get(owner.uid, [])}
         docs = {d.stage: d for d in idx.results.get(owner.uid, [])}
@@ -354,7 +354,7 @@ def _reason(status: QuantizedModelStatus) -> str:
 
 
 def _models(
-    run: EvalRun, namespace: str, index: Mapping[tuple[str, str], Collection[ModelRecord]]
+    run: EvalRun, namespace: str, index: Index[tuple[str, str], ModelRecord]
 ) -> dict[str, ModelState]:
     """The QuantizedModels the run names that exist, as observed."""
     out = {}

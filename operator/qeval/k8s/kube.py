@@ -21,10 +21,11 @@ dependency of every stage image.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -36,6 +37,12 @@ from kubernetes.client.rest import ApiException
 from qeval.k8s.manifests import GROUP, VERSION
 
 PLURALS = {"EvalRun": "evalruns", "QuantizedModel": "quantizedmodels"}
+# The list calls of the built-in kinds the operator lists: (API, in a namespace, in all).
+LISTS = {
+    "jobs": ("batch", "list_namespaced_job", "list_job_for_all_namespaces"),
+    "deployments": ("apps", "list_namespaced_deployment", "list_deployment_for_all_namespaces"),
+    "configmaps": ("core", "list_namespaced_config_map", "list_config_map_for_all_namespaces"),
+}
 TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 VERBS = ("create", "delete", "patch", "list", "read", "replace")
 # Called on every retry with (verb, resource, reason): e.g. Metrics.api_retry.
@@ -90,9 +97,12 @@ def _resource(method: str, args: tuple[Any, ...]) -> tuple[str, str]:
     custom objects by their plural argument (``.../status`` for the status subresource)."""
     verb, _, rest = method.partition("_")
     verb = verb if verb in VERBS else "other"
-    rest = rest.removeprefix("namespaced_")
+    cluster = rest.startswith("cluster_")  # list_cluster_custom_object(group, version, plural)
+    rest = rest.removeprefix("namespaced_").removeprefix("cluster_")
+    rest = rest.removesuffix("_for_all_namespaces")
     if rest.startswith("custom_object"):
-        plural = str(args[3]) if len(args) > 3 else "customobjects"
+        at = 2 if cluster else 3
+        plural = str(args[at]) if len(args) > at else "customobjects"
         return verb, plural + ("/status" if rest.endswith("_status") else "")
     return verb, rest.replace("_", "") + ("" if rest.endswith("s") else "s")
 
@@ -222,6 +232,49 @@ class Kube:
             namespace, label_selector=selector, _request_timeout=self.timeout
         )
         return [self.core.api_client.sanitize_for_serialization(p) for p in response.items]
+
+    def pages(
+        self,
+        resource: tuple[str, str, str] | tuple[str, str],
+        namespace: str | None,
+        selector: str,
+        limit: int,
+    ) -> Iterator[list[dict[str, Any]]]:
+        """The objects of ``resource`` ((group, version, plural), or (version, plural) for the
+        core API) matching a label selector, in one namespace or all (None), as plain dicts,
+        a page of at most ``limit`` at a time. A continue token that expired (410) starts
+        the list again: a page may then be seen twice, so callers must be idempotent."""
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {
+                "label_selector": selector,
+                "limit": limit,
+                "_preload_content": False,
+                "_request_timeout": self.timeout,
+            }
+            if token:
+                kwargs["_continue"] = token
+            plural = resource[-1]
+            if plural in LISTS:
+                api, in_namespace, in_all = LISTS[plural]
+                call = getattr(getattr(self, api), in_namespace if namespace else in_all)
+                args: tuple[Any, ...] = (namespace,) if namespace else ()
+            elif namespace:
+                call = self.custom.list_namespaced_custom_object
+                args = (resource[0], resource[1], namespace, plural)
+            else:
+                call, args = self.custom.list_cluster_custom_object, tuple(resource)
+            try:
+                page = json.loads(call(*args, **kwargs).data)
+            except ApiException as e:
+                if e.status == 410 and token:  # the token expired: list again
+                    token = None
+                    continue
+                raise
+            yield page.get("items") or []
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                return
 
     def create_configmap(self, manifest: dict[str, Any]) -> bool:
         """Create the ConfigMap; False if it exists. Result ConfigMaps are immutable and
