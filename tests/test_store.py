@@ -7,15 +7,20 @@ and a start fills the store from pages of a list before any watch event."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 from qeval.k8s import manifests as m
 from qeval.k8s import store
+from qeval.k8s.controller import Controller
+from qeval.k8s.metrics import Metrics
+from qeval.k8s.reconcile import outcome
 from qeval.k8s.reuse import LABEL_REUSE_KEY
 from qeval.k8s.settings import OperatorSettings
 from qeval.k8s.store import Index, Store
+from qeval.plan import Stage
 from qeval.stages.envelope import StageResult, StageStatus
 
 T0, T1 = "2026-11-23T10:00:00Z", "2026-11-23T10:05:00Z"
@@ -181,3 +186,59 @@ def test_namespace_patterns_are_matched_as_kopf_matches_them() -> None:
 
 def test_a_selector_is_written_as_the_api_server_reads_it() -> None:
     assert store.selector({"b": "2", "a": "1"}) == "a=1,b=2"
+
+
+class ResultsInTheAPI:
+    """A stand-in for ``Kube`` holding the result ConfigMaps the API server has (the watch
+    has not shown them yet): answers ``configmap`` as the real list by name does."""
+
+    def __init__(self, *bodies: dict[str, Any]):
+        self.bodies = {b["metadata"]["name"]: b for b in bodies}
+        self.asked: list[tuple[str, str, str]] = []
+
+    def configmap(self, namespace: str, name: str, selector: str) -> dict[str, Any] | None:
+        self.asked.append((namespace, name, selector))
+        return self.bodies.get(name)
+
+
+def succeeded_job(owner: m.Owner, stage: str, uid: str) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": m.child_name(owner.name, stage),
+            "namespace": owner.namespace,
+            "uid": uid,
+            "labels": {**store.CHILDREN, m.LABEL_OWNER_UID: owner.uid},
+            "annotations": {m.ANNOTATION_STAGE: stage},
+        },
+        "status": {"conditions": [{"type": "Complete", "status": "True"}]},
+    }
+
+
+def observe(kube: ResultsInTheAPI, *jobs: dict[str, Any]) -> tuple[Any, Controller]:
+    controller = Controller(OperatorSettings(), kube, Metrics())  # type: ignore[arg-type]
+    for job in jobs:
+        controller.store.update(store.JOBS, job)
+    return asyncio.run(controller._observe(RUN, controller.store)), controller
+
+
+def test_a_succeeded_job_whose_result_the_watch_has_not_shown_is_read_before_its_outcome() -> None:
+    """Jobs and result ConfigMaps come by two watches: a Job's Succeeded may come first.
+    Its ConfigMap is read (a list by name and the results' selector) before the stage is
+    decided NoResult, a Failed outcome that would be final."""
+    published = result_map(RUN, "evaluate-bf16", "cm-1")
+    kube = ResultsInTheAPI(published)
+    observed, controller = observe(kube, succeeded_job(RUN, "evaluate-bf16", "job-1"))
+    assert observed.results["evaluate-bf16"].status == StageStatus.SUCCEEDED
+    stage = Stage("evaluate-bf16", "evaluate", {})
+    assert outcome(stage, observed) == observed.results["evaluate-bf16"]  # not NoResult
+    name = m.child_name(RUN.name, "evaluate-bf16")
+    assert kube.asked == [(RUN.namespace, name, store.selector(store.RESULTS))]
+    # It is in the store now: its watch event, when it comes, changes nothing.
+    assert not controller.store.update(store.RESULT_MAPS, published)
+
+    # Where the API server has no result either, the stage is NoResult (read once more).
+    kube = ResultsInTheAPI()
+    observed, _ = observe(kube, succeeded_job(RUN, "evaluate-bf16", "job-1"))
+    assert "evaluate-bf16" not in observed.results and len(kube.asked) == 1
+    failed = outcome(stage, observed)
+    assert failed is not None and failed.reason == "NoResult"

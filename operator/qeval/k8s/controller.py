@@ -44,7 +44,16 @@ from qeval.k8s.reconcile import (
 )
 from qeval.k8s.reuse import Reused, vouched
 from qeval.k8s.settings import OperatorSettings
-from qeval.k8s.store import LIST_CHUNK, Index, Kind, ModelRecord, Store, selector, watched
+from qeval.k8s.store import (
+    LIST_CHUNK,
+    RESULT_MAPS,
+    Index,
+    Kind,
+    ModelRecord,
+    Store,
+    selector,
+    watched,
+)
 from qeval.plan import Layout, Stage
 from qeval.recipes import scheme_label
 
@@ -209,6 +218,26 @@ class Controller:
         by_stage = {j.stage: j for j in idx.jobs.get(owner.uid, [])}
         servers = {s.stage: s for s in idx.servers.get(owner.uid, [])}
         docs = {d.stage: d for d in idx.results.get(owner.uid, [])}
+        # Jobs and result ConfigMaps come by two watches: a Job's Succeeded can arrive
+        # before the result its pod published (a lagging or reconnecting watch). Read such
+        # a stage's ConfigMap once before its outcome is decided as NoResult, which is final.
+        unseen = [j for j in by_stage.values() if j.phase == "Succeeded" and j.stage not in docs]
+        if unseen:
+            found = await asyncio.gather(
+                *(
+                    asyncio.to_thread(
+                        self.kube.configmap,
+                        owner.namespace,
+                        m.child_name(owner.name, j.stage),
+                        selector(RESULT_MAPS.labels),
+                    )
+                    for j in unseen
+                )
+            )
+            for body in found:
+                if body is not None:
+                    idx.update(RESULT_MAPS, body)
+            docs = {d.stage: d for d in idx.results.get(owner.uid, [])}
         paths = dict(idx.result_paths.get(owner.uid, []))
         problems = {s: r.problem for s, r in self.refusals.get(owner.uid, {}).items()}
         # A pod that cannot be scheduled or pull its image never fails its Job, nor does a
@@ -217,8 +246,8 @@ class Controller:
         # yet, or failed without a result (one label-selected list, only while that lasts).
         children: list[JobState | ServerState] = [*by_stage.values(), *servers.values()]
         if any(c.pods_tell_more and c.stage not in docs for c in children):
-            selector = f"{m.LABEL_OWNER_UID}={owner.uid}"
-            pods = await asyncio.to_thread(self.kube.pods, owner.namespace, selector)
+            own = selector({m.LABEL_OWNER_UID: owner.uid})
+            pods = await asyncio.to_thread(self.kube.pods, owner.namespace, own)
             timeout, at = self.config.image_pull_timeout_seconds, now()
             for pod in pods:
                 problem = pod_problem(pod, at, timeout)

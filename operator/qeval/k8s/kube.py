@@ -276,6 +276,20 @@ class Kube:
             if not token:
                 return
 
+    def configmap(self, namespace: str, name: str, selector: str) -> dict[str, Any] | None:
+        """The ConfigMap ``name`` if it matches the label selector, as a plain dict (raw
+        JSON, as the watches give it); None if there is none. A list by name (the verb the
+        watches need already), not a get the operator would be granted for this alone."""
+        response = self.core.list_namespaced_config_map(
+            namespace,
+            field_selector=f"metadata.name={name}",
+            label_selector=selector,
+            _preload_content=False,
+            _request_timeout=self.timeout,
+        )
+        items = json.loads(response.data).get("items") or []
+        return cast(dict[str, Any], items[0]) if items else None
+
     def create_configmap(self, manifest: dict[str, Any]) -> bool:
         """Create the ConfigMap; False if it exists. Result ConfigMaps are immutable and
         written once: a stage retried by its Job, or a record written again by a reconcile
