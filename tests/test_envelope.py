@@ -37,7 +37,7 @@ def test_expected_failure_is_recorded(tmp_path):
     )
     doc = execute("quantize", QuantizeInput, run, inp, tmp_path / "s" / "result.json")
     assert (doc.status, doc.reason, doc.stage) == ("Failed", "ModelNotFound", "quantize-x")
-    assert StageResult.read(tmp_path / "s" / "result.json") == doc
+    assert StageResult.load(tmp_path / "s" / "result.json") == doc
     assert doc.wall_seconds is not None and "qeval" in doc.versions
 
 
@@ -71,7 +71,7 @@ def test_a_process_that_dies_still_gets_a_result(tmp_path):
     doc = run_stage(Stage("broken", "no-such-kind", {}), layout, Console(quiet=True), "[1/1]")
     assert doc.status == "Failed" and doc.reason == "ProcessDied"
     assert "exit code 2" in doc.message and "invalid choice" in doc.message
-    assert StageResult.read(tmp_path / "stages" / "broken" / "result.json").reason == "ProcessDied"
+    assert StageResult.load(tmp_path / "stages" / "broken" / "result.json").reason == "ProcessDied"
 
 
 def test_size_on_disk_counts_weights_only(tmp_path):
@@ -95,3 +95,38 @@ def test_a_stage_runs_with_reproducible_math_and_keeps_what_the_user_set(tmp_pat
                             "recipe": "a: 1", "outputDir": "/o"})  # fmt: skip
     execute("quantize", QuantizeInput, run, inp, tmp_path / "s" / "result.json")
     assert seen == {"cbwr": "AUTO", "dynamic": "TRUE"}
+
+
+QUANTIZE_INPUT = {"name": "x", "model": {"uri": "/m"}, "scheme": "s", "recipe": "a: 1",
+                  "outputDir": "/o"}  # fmt: skip
+
+
+def test_a_stage_reads_an_input_of_a_newer_minor_and_refuses_another_major(tmp_path):
+    """The operator of the next release may write a field this stage image does not know:
+    within the major it is ignored; another major is refused before any work, saying why."""
+    seen = []
+
+    def run(inp):
+        seen.append(inp)
+        raise StageError("Stop", "enough")
+
+    newer = {**QUANTIZE_INPUT, "schemaVersion": "1.4", "kvCacheScheme": "fp8"}
+    doc = execute("quantize", QuantizeInput, run, _input(tmp_path, newer), tmp_path / "r.json")
+    assert doc.reason == "Stop" and seen[0].output_dir == "/o"
+    other = {**QUANTIZE_INPUT, "schemaVersion": "2.0"}
+    doc = execute("quantize", QuantizeInput, run, _input(tmp_path, other), tmp_path / "r.json")
+    assert doc.reason == "InvalidInput" and "schemaVersion 2.0" in doc.message
+    assert len(seen) == 1
+
+
+def test_every_document_a_stage_writes_says_its_version(tmp_path):
+    doc = execute(
+        "quantize",
+        QuantizeInput,
+        lambda _: None,
+        _input(tmp_path, {"name": 1}),
+        tmp_path / "r.json",
+    )
+    assert json.loads((tmp_path / "r.json").read_text())["schemaVersion"] == doc.schema_version
+    plan_input = QuantizeInput.model_validate(QUANTIZE_INPUT).dump()
+    assert plan_input["schemaVersion"] == doc.schema_version  # what the executors write

@@ -831,3 +831,53 @@ def test_reuse_keys_follow_the_tasks_the_recipe_and_the_calibration() -> None:
     ):
         other = w4.model_copy(update={"spec": w4.spec.model_copy(update=update)})
         assert changed(run, {**models, w4.name: other}) == {"evaluate-w4a16"}, update
+
+
+# --- documents from an image one release apart ----------------------------------------------
+
+
+def newer_minor(doc: StageResult, **result_fields: Any) -> str:
+    """``doc`` as a stage image one minor newer writes it: a field the operator does not know
+    at the top and in its result."""
+    out = doc.dump() | {"schemaVersion": "1.9", "fromTheFuture": True}
+    out["result"] = (out.get("result") or {}) | result_fields
+    return json.dumps(out)
+
+
+def test_a_result_of_a_newer_minor_is_read_and_its_new_fields_ignored() -> None:
+    text = newer_minor(ok("quantize-tiny-llama-w4a16", "quantize", QUANTIZED), kvCache="fp8")
+    doc = result_document(result_configmap("quantize-tiny-llama-w4a16", text))
+    assert doc is not None and doc.status == StageStatus.SUCCEEDED
+    d = qm_decision(Observed(results={doc.stage: doc}))
+    assert d.status["phase"] == "Ready" and d.status["compressionRatio"] == 4.0
+    # The aggregate's result is the run's status: a field added to it is ignored too.
+    _, models = demo()
+    aggregate = EvalRunStatus(mean_recovery=0.93).dump()
+    text = newer_minor(ok("aggregate", "aggregate", aggregate), judgedWinRate=0.4)
+    agg = result_document(result_configmap("aggregate", text))
+    assert agg is not None
+    d = run_decision(states(models, "Ready"), Observed(results=evaluations() | {"aggregate": agg}))
+    assert d.status["phase"] == "Succeeded" and d.status["meanRecovery"] == 0.93
+    assert "judgedWinRate" not in d.status
+
+
+def test_a_result_of_another_major_fails_its_stage_saying_why() -> None:
+    text = json.dumps(ok("evaluate-fp8", "evaluate").dump() | {"schemaVersion": "2.0"})
+    doc = result_document(result_configmap("evaluate-fp8", text))
+    assert doc is not None and doc.status == StageStatus.FAILED
+    assert doc.reason == "UnreadableResult"
+    assert "schemaVersion 2.0" in (doc.message or "") and "reads 1.x" in (doc.message or "")
+    for bad in ("1", "v1.0", 1.0):
+        text = json.dumps(ok("evaluate-fp8", "evaluate").dump() | {"schemaVersion": bad})
+        doc = result_document(result_configmap("evaluate-fp8", text))
+        assert doc is not None and doc.reason == "UnreadableResult", bad
+
+
+def test_a_result_written_before_versions_is_version_one() -> None:
+    text = json.dumps(
+        {k: v for k, v in ok("evaluate-fp8", "evaluate").dump().items() if k != "schemaVersion"}
+    )
+    doc = result_document(result_configmap("evaluate-fp8", text))
+    assert doc is not None and doc.status == StageStatus.SUCCEEDED
+    assert doc.schema_version == "1.0"
+    assert json.loads(doc.model_dump_json(by_alias=True))["schemaVersion"] == "1.0"

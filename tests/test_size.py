@@ -186,7 +186,7 @@ def test_results_that_fit_no_status_fail_the_stage_with_a_recorded_reason(tmp_pa
     doc = execute("aggregate", AggregateInput, aggregate.run, tmp_path / "input.json", out)
     assert (doc.status, doc.reason) == (StageStatus.FAILED, "ResultTooLarge")
     assert f"{tmp_path}/run/results.json" in str(doc.message)
-    assert StageResult.read(out).reason == "ResultTooLarge"  # recorded, not only logged
+    assert StageResult.load(out).reason == "ResultTooLarge"  # recorded, not only logged
     table = json.loads((tmp_path / "run" / "results.json").read_text())
     assert len(table["scores"]) == 5 * 116
 
@@ -291,7 +291,7 @@ def test_qeval_run_keeps_and_prints_every_result(tmp_path, monkeypatch):
     monkeypatch.setattr(executor, "preflight", lambda *_: None)  # no models, datasets here
     console = Console(record=True, width=3000)
     outcome = executor.execute_run(run, {}, tmp_path, console)
-    published = StageResult.read(outcome.run_dir / "stages" / "aggregate" / "result.json")
+    published = StageResult.load(outcome.run_dir / "stages" / "aggregate" / "result.json")
     assert published.result is not None and published.result["detail"] == "primary"
     status = json.loads((outcome.run_dir / "status.json").read_text())
     assert status["detail"] == "full" and len(status["scores"]) == 3 * 116

@@ -106,7 +106,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         doc = json.loads(text)
         doc.pop("stage", None)  # the executors' label of the input
-        inp = ServeInput.model_validate(doc)
+        inp = ServeInput.read(doc)
     except (ValueError, AttributeError) as e:
         print(f"serve: invalid input {args.input}: {e}", file=sys.stderr)
         return EXIT_INVALID

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from qeval.api.common import Condition, ConditionStatus
 from qeval.api.evalrun import EvalRunStatus, FullResults, StageFailure
 from qeval.api.quantizedmodel import QuantizedModelStatus
-from qeval.stages.envelope import StageResult, StageStatus
+from qeval.stages.envelope import StageResult, StageStatus, read_part
 from qeval.stages.quantize import QuantizeResult
 
 # Condition types
@@ -59,7 +59,7 @@ def quantized_model_status(doc: StageResult) -> QuantizedModelStatus:
             completed_at=when,
             wall_seconds=doc.wall_seconds,
         )
-    result = QuantizeResult.model_validate(doc.result)
+    result = read_part(QuantizeResult, doc.result)
     return QuantizedModelStatus(
         phase="Ready",
         conditions=[

@@ -287,7 +287,7 @@ def result_document(configmap: Mapping[str, Any]) -> StageResult | None:
     if text is None:
         return None
     try:
-        doc = StageResult.model_validate(json.loads(text))
+        doc = StageResult.read(text)
     except (ValueError, ValidationError) as e:
         meta = configmap.get("metadata", {})
         doc = failed(

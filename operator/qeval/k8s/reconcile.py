@@ -28,7 +28,7 @@ from qeval.k8s.reuse import (
     with_reused_paths,
 )
 from qeval.plan import DEMO_STAGE, Layout, PlanError, Stage, build_plan, quantize_stage
-from qeval.stages.envelope import StageResult, StageStatus, failed
+from qeval.stages.envelope import StageResult, StageStatus, failed, read_part
 from qeval.status import (
     ACCEPTED,
     READY,
@@ -516,7 +516,7 @@ def decide_evalrun(
         result = None
         if agg_doc.status == StageStatus.SUCCEEDED and agg_doc.result:
             try:
-                result = EvalRunStatus.model_validate(agg_doc.result)
+                result = read_part(EvalRunStatus, agg_doc.result)
             except ValidationError as e:
                 agg_doc = failed(aggregate.name, "aggregate", "UnreadableResult", str(e))
                 own_docs = [agg_doc if d.stage == aggregate.name else d for d in own_docs]

@@ -49,6 +49,7 @@ from qeval.stages.envelope import (
     failed,
     library_versions,
     now,
+    read_part,
 )
 from qeval.status import finish_evalrun, quantized_model_status, with_full_results
 
@@ -145,7 +146,7 @@ def run_stage(stage: Stage, layout: Layout, console: Console, label: str) -> Sta
             proc.wait()
             raise
     if result_path.exists():
-        return StageResult.read(result_path)
+        return StageResult.load(result_path)
     doc = failed(
         stage.name,
         stage.kind,
@@ -216,7 +217,7 @@ def execute_run(
 
     agg = docs.get(AGGREGATE_STAGE)
     aggregate = (
-        with_full_results(EvalRunStatus.model_validate(agg.result))  # the table, from disk
+        with_full_results(read_part(EvalRunStatus, agg.result))  # the table, from disk
         if agg and agg.status == StageStatus.SUCCEEDED and agg.result
         else None
     )

@@ -16,6 +16,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from qeval.stages.envelope import Document
+
 
 @dataclass(frozen=True)
 class StageKind:
@@ -23,7 +25,7 @@ class StageKind:
     module: str
     input_class: str
 
-    def load(self) -> tuple[type[BaseModel], Callable[[Any], BaseModel]]:
+    def load(self) -> tuple[type[Document], Callable[[Any], BaseModel]]:
         mod = import_module(f"qeval.stages.{self.module}")
         return getattr(mod, self.input_class), mod.run
 

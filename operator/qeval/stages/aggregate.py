@@ -22,7 +22,7 @@ from pydantic import Field
 
 from qeval.api.common import ApiModel
 from qeval.api.evalrun import EvalRunStatus, FullResults, Score, StageFailure
-from qeval.stages.envelope import StageError, StageResult, StageStatus
+from qeval.stages.envelope import Document, StageError, StageResult, StageStatus, read_part
 from qeval.stages.evaluate import EvaluateResult
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ class ModelResults(ApiModel):
     )
 
 
-class AggregateInput(ApiModel):
+class AggregateInput(Document):
     baseline: ModelResults
     candidates: list[ModelResults]
     results_location: str
@@ -85,13 +85,13 @@ def outcome(ref: ModelResults) -> ModelOutcome:
     if not path.exists():
         failure = StageFailure(stage=stage, reason="NoResult", message=f"{path} was not written")
         return ModelOutcome(ref.name, ref.scheme, failure=failure)
-    doc = StageResult.read(path)
+    doc = StageResult.load(path)
     if doc.status != StageStatus.SUCCEEDED or doc.result is None:
         failure = StageFailure(
             stage=doc.stage, reason=doc.reason or "Failed", message=doc.message or ""
         )
         return ModelOutcome(ref.name, ref.scheme, failure=failure)
-    result = EvaluateResult.model_validate(doc.result)
+    result = read_part(EvaluateResult, doc.result)
     # Named as this run names the model (a result reused from another run may say otherwise).
     scores = [s.model_copy(update={"model": ref.name}) for s in result.scores]
     return ModelOutcome(
@@ -107,7 +107,7 @@ def outcome(ref: ModelResults) -> ModelOutcome:
 def _result(path: str) -> dict[str, Any] | None:
     """A stage's result when it succeeded (its failure is reported from its own document)."""
     try:
-        doc = StageResult.read(Path(path))
+        doc = StageResult.load(Path(path))
     except (OSError, ValueError):
         return None
     return doc.result if doc.status == StageStatus.SUCCEEDED else None
@@ -122,11 +122,11 @@ def serving(inp: AggregateInput, status: EvalRunStatus) -> None:
     for ref in (inp.baseline, *inp.candidates):
         result = _result(ref.benchmark) if ref.benchmark else None
         if result is not None:
-            status.performance += BenchmarkResult.model_validate(result).points
+            status.performance += read_part(BenchmarkResult, result).points
     status.speedups = speedups(status.performance, inp.baseline.name)
     result = _result(inp.similarity) if inp.similarity else None
     if result is not None:
-        status.similarity = SimilarityResult.model_validate(result).scores
+        status.similarity = read_part(SimilarityResult, result).scores
 
 
 FULL_RESULTS = "results.json"  # in the run's results location

@@ -25,12 +25,12 @@ from pydantic import Field
 
 from qeval.api.common import ApiModel, ModelSource
 from qeval.api.evalrun import Backend, Performance, PerformancePoint, Scenario, Serving
-from qeval.stages.envelope import StageError
+from qeval.stages.envelope import Document, StageError
 
 SYLLABLES = ("ka", "lo", "mi", "ne", "ru", "so", "ta", "vi", "ze", "po", "da", "fe", "gu", "hi")
 
 
-class BenchmarkInput(ApiModel):
+class BenchmarkInput(Document):
     """One model, the run's scenarios."""
 
     model_name: str = Field(description="Baseline or candidate name.")

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pydantic import Field
 
 from qeval.api.common import DEMO_MODELS, ApiModel
+from qeval.stages.envelope import Document
 
 
-class DemoModelInput(ApiModel):
+class DemoModelInput(Document):
     model: str = Field(default=DEMO_MODELS[0], description="Which demo model (demo://<name>).")
 
 

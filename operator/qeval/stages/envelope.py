@@ -1,4 +1,4 @@
-"""The result document every stage writes, success or not, and the runner that guarantees it.
+"""The documents a stage reads and writes, and the runner that guarantees the result one.
 
 A stage reads one input document and writes one result document. Whatever happens —
 bad input, a library error, an unexpected exception — ``execute`` writes a document
@@ -18,9 +18,9 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Self, TypeVar
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from qeval.api.common import ApiModel
 
@@ -43,6 +43,58 @@ REPRODUCIBLE_MATH = {"MKL_CBWR": "AUTO", "MKL_DYNAMIC": "FALSE"}
 LIBRARIES = ("qeval", "torch", "transformers", "llmcompressor", "compressed-tensors", "lm_eval")
 
 
+# --- versioned documents ---------------------------------------------------------------
+#
+# A stage's input and result cross a process boundary, and in a cluster an image boundary:
+# the operator of one release may read what the evaluator image of the next one wrote.
+# Each such document carries ``schemaVersion: "MAJOR.MINOR"``. A reader accepts any minor of
+# its own major and ignores the fields it does not know (a minor only adds fields that are
+# safe to ignore); it refuses another major with a reason that says so (a major is a change
+# an older reader would misread: a field renamed, removed or whose meaning changed). What
+# users write (the API) stays strict: an unknown field there is a typo.
+SCHEMA_VERSION = "1.0"
+SCHEMA_MAJOR = SCHEMA_VERSION.split(".")[0]
+
+D = TypeVar("D", bound=BaseModel)
+
+
+class Document(ApiModel):
+    """A document one process writes and another reads: versioned, tolerant of a newer minor."""
+
+    schema_version: str = Field(
+        default=SCHEMA_VERSION,
+        description="MAJOR.MINOR of the document format; a reader refuses another major. "
+        "Missing: a document from before versions were written, which is 1.0.",
+    )
+
+    @field_validator("schema_version")
+    @classmethod
+    def _same_major(cls, v: str) -> str:
+        major, dot, minor = v.partition(".")
+        if not (major.isdigit() and dot and minor.isdigit()):
+            raise ValueError(f"schemaVersion {v!r} is not MAJOR.MINOR (e.g. {SCHEMA_VERSION!r})")
+        if major != SCHEMA_MAJOR:
+            raise ValueError(
+                f"schemaVersion {v} was written by a qeval whose documents are version "
+                f"{major}.x; this qeval reads {SCHEMA_MAJOR}.x: run the operator and the stage "
+                "images of one release"
+            )
+        return v
+
+    @classmethod
+    def read(cls, data: Any) -> Self:
+        """Validate a document another process wrote (a dict, or its JSON text)."""
+        if isinstance(data, str | bytes):
+            return cls.model_validate_json(data, extra="ignore")
+        return cls.model_validate(data, extra="ignore")
+
+
+def read_part(model: type[D], data: Any) -> D:
+    """A part of a document that was ``read`` (a stage's ``result``, the aggregate's status):
+    its version was checked with the document's, and fields of a newer minor are ignored."""
+    return model.model_validate(data, extra="ignore")
+
+
 class StageStatus(StrEnum):
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
@@ -57,7 +109,7 @@ class StageError(Exception):
         self.reason = reason
 
 
-class StageResult(ApiModel):
+class StageResult(Document):
     """What a stage did: its status, why, when, with which library versions, and its result."""
 
     stage: str = Field(description="Stage name, e.g. quantize-w4a16.")
@@ -78,8 +130,8 @@ class StageResult(ApiModel):
         tmp.replace(path)  # readers never see half a document
 
     @classmethod
-    def read(cls, path: Path) -> StageResult:
-        return cls.model_validate_json(path.read_text())
+    def load(cls, path: Path) -> StageResult:
+        return cls.read(path.read_text())
 
 
 def now() -> str:
@@ -109,7 +161,7 @@ def failed(stage: str, kind: str, reason: str, message: str, **extra: Any) -> St
 
 def execute(
     kind: str,
-    input_model: type[BaseModel],
+    input_model: type[Document],
     run: Callable[[Any], BaseModel],
     input_path: Path,
     output_path: Path,
@@ -122,8 +174,8 @@ def execute(
     try:
         try:
             raw = json.loads(input_path.read_text())
-            stage = raw.pop("stage", stage)
-            inp = input_model.model_validate(raw)
+            stage = raw.pop("stage", stage)  # the executors' label of the document
+            inp = input_model.read(raw)
         except (OSError, ValueError, ValidationError) as e:
             raise StageError("InvalidInput", f"cannot read stage input {input_path}: {e}") from e
         from qeval.stages.accelerators import require_gpus  # here: it imports StageError

@@ -45,7 +45,7 @@ from qeval.results.lmeval import (
     primary_metrics,
 )
 from qeval.results.samples import leaf_tasks
-from qeval.stages.envelope import StageError
+from qeval.stages.envelope import Document, StageError
 from qeval.stages.models import resolve, size_on_disk
 
 # lm-eval model classes per backend (vllm-server talks to the server qeval starts).
@@ -63,7 +63,7 @@ def builtin_task_dir() -> Path:
     return Path(str(resources.files("qeval") / "tasks"))
 
 
-class EvaluateInput(ApiModel):
+class EvaluateInput(Document):
     """One model, every task, identical settings for every model of the run."""
 
     model_name: str = Field(description="Baseline or candidate name.")

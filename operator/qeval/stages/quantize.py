@@ -25,11 +25,11 @@ from qeval.results.cache import (
     quantization_fields,
     tree_digest,
 )
-from qeval.stages.envelope import StageError
+from qeval.stages.envelope import Document, StageError, read_part
 from qeval.stages.models import resolve, size_on_disk
 
 
-class QuantizeInput(ApiModel):
+class QuantizeInput(Document):
     """Everything the quantize stage needs; made by the plan from a QuantizedModel."""
 
     name: str = Field(description="The QuantizedModel's name.")
@@ -204,7 +204,7 @@ def reuse(inp: QuantizeInput) -> QuantizeResult | None:
     if tree_digest(out, cache.digests) != entry["outputDigest"]:
         return None
     try:
-        result = QuantizeResult.model_validate(entry.get("result"))
+        result = read_part(QuantizeResult, entry.get("result"))
     except ValidationError:  # a damaged entry is a miss
         return None
     return result.model_copy(update={"cached": True})

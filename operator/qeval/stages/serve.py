@@ -16,14 +16,14 @@ from typing import NoReturn
 
 from pydantic import Field
 
-from qeval.api.common import ApiModel, ModelSource
+from qeval.api.common import ModelSource
 from qeval.api.evalrun import Backend, Serving
-from qeval.stages.envelope import StageError
+from qeval.stages.envelope import Document, StageError
 
 PORT = 8000  # where a server listens in its pod
 
 
-class ServeInput(ApiModel):
+class ServeInput(Document):
     """One model and how to serve it."""
 
     model_name: str = Field(description="The name requests use (baseline or candidate name).")

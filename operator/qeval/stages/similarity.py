@@ -22,7 +22,7 @@ from pydantic import Field
 
 from qeval.api.common import ApiModel, ModelSource
 from qeval.api.evalrun import Backend, Serving, Similarity, SimilarityScore
-from qeval.stages.envelope import StageError
+from qeval.stages.envelope import Document, StageError
 
 PROMPT_KEYS = ("prompt", "question", "text")
 
@@ -37,7 +37,7 @@ class SimilarityModel(ApiModel):
     )
 
 
-class SimilarityInput(ApiModel):
+class SimilarityInput(Document):
     baseline: SimilarityModel
     candidates: list[SimilarityModel]
     backend: Backend = Backend.HF
