@@ -179,6 +179,39 @@ def test_every_object_carries_the_charts_labels_and_a_namespace_where_it_needs_o
 # --- values.schema.json ------------------------------------------------------------------------
 
 
+HELM_OWN_KEYS = {"global"}  # helm passes it to every chart; a chart never sets it
+
+
+def schema_drift(schema: dict[str, Any], values: Any, at: str = "") -> list[str]:
+    """Where values.yaml and values.schema.json disagree on which keys exist: a key with a
+    default and no schema (helm refuses it), or a schema'd key with no default (nowhere to
+    read what it is or does)."""
+    props = schema.get("properties")
+    if props is None or not isinstance(values, dict):
+        return []
+    out = [f"{at}{k}: in the schema, not in values.yaml" for k in props.keys() - values.keys()]
+    out += [f"{at}{k}: in values.yaml, not in the schema" for k in values.keys() - props.keys()]
+    for key in props.keys() & values.keys():
+        out += schema_drift(props[key], values[key], f"{at}{key}.")
+    return out
+
+
+def test_values_and_their_schema_name_the_same_keys() -> None:
+    """values.yaml (the defaults, with their comments) and values.schema.json (types and
+    bounds) are two files: every key is in both, so neither can drift from the other."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    for key in HELM_OWN_KEYS:
+        schema["properties"].pop(key)
+    assert schema_drift(schema, values) == []
+    # The check itself sees a drift either way.
+    assert schema_drift(schema, values | {"extra": 1}) == [
+        "extra: in values.yaml, not in the schema"
+    ]
+    trimmed = values | {"image": {k: v for k, v in values["image"].items() if k != "digest"}}
+    assert schema_drift(schema, trimmed) == ["image.digest: in the schema, not in values.yaml"]
+
+
 @pytest.mark.parametrize(
     ("value", "message"),
     [
