@@ -11,7 +11,7 @@ import pytest
 from qeval.api.documents import load_documents
 from qeval.api.quantizedmodel import QuantizedModel
 from qeval.k8s import manifests as m
-from qeval.k8s.publish import content_key, target
+from qeval.k8s.publish import target
 from qeval.k8s.settings import OperatorSettings
 from qeval.plan import Stage, quantize_stage
 from qeval.stages.envelope import StageResult, StageStatus
@@ -89,7 +89,6 @@ def test_quantize_job_command_is_an_argv_list_with_the_input_in_the_environment(
     assert stage_input["outputDir"] == "/mnt/volumes/qeval-models/llama-3.1-8b-w4a16"
     # Results (and quantizations) are cached on the namespace's claim, shared by its runs.
     assert stage_input["cacheDir"] == "/mnt/volumes/qeval-data/cache/results"
-    assert job["metadata"]["annotations"][m.ANNOTATION_INPUT_DIGEST] == m.digest(stage_input)
     # The token by reference only: its value never appears in the manifest.
     assert env["HF_TOKEN"] == {
         "name": "HF_TOKEN",
@@ -147,9 +146,7 @@ def test_a_kueue_queue_submits_the_job_suspended_with_the_queue_label() -> None:
 @pytest.mark.parametrize("version", ["1.29.0", "1.35.0"])
 def test_jobs_and_result_configmaps_pass_kubernetes_strict_schemas(version: str) -> None:
     kubernetes_validate.validate(quantize_job(), version, strict=True)
-    cm = m.build_result_configmap(
-        "n", "team-a", {"stage": "s"}, {"a": "b"}, OWNER.reference(), "0" * 63
-    )
+    cm = m.build_result_configmap("n", "team-a", {"stage": "s"}, {"a": "b"}, OWNER.reference())
     kubernetes_validate.validate(cm, version, strict=True)
 
 
@@ -191,18 +188,6 @@ def test_the_spec_digest_covers_the_immutable_fields_only() -> None:
     assert m.spec_digest(qm.spec) == before
     qm.spec.group_size = 64
     assert m.spec_digest(qm.spec) != before
-
-
-def test_an_evaluation_result_is_labelled_with_a_content_key() -> None:
-    def doc(keys: dict[str, str]) -> StageResult:
-        result = {"cacheKeys": keys} if keys else {}
-        return StageResult(stage="s", kind="evaluate", status=StageStatus.SUCCEEDED, result=result)
-
-    key = content_key(doc({"arc": "a" * 64, "gsm8k": "b" * 64}))
-    assert key is not None and len(key) <= 63 and re.fullmatch("[0-9a-f]+", key)
-    assert key == content_key(doc({"gsm8k": "b" * 64, "arc": "a" * 64}))
-    assert key != content_key(doc({"arc": "a" * 64, "gsm8k": "c" * 64}))
-    assert content_key(doc({})) is None
 
 
 # --- model servers (backend vllm-server) -------------------------------------------------

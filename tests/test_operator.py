@@ -379,13 +379,11 @@ def test_the_demo_study_runs_to_the_end_across_an_operator_restart(
         job = wait_for(lambda: kube.jobs().get("aggregate"), "the aggregate Job")
         kube.complete("aggregate", aggregate_result(job, evaluations))
         st = wait_for(lambda: kube.phase_is("evalruns", "demo", "Succeeded"), "Succeeded")
-        # Results are labelled for lookup by content (the cache key over their tasks).
         results = kube.cluster.list("v1/configmaps", kube.ns, {m.LABEL_RUN: "demo"})
         evaluated = [
             r for r in results if r["metadata"]["labels"][m.LABEL_STAGE_KIND] == "evaluate"
         ]
         assert len(evaluated) == 5
-        assert all(m.LABEL_CACHE_KEY in r["metadata"]["labels"] for r in evaluated)
         # One Job per stage, whoever ran the operator: 4 quantize + demo + 5 evaluate + aggregate.
         assert len(kube.cluster.list("batch/v1/jobs", kube.ns)) == 11
         assert st["progress"] == "7/7"

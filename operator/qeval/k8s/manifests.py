@@ -36,8 +36,6 @@ LABEL_STAGE = "qeval.dev/stage"
 LABEL_STAGE_KIND = "qeval.dev/stage-kind"
 LABEL_OWNER_UID = "qeval.dev/owner-uid"
 LABEL_RESULT = "qeval.dev/result"  # on result ConfigMaps only
-LABEL_CACHE_KEY = "qeval.dev/cache-key"
-ANNOTATION_INPUT_DIGEST = "qeval.dev/input-digest"
 ANNOTATION_SPEC_DIGEST = "qeval.dev/spec-digest"  # of the owner's immutable spec fields
 ANNOTATION_RESULT_PATH = "qeval.dev/result-path"  # a reused result's files, on the claim
 ANNOTATION_STAGE = "qeval.dev/stage-name"  # the stage's full name: its label may be shortened
@@ -370,7 +368,7 @@ def _metadata(
         "name": name,
         "namespace": owner.namespace,
         "labels": labels,
-        "annotations": {ANNOTATION_INPUT_DIGEST: digest(stage.input), ANNOTATION_STAGE: stage.name}
+        "annotations": {ANNOTATION_STAGE: stage.name}
         | ({ANNOTATION_SPEC_DIGEST: owner_spec} if owner_spec else {}),
         "ownerReferences": [owner.reference()],
     }
@@ -517,7 +515,6 @@ def build_result_configmap(
     document: dict[str, Any],
     labels: dict[str, str],
     owner: dict[str, Any] | None,
-    cache_key: str | None = None,
     annotations: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The ConfigMap a stage publishes its result document in: immutable, so the first
@@ -525,8 +522,7 @@ def build_result_configmap(
     meta: dict[str, Any] = {
         "name": name,
         "namespace": namespace,
-        "labels": {**labels, LABEL_RESULT: "true"}
-        | ({LABEL_CACHE_KEY: cache_key} if cache_key else {}),
+        "labels": {**labels, LABEL_RESULT: "true"},
     }
     if annotations:
         meta["annotations"] = dict(annotations)

@@ -20,7 +20,6 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from qeval.k8s.manifests import (
-    ANNOTATION_INPUT_DIGEST,
     ANNOTATION_SPEC_DIGEST,
     LABEL_OWNER_UID,
     LABEL_STAGE_KIND,
@@ -60,7 +59,6 @@ class JobState:
     reason: str | None = None
     message: str | None = None
     created: str | None = None
-    input_digest: str | None = None
     spec_digest: str | None = None  # of the owner's immutable fields when it was created
     reuse_key: str | None = None  # the key its result may be reused under (the operator's)
     starting: bool = False  # it has a pod, none ready yet (pulling an image, or unscheduled)
@@ -100,7 +98,6 @@ def job_state(job: Mapping[str, Any]) -> JobState:
         "stage": stage_name(meta),
         "name": meta.get("name", ""),
         "created": meta.get("creationTimestamp"),
-        "input_digest": annotations.get(ANNOTATION_INPUT_DIGEST),
         "spec_digest": annotations.get(ANNOTATION_SPEC_DIGEST),
         "reuse_key": (meta.get("labels") or {}).get(LABEL_REUSE_KEY),
     }

@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from qeval.k8s.manifests import ANNOTATION_STAGE, build_result_configmap
-from qeval.results.cache import key_of, label_value
 from qeval.stages.envelope import StageResult, failed
 
 # The API server refuses a ConfigMap whose data, keys and values together, exceed 1 MiB.
@@ -58,15 +57,6 @@ def target(env: Mapping[str, str]) -> dict[str, Any] | None:
     }
 
 
-def content_key(doc: StageResult) -> str | None:
-    """The label value that names what a result is: for an evaluation, a key over its tasks'
-    result cache keys (model identity, task config, shots, harness, backend, seed)."""
-    keys = (doc.result or {}).get("cacheKeys")
-    if not keys:
-        return None
-    return label_value(key_of(sorted(keys.items())))
-
-
 def publish(doc: StageResult, env: Mapping[str, str] | None = None, api: Any = None) -> str | None:
     """Write ``doc`` to its ConfigMap if this runs as a stage Job; return the name
     (``api``: the client to write with; default the pod's service account or $KUBECONFIG).
@@ -82,7 +72,6 @@ def publish(doc: StageResult, env: Mapping[str, str] | None = None, api: Any = N
     def manifest_of(doc: StageResult) -> dict[str, Any]:
         return build_result_configmap(
             document=doc.dump(),
-            cache_key=content_key(doc),
             annotations={ANNOTATION_STAGE: doc.stage},
             **where,
         )

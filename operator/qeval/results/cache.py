@@ -7,8 +7,7 @@ folders that can define it), the harness version, the backend with its settings 
 library versions, and the seed. For a quantization it covers the base model's identity,
 the recipe, the calibration data, the output folder and the quantizer's versions.
 
-Keys are sha256 hex (64 characters); ``label_value`` shortens one to a valid Kubernetes
-label value (the operator labels result ConfigMaps ``qeval.dev/cache-key: <label>``).
+Keys are sha256 hex (64 characters).
 
 On disk (``<root>`` is ``<workdir>/cache`` under ``qeval run``)::
 
@@ -36,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 CACHE_FORMAT = 1  # bump when what an entry holds changes
-LABEL_LENGTH = 40  # 160 bits, like a git commit id; a label value allows 63 characters
 _CHUNK = 1 << 20
 
 # lm-eval results keys that map a task name to something about that task.
@@ -62,11 +60,6 @@ def key_of(fields: Any) -> str:
     return hashlib.sha256(canonical(fields).encode()).hexdigest()
 
 
-def label_value(key: str) -> str:
-    """The key shortened to a Kubernetes label value (at most 63 characters, [0-9a-f])."""
-    return key[:LABEL_LENGTH]
-
-
 def installed_version(package: str) -> str | None:
     try:
         return metadata.version(package)
@@ -86,7 +79,7 @@ def evaluation_fields(
     backend_config: Mapping[str, Any],
     seed: int,
 ) -> dict[str, Any]:
-    """What determines one model's result on one task (the fields ``result_key`` hashes)."""
+    """What determines one model's result on one task (what its cache key hashes)."""
     return {
         "format": CACHE_FORMAT,
         "kind": "evaluate",
@@ -99,11 +92,6 @@ def evaluation_fields(
     }
 
 
-def result_key(**fields: Any) -> str:
-    """The cache key of one evaluation: see ``evaluation_fields`` for the arguments."""
-    return key_of(evaluation_fields(**fields))
-
-
 def quantization_fields(
     *,
     model: str,
@@ -114,7 +102,7 @@ def quantization_fields(
     seed: int,
     libraries: Mapping[str, str | None],
 ) -> dict[str, Any]:
-    """What determines a quantized model (the fields ``quantization_key`` hashes)."""
+    """What determines a quantized model (what its cache key hashes)."""
     return {
         "format": CACHE_FORMAT,
         "kind": "quantize",
@@ -126,10 +114,6 @@ def quantization_fields(
         "seed": seed,
         "libraries": dict(libraries),
     }
-
-
-def quantization_key(**fields: Any) -> str:
-    return key_of(quantization_fields(**fields))
 
 
 # --- content identity ------------------------------------------------------------------
