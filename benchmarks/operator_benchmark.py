@@ -53,6 +53,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from qeval.api.common import GROUP, VERSION  # noqa: E402
 from qeval.k8s import manifests as m  # noqa: E402
 from tests.cluster.chart import Identities, install_identities  # noqa: E402
 from tests.cluster.controlplane import ControlPlane, binaries_dir  # noqa: E402
@@ -169,7 +170,7 @@ class Player:
         self.watches = [Watch(cp, base, self._job)]
         if play:
             self.watches.append(Watch(cp, f"/api/v1/namespaces/{NS}/pods", self._pod))
-            runs = f"/apis/{m.GROUP}/{m.VERSION}/namespaces/{NS}/evalruns"
+            runs = f"/apis/{GROUP}/{VERSION}/namespaces/{NS}/evalruns"
             self.watches.append(Watch(cp, runs, self._run))
             for _ in range(workers):
                 threading.Thread(target=self._work, daemon=True).start()
@@ -381,7 +382,7 @@ def run_case(kind: str, n: int, log_dir: Path, timeout: float) -> dict[str, Any]
                 name = f"run-{i:04d}"
                 created[name] = time.monotonic()
                 custom.create_namespaced_custom_object(
-                    m.GROUP, m.VERSION, NS, "evalruns", evalrun(name), field_validation="Strict"
+                    GROUP, VERSION, NS, "evalruns", evalrun(name), field_validation="Strict"
                 )
             create_seconds = time.monotonic() - t0
 

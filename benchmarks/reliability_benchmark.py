@@ -44,6 +44,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from qeval.api.common import GROUP, VERSION  # noqa: E402
 from qeval.k8s import manifests as m  # noqa: E402
 from qeval.k8s.reuse import LABEL_REUSE_KEY  # noqa: E402
 from tests.cluster.chart import install_identities  # noqa: E402
@@ -68,13 +69,13 @@ def create_all(cp: ControlPlane, requests: list[tuple[str, str, Any, str | None]
 
 
 def make_runs(cp: ControlPlane) -> dict[str, str]:
-    base = f"/apis/{m.GROUP}/{m.VERSION}/namespaces/{NS}/evalruns"
+    base = f"/apis/{GROUP}/{VERSION}/namespaces/{NS}/evalruns"
     names = [f"done-{i:04d}" for i in range(RUNS)]
     create_all(cp, [("POST", base, evalrun(n), None) for n in names])
     patch = {"status": finished_status()}
     merge = "application/merge-patch+json"
     create_all(cp, [("PATCH", f"{base}/{n}/status", patch, merge) for n in names])
-    items = cp.list(f"{m.GROUP}/{m.VERSION}/evalruns", NS)
+    items = cp.list(f"{GROUP}/{VERSION}/evalruns", NS)
     return {o["metadata"]["name"]: o["metadata"]["uid"] for o in items}
 
 

@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 import yaml
 
+from qeval.api.common import GROUP, VERSION
 from qeval.k8s import manifests as m
 from tests.cluster.chart import Identities, install_identities
 from tests.cluster.controlplane import ControlPlane
@@ -188,7 +189,7 @@ def statuses(cluster: ControlPlane, ns: str, i: int, study: Study) -> dict[str, 
     out = {}
     for doc in study(i):
         plural = PLURALS[doc["kind"]]
-        found = cluster.get(f"{m.GROUP}/{m.VERSION}/{plural}", ns, doc["metadata"]["name"])
+        found = cluster.get(f"{GROUP}/{VERSION}/{plural}", ns, doc["metadata"]["name"])
         assert found is not None
         out[f"{doc['kind']}/{SUFFIX.sub('', doc['metadata']['name'])}"] = normalized(
             found.get("status") or {}
@@ -209,7 +210,7 @@ def result_stages(cluster: ControlPlane, ns: str, i: int, study: Study) -> dict[
 
 
 def finished(cluster: ControlPlane, ns: str, run: str) -> bool:
-    found = cluster.get(f"{m.GROUP}/{m.VERSION}/evalruns", ns, run) or {}
+    found = cluster.get(f"{GROUP}/{VERSION}/evalruns", ns, run) or {}
     st = found.get("status") or {}
     return st.get("phase") in ("Succeeded", "Failed") and bool(st.get("completedAt"))
 
@@ -262,7 +263,7 @@ def env(identities: Identities, namespace: str, tmp_path: Path) -> dict[str, str
 
 def create(cluster: ControlPlane, ns: str, docs: list[dict[str, Any]]) -> None:
     for doc in docs:
-        path = f"/apis/{m.GROUP}/{m.VERSION}/namespaces/{ns}/{PLURALS[doc['kind']]}"
+        path = f"/apis/{GROUP}/{VERSION}/namespaces/{ns}/{PLURALS[doc['kind']]}"
         code, text = cluster.request("POST", path, doc)
         assert code == 201, f"{doc['metadata']['name']}: {code} {text}"
 

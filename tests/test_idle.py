@@ -23,6 +23,7 @@ from urllib.parse import unquote
 
 import pytest
 
+from qeval.api.common import GROUP, VERSION
 from qeval.api.evalrun import EvalRunStatus
 from qeval.k8s import manifests as m
 from qeval.k8s.reconcile import ACCEPTED, SPEC_VALID, SUCCEEDED
@@ -76,7 +77,7 @@ def finished_status() -> dict[str, Any]:
 
 
 def make_finished(cluster: ControlPlane, ns: str, names: list[str]) -> None:
-    base = f"/apis/{m.GROUP}/{m.VERSION}/namespaces/{ns}/evalruns"
+    base = f"/apis/{GROUP}/{VERSION}/namespaces/{ns}/evalruns"
     status = finished_status()
 
     def one(name: str) -> None:
@@ -137,7 +138,7 @@ def test_a_thousand_finished_runs_cost_only_the_watches_and_resync_skips_them(
     try:
         # One run that is not finished: its evaluations run (their pods ready) and go on.
         code, text = cluster.request(
-            "POST", f"/apis/{m.GROUP}/{m.VERSION}/namespaces/{ns}/evalruns", evalrun("busy")
+            "POST", f"/apis/{GROUP}/{VERSION}/namespaces/{ns}/evalruns", evalrun("busy")
         )
         assert code == 201, text
         jobs = wait_for(

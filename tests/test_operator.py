@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
+from qeval.api.common import GROUP, VERSION
 from qeval.k8s import manifests as m
 from qeval.stages.envelope import EXIT_RECORDED_FAILURE, StageResult, StageStatus
 from tests.cluster.chart import Identities, install_identities
@@ -120,11 +121,11 @@ class Kube:
         from kubernetes import client
 
         client.CustomObjectsApi(self.api).create_namespaced_custom_object(
-            m.GROUP, m.VERSION, self.ns, plural, body, field_validation="Strict"
+            GROUP, VERSION, self.ns, plural, body, field_validation="Strict"
         )
 
     def get(self, plural: str, name: str) -> dict[str, Any]:
-        found = self.cluster.get(f"{m.GROUP}/{m.VERSION}/{plural}", self.ns, name)
+        found = self.cluster.get(f"{GROUP}/{VERSION}/{plural}", self.ns, name)
         assert found is not None, f"{plural}/{name} is gone"
         return found
 
@@ -409,7 +410,7 @@ def test_the_demo_study_runs_to_the_end_across_an_operator_restart(
         from kubernetes import client
 
         client.CustomObjectsApi(kube.api).delete_namespaced_custom_object(
-            m.GROUP, m.VERSION, kube.ns, "evalruns", "demo"
+            GROUP, VERSION, kube.ns, "evalruns", "demo"
         )
         wait_for(lambda: not kube.jobs(**{m.LABEL_RUN: "demo"}), "the run's Jobs to go")
         wait_for(
@@ -497,7 +498,7 @@ def test_a_spec_the_schema_refuses_never_reaches_the_operator(
         kube.create("evalruns", run)  # Strict, as the tests' user asks for
     assert e.value.status == 400  # BadRequest: strict field validation
     assert 'unknown field \\"spec.tasks[0].numFewShot\\"' in str(e.value.body)
-    assert kube.cluster.get(f"{m.GROUP}/{m.VERSION}/evalruns", kube.ns, "typo") is None
+    assert kube.cluster.get(f"{GROUP}/{VERSION}/evalruns", kube.ns, "typo") is None
     assert not kube.jobs()
 
 
@@ -538,7 +539,7 @@ def test_changing_an_immutable_field_is_refused_at_admission_or_by_the_operator(
 
     def patch(spec: dict[str, Any]) -> None:
         custom.patch_namespaced_custom_object(
-            m.GROUP, m.VERSION, kube.ns, "evalruns", "demo", {"spec": spec}
+            GROUP, VERSION, kube.ns, "evalruns", "demo", {"spec": spec}
         )
 
     # A field present before and after: the CRD's CEL rule refuses the change.
@@ -866,13 +867,11 @@ def test_deleting_a_quantized_model_leaves_the_finished_run_as_it_was(
 
     custom = client.CustomObjectsApi(kube.api)
     custom.delete_namespaced_custom_object(
-        m.GROUP, m.VERSION, kube.ns, "quantizedmodels", "tiny-llama-w4a16"
+        GROUP, VERSION, kube.ns, "quantizedmodels", "tiny-llama-w4a16"
     )
     wait_for(
         lambda: (
-            not kube.cluster.get(
-                f"{m.GROUP}/{m.VERSION}/quantizedmodels", kube.ns, "tiny-llama-w4a16"
-            )
+            not kube.cluster.get(f"{GROUP}/{VERSION}/quantizedmodels", kube.ns, "tiny-llama-w4a16")
         ),
         "the QuantizedModel to go",
     )
@@ -915,7 +914,7 @@ def test_a_run_keeps_what_it_reused_when_the_run_it_came_from_is_deleted(
     from kubernetes import client
 
     client.CustomObjectsApi(kube.api).delete_namespaced_custom_object(
-        m.GROUP, m.VERSION, kube.ns, "evalruns", "first"
+        GROUP, VERSION, kube.ns, "evalruns", "first"
     )
     gone = lambda: not kube.cluster.list("v1/configmaps", kube.ns, first)  # noqa: E731
     wait_for(gone, "the garbage collector to remove first's results", timeout=90)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias
@@ -15,6 +16,13 @@ from pydantic.alias_generators import to_camel
 GROUP = "qeval.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
+
+
+def now() -> str:
+    """The current time as the API writes times (RFC 3339, UTC, seconds): conditions'
+    ``lastTransitionTime``, a run's ``startedAt``, a stage document's ``finishedAt``."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
 
 # A DNS-1123 label: what Kubernetes accepts as a name fragment of a child object.
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"

@@ -18,13 +18,12 @@ import logging
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 from pydantic import ValidationError
 
-from qeval.api.common import Resource, SecretKeyRef
+from qeval.api.common import Resource, SecretKeyRef, now
 from qeval.api.documents import explain
 from qeval.api.evalrun import EvalRun, EvalRunStatus
 from qeval.api.quantizedmodel import QuantizedModel, QuantizedModelStatus
@@ -58,10 +57,6 @@ from qeval.plan import Layout, Stage
 from qeval.recipes import scheme_label
 
 log = logging.getLogger(__name__)
-
-
-def now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Controller:

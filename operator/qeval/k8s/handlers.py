@@ -25,6 +25,7 @@ from typing import Any
 
 import kopf
 
+from qeval.api.common import GROUP, VERSION
 from qeval.k8s import manifests as m
 from qeval.k8s import store
 from qeval.k8s.controller import Controller
@@ -149,8 +150,8 @@ def registry() -> kopf.OperatorRegistry:
     (The ``type: ignore`` comments: kopf's handler protocols do not list index keywords.)
     """
     reg = kopf.OperatorRegistry()
-    qm = (m.GROUP, m.VERSION, "quantizedmodels")
-    er = (m.GROUP, m.VERSION, "evalruns")
+    qm = (GROUP, VERSION, "quantizedmodels")
+    er = (GROUP, VERSION, "evalruns")
     kopf.on.startup(registry=reg)(startup)
     kopf.on.cleanup(registry=reg)(cleanup)
     kopf.on.login(registry=reg)(login)

@@ -34,7 +34,7 @@ import urllib3
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from qeval.k8s.manifests import GROUP, VERSION
+from qeval.api.common import GROUP, VERSION
 
 PLURALS = {"EvalRun": "evalruns", "QuantizedModel": "quantizedmodels"}
 # The list calls of the built-in kinds the operator lists: (API, in a namespace, in all).

@@ -18,15 +18,12 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
-from qeval.api.common import VOLUMES_ROOT, ApiModel, SecretKeyRef
+from qeval.api.common import API_VERSION, VOLUMES_ROOT, ApiModel, SecretKeyRef
 from qeval.k8s.settings import OperatorSettings
 from qeval.plan import Layout, PodEndpoints, Stage
 from qeval.stages.accelerators import GPUS_ENV
 from qeval.stages.envelope import EXIT_RECORDED_FAILURE, StageResult
 from qeval.stages.serve import PORT, ServeInput
-
-GROUP, VERSION = "qeval.dev", "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
 
 # Labels and annotations (one place; the chart's RBAC and the dashboards rely on them)
 MANAGED_BY, MANAGER = "app.kubernetes.io/managed-by", "qeval"

@@ -26,6 +26,7 @@ from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from qeval.api.common import GROUP, VERSION
 from qeval.k8s import manifests as m
 from qeval.k8s.observe import JobState, ServerState, job_state, result_document, server_state
 from qeval.k8s.reuse import LABEL_REUSE_KEY, Reused
@@ -175,8 +176,8 @@ class Kind:
 JOBS = Kind(("batch", "v1", "jobs"), CHILDREN, ("jobs",))
 SERVERS = Kind(("apps", "v1", "deployments"), CHILDREN, ("servers",))
 RESULT_MAPS = Kind(("v1", "configmaps"), RESULTS, ("results", "result_paths", "reusable"))
-MODELS = Kind((m.GROUP, m.VERSION, "quantizedmodels"), {}, ("models",))
-RUNS = Kind((m.GROUP, m.VERSION, "evalruns"), {}, ("runs_by_model",))
+MODELS = Kind((GROUP, VERSION, "quantizedmodels"), {}, ("models",))
+RUNS = Kind((GROUP, VERSION, "evalruns"), {}, ("runs_by_model",))
 PRIMED = (JOBS, SERVERS, RESULT_MAPS, MODELS)  # what ``prime`` lists before the watches start
 
 

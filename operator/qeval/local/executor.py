@@ -25,7 +25,7 @@ import yaml
 from rich.console import Console
 from rich.markup import escape
 
-from qeval.api.common import Resource
+from qeval.api.common import Resource, now
 from qeval.api.documents import SpecError, load_documents
 from qeval.api.evalrun import EvalRun, EvalRunStatus
 from qeval.api.quantizedmodel import QuantizedModel
@@ -48,7 +48,6 @@ from qeval.stages.envelope import (
     StageStatus,
     failed,
     library_versions,
-    now,
     read_part,
 )
 from qeval.status import finish_evalrun, quantized_model_status, with_full_results

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from qeval.api.common import now
 from qeval.local.process import stage_env, tail, write_input
 from qeval.plan import Layout, Stage
 from qeval.serving.launch import STOP_SECONDS, free_port, wait_ready
@@ -33,7 +34,6 @@ from qeval.stages.envelope import (
     StageStatus,
     failed,
     library_versions,
-    now,
 )
 
 

@@ -14,7 +14,6 @@ import time
 import traceback
 from collections.abc import Callable
 from contextlib import suppress
-from datetime import UTC, datetime
 from enum import StrEnum
 from importlib import metadata
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any, Self, TypeVar
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from qeval.api.common import ApiModel
+from qeval.api.common import ApiModel, now
 
 # The exit code of a stage process that wrote (and, in a Job, published) a Failed document:
 # the failure is recorded and deterministic, so a stage Job's podFailurePolicy fails the Job
@@ -132,10 +131,6 @@ class StageResult(Document):
     @classmethod
     def load(cls, path: Path) -> StageResult:
         return cls.read(path.read_text())
-
-
-def now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def library_versions() -> dict[str, str]:
