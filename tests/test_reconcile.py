@@ -109,7 +109,7 @@ def test_a_published_result_makes_the_model_ready() -> None:
     result = QUANTIZED
     doc = ok("quantize-tiny-llama-w4a16", "quantize", result)
     d = qm_decision(Observed(results={doc.stage: doc}))
-    assert d.done and d.create == ()
+    assert d.at_rest and d.create == ()
     assert d.status["phase"] == "Ready"
     assert d.status["compressionRatio"] == 4.0
     assert d.status["output"] == result["outputDir"]
@@ -149,7 +149,7 @@ def test_a_spec_changed_under_a_running_job_is_refused() -> None:
 
 def test_an_invalid_spec_is_reported_not_retried() -> None:
     d = invalid_spec("QuantizedModel", "spec.scheme: bad", T1, 2, QuantizedModelStatus())
-    assert d.done and d.status["phase"] == "Failed"
+    assert d.at_rest and d.status["phase"] == "Failed"
     assert conditions(d)["Accepted"] == ("False", "InvalidSpec")
     assert d.events[0].type == "Warning"
 
@@ -225,7 +225,7 @@ def test_the_aggregate_runs_last_and_its_result_is_the_status() -> None:
     aggregate = EvalRunStatus(mean_recovery=0.93, results_location="/mnt/volumes/qeval-data/x")
     results = evaluations() | {"aggregate": ok("aggregate", "aggregate", aggregate.dump())}
     d = run_decision(ready, Observed(results=results))
-    assert d.done and d.create == ()
+    assert d.at_rest and d.create == ()
     assert d.status["phase"] == "Succeeded"
     assert d.status["meanRecovery"] == 0.93
     assert d.status["progress"] == "7/7"
@@ -522,7 +522,7 @@ def test_deleting_a_quantized_model_leaves_a_finished_run_as_it_was() -> None:
         )
         assert d.status == done.status
         assert d.status["meanRecovery"] == 0.93
-        assert d.done and d.create == () and d.events == ()
+        assert d.at_rest and d.create == () and d.events == ()
 
 
 def test_a_retry_that_succeeds_after_the_aggregate_does_not_flip_a_failed_run() -> None:
@@ -552,7 +552,7 @@ def test_a_finished_run_whose_jobs_are_deleted_keeps_its_times_and_creates_nothi
     assert done.status["startedAt"] == T0
     old = EvalRunStatus.model_validate(done.status)
     d = run_decision(states(demo()[1], "Ready"), Observed(results={}), old)
-    assert d.status == done.status and d.create == () and d.done
+    assert d.status == done.status and d.create == () and d.at_rest
 
 
 def test_a_spec_changed_after_the_run_finished_is_reported_and_the_outcome_kept() -> None:
@@ -579,7 +579,7 @@ def test_a_ready_quantized_model_whose_job_and_result_are_gone_stays_ready() -> 
     ready = qm_decision(Observed(results={QUANTIZE: ok(QUANTIZE, "quantize", QUANTIZED)}))
     assert ready.status["phase"] == "Ready"
     d = qm_decision(Observed(), QuantizedModelStatus.model_validate(ready.status))
-    assert d.create == () and d.done and d.status == ready.status
+    assert d.create == () and d.at_rest and d.status == ready.status
 
 
 # --- model servers (backend vllm-server) ------------------------------------------------------
@@ -663,10 +663,10 @@ def test_a_server_is_recorded_then_removed_once_its_stages_are_done() -> None:
     }
     d = served(Observed(results=results))
     assert d.status["phase"] == "Succeeded" and d.status["progress"] == "5/5"
-    assert d.done and d.publish == () and d.delete == ()
+    assert d.at_rest and d.publish == () and d.delete == ()
     # While a server still exists the run is not at rest (its removal may need a retry).
     d = served(Observed(results=results, servers={"serve-w4": up("serve-w4")}))
-    assert d.delete == ("serve-w4",) and not d.done
+    assert d.delete == ("serve-w4",) and not d.at_rest
 
 
 def test_a_server_not_ready_within_its_timeout_of_starting_fails_the_run() -> None:
@@ -809,7 +809,7 @@ def test_a_condition_keeps_its_transition_time_until_its_status_changes() -> Non
 def test_a_job_that_succeeded_without_publishing_a_result_fails_its_stage() -> None:
     stage = "quantize-tiny-llama-w4a16"
     d = qm_decision(Observed(jobs={stage: running(stage, "Succeeded")}))
-    assert d.done and d.create == ()
+    assert d.at_rest and d.create == ()
     assert d.status["phase"] == "Failed"
     assert conditions(d)["Ready"] == ("False", "NoResult")
 

@@ -121,7 +121,7 @@ class Controller:
             decision, refused = await decide(body, self.store, fresh)
             if refused:  # say so now, not at the next resync
                 decision, _ = await decide(body, self.store, fresh)
-            if decision.done:
+            if decision.at_rest:
                 self.finished.add(uid)
             else:
                 self.finished.discard(uid)

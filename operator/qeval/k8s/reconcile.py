@@ -101,7 +101,7 @@ class Decision:
     status: dict[str, object]  # the status document to write (camelCase)
     create: tuple[Stage, ...] = ()  # Jobs, or servers for serve stages
     events: tuple[Event, ...] = ()
-    done: bool = False  # nothing will change until the spec or a child does
+    at_rest: bool = False  # nothing will change until the spec or a child does: no resync
     spec_digest: str | None = None  # stamped on the Jobs created, to notice spec changes
     labels: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # per stage
     # Servers whose outcome is decided: record it (a result ConfigMap), then remove them.
@@ -300,7 +300,7 @@ def invalid_spec(
     new.observed_generation = generation
     new.conditions = carry_transition_times(old.conditions, new.conditions)
     events = [Event("Warning", INVALID_SPEC, message)] if old.phase != "Failed" else []
-    return Decision(new.dump(), (), tuple(events), done=True)
+    return Decision(new.dump(), (), tuple(events), at_rest=True)
 
 
 # --- QuantizedModel ---------------------------------------------------------------------
@@ -333,11 +333,11 @@ def decide_quantized_model(
         msg = "spec changed after quantization started; delete and recreate the QuantizedModel"
         accepted = condition(ACCEPTED, False, SPEC_CHANGED, msg, now, generation)
     if finished(old):  # its Job or result may go (TTL, a person): the model stays as it was
-        return _qm_decision(old, frozen(old, accepted), generation, [], done=True, spec=fixed)
+        return _qm_decision(old, frozen(old, accepted), generation, [], at_rest=True, spec=fixed)
     if drift:
         status = old.model_copy(deep=True)
         status.conditions = [accepted, *[c for c in old.conditions if c.type != ACCEPTED]]
-        return _qm_decision(old, status, generation, [], done=doc is not None, spec=fixed)
+        return _qm_decision(old, status, generation, [], at_rest=doc is not None, spec=fixed)
     if doc is not None:
         try:
             status = quantized_model_status(doc)
@@ -349,7 +349,7 @@ def decide_quantized_model(
             condition(QUANTIZING, False, status.conditions[0].reason, "finished", now, generation),
             *status.conditions,
         ]
-        return _qm_decision(old, status, generation, [], done=True, spec=fixed)
+        return _qm_decision(old, status, generation, [], at_rest=True, spec=fixed)
     if job is None:
         create.append(stage)
     message = f"Job {job.name} is {job.phase.lower()}" if job else "creating the quantize Job"
@@ -372,7 +372,7 @@ def _qm_decision(
     new: QuantizedModelStatus,
     generation: int | None,
     create: list[Stage],
-    done: bool = False,
+    at_rest: bool = False,
     spec: str | None = None,
 ) -> Decision:
     new.observed_generation = generation
@@ -382,7 +382,7 @@ def _qm_decision(
         old.phase, new.phase, ready.message if ready else ""
     )
     events += _stalled_event(old.conditions, new.conditions)
-    return Decision(new.dump(), tuple(create), tuple(events), done, spec)
+    return Decision(new.dump(), tuple(create), tuple(events), at_rest, spec)
 
 
 # --- EvalRun ----------------------------------------------------------------------------
@@ -507,7 +507,7 @@ def decide_evalrun(
             frozen(old, accepted),
             generation,
             [],
-            done=not observed.servers,
+            at_rest=not observed.servers,
             spec=fixed,
             publish=publish,
             delete=delete,
@@ -535,7 +535,7 @@ def decide_evalrun(
             status,
             generation,
             [],
-            done=not observed.servers,
+            at_rest=not observed.servers,
             spec=fixed,
             publish=publish,
             delete=delete,
@@ -611,7 +611,7 @@ def _final_run(old: EvalRunStatus, observed: Observed, generation: int | None) -
     """A finished run whose plan cannot be made any more (a QuantizedModel it evaluated was
     deleted or recreated): its status stays; its servers, if any are left, go."""
     servers = tuple(sorted(observed.servers))
-    return _run_decision(old, frozen(old), generation, [], done=not servers, delete=servers)
+    return _run_decision(old, frozen(old), generation, [], at_rest=not servers, delete=servers)
 
 
 def _waiting(
@@ -643,7 +643,7 @@ def _run_decision(
     new: EvalRunStatus,
     generation: int | None,
     create: list[Stage],
-    done: bool = False,
+    at_rest: bool = False,
     spec: str | None = None,
     labels: Mapping[str, Mapping[str, str]] | None = None,
     publish: tuple[StageResult, ...] = (),
@@ -669,5 +669,13 @@ def _run_decision(
             Event("Normal", SERVER_STOPPED, f"removed the server(s) of {', '.join(delete)}")
         )
     return Decision(
-        new.dump(), tuple(create), tuple(events), done, spec, labels or {}, publish, delete, copies
+        new.dump(),
+        tuple(create),
+        tuple(events),
+        at_rest,
+        spec,
+        labels or {},
+        publish,
+        delete,
+        copies,
     )
