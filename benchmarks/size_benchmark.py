@@ -27,7 +27,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from qeval.api.evalrun import EvalRunStatus  # noqa: E402
+from qeval.api.evalrun_status import EvalRunStatus  # noqa: E402
 from qeval.k8s.manifests import (  # noqa: E402
     Owner,
     build_result_configmap,

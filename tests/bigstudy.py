@@ -17,13 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from qeval.api.evalrun import (
-    EvalRunSpec,
-    Percentiles,
-    PerformancePoint,
-    SimilarityScore,
-    Task,
-)
+from qeval.api.evalrun import EvalRunSpec, Task
+from qeval.api.evalrun_status import Percentiles, PerformancePoint, SimilarityScore
 from qeval.api.suites import BBH_CHOICES, MUSR_CHOICES
 from qeval.results.lmeval import parse_scores, primary_metrics
 from qeval.stages.aggregate import AggregateInput, ModelResults

@@ -95,9 +95,9 @@ def test_remembered_digest_sees_a_same_size_same_mtime_rewrite(tmp_path):
 
 def test_model_identity(tmp_path):
     snapshot = _model(tmp_path / "hub" / "snapshots" / "0123abcd")
-    assert c.model_identity("org/m", None, snapshot) == "hf:org/m@0123abcd"
+    assert c.weights_identity("org/m", None, snapshot) == "hf:org/m@0123abcd"
     local = _model(tmp_path / "local")
-    assert c.model_identity(str(local), None, local) == f"sha256:{c.tree_digest(local)}"
+    assert c.weights_identity(str(local), None, local) == f"sha256:{c.tree_digest(local)}"
 
 
 GROUP_RESULTS = {

@@ -24,7 +24,7 @@ from urllib.parse import unquote
 import pytest
 
 from qeval.api.common import GROUP, VERSION
-from qeval.api.evalrun import EvalRunStatus
+from qeval.api.evalrun_status import EvalRunStatus
 from qeval.k8s import manifests as m
 from qeval.k8s.reconcile import ACCEPTED, SPEC_VALID, SUCCEEDED
 from qeval.status import condition

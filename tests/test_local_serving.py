@@ -261,7 +261,8 @@ def test_a_server_that_never_comes_up_fails_its_stage(served, workdir):
     doc = result(run_dir, "serve-fp32")
     assert (doc["kind"], doc["status"], doc["reason"]) == ("serve", "Failed", "ServerFailed")
     skipped = result(run_dir, "evaluate-fp32")
-    assert (skipped["status"], skipped["message"]) == ("Skipped", "not run: serve-fp32 failed")
+    assert (skipped["status"], skipped["reason"]) == ("Skipped", "DependencyFailed")
+    assert skipped["message"] == "not run: serve-fp32 did not succeed"
     succeeded = next(c for c in st["conditions"] if c["type"] == "Succeeded")
     assert succeeded["status"] == "False" and succeeded["reason"] == "ServerFailed"
     assert "serve-fp32" in proc.stdout and "ServerFailed" in proc.stdout

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from qeval.api.evalrun import (
+from qeval.api.evalrun_status import (
     CandidateSummary,
     EvalRunStatus,
     Percentiles,

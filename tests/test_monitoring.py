@@ -50,7 +50,7 @@ from typing import Any
 import pytest
 import yaml
 
-from qeval.api.evalrun import Score
+from qeval.api.evalrun_status import Score
 from qeval.k8s import manifests as m
 from qeval.k8s.publish import publish
 from qeval.plan import SERVE_KIND, Stage

@@ -7,7 +7,7 @@ from pathlib import PurePosixPath
 import pytest
 
 from qeval.api import EvalRun, QuantizedModel, load_documents
-from qeval.plan import Layout, PlanError, Stage, build_plan, dependents, ordered
+from qeval.plan import Layout, PlanError, Stage, build_plan, ordered
 from tests.conftest import EXAMPLES
 
 LAYOUT = Layout(PurePosixPath("/w/runs/demo"), PurePosixPath("/w/models"))
@@ -118,16 +118,6 @@ def test_ordering_is_stable_and_rejects_unknown_needs():
     assert [s.name for s in ordered([a, b, c])] == ["a", "c", "b"]
     with pytest.raises(PlanError):
         ordered([Stage("a", "x", {}, ("nope",))])
-
-
-def test_dependents_are_transitive():
-    stages = [
-        Stage("a", "x", {}),
-        Stage("b", "x", {}, ("a",)),
-        Stage("c", "x", {}, ("b",)),
-        Stage("d", "x", {}),
-    ]
-    assert dependents(stages, "a") == {"b", "c"}
 
 
 def test_vllm_server_plan_puts_a_server_before_each_models_clients():

@@ -6,7 +6,8 @@ import json
 from typing import Any
 
 from qeval.api.documents import load_documents
-from qeval.api.evalrun import EvalRun, EvalRunStatus
+from qeval.api.evalrun import EvalRun
+from qeval.api.evalrun_status import EvalRunStatus
 from qeval.api.quantizedmodel import QuantizedModel, QuantizedModelStatus
 from qeval.k8s import manifests as m
 from qeval.k8s.observe import (
@@ -26,9 +27,9 @@ from qeval.k8s.reconcile import (
     decide_quantized_model,
     invalid_spec,
 )
-from qeval.k8s.reuse import LABEL_REUSE_KEY, Reused, model_identity, reuse_keys, vouched
+from qeval.k8s.reuse import LABEL_REUSE_KEY, Reused, named_identity, reuse_keys, vouched
 from qeval.k8s.settings import OperatorSettings
-from qeval.plan import Stage, build_plan
+from qeval.plan import Stage, build_plan, quantize_stage
 from qeval.stages.envelope import StageResult, StageStatus
 from tests.conftest import EXAMPLES
 
@@ -77,7 +78,10 @@ def qm_decision(observed: Observed, old: QuantizedModelStatus | None = None) -> 
 def test_a_new_quantized_model_gets_one_quantize_job() -> None:
     d = qm_decision(Observed())
     assert [s.name for s in d.create] == ["quantize-tiny-llama-w4a16"]
-    assert d.create[0].needs == ()  # the Job builds the demo model itself
+    # The stage the EvalRuns' plans have, unedited: its Job builds the demo model itself.
+    _, models = demo()
+    qm = models["tiny-llama-w4a16"]
+    assert d.create[0] == quantize_stage(qm, layout(qm.name))
     assert d.status["phase"] == "Quantizing"
     assert conditions(d)["Accepted"] == ("True", "SpecValid")
     assert conditions(d)["Ready"] == ("False", "StagesRunning")
@@ -441,11 +445,11 @@ def test_reuse_keys_name_models_only_where_the_weights_are_named() -> None:
 
 
 def test_a_hub_model_is_named_only_at_an_explicit_revision() -> None:
-    assert model_identity({"uri": "meta-llama/Llama-3.1-8B"}, {}) is None
-    assert model_identity({"uri": "meta-llama/Llama-3.1-8B", "revision": "0e9e39f"}, {}) == (
+    assert named_identity({"uri": "meta-llama/Llama-3.1-8B"}, {}) is None
+    assert named_identity({"uri": "meta-llama/Llama-3.1-8B", "revision": "0e9e39f"}, {}) == (
         "hf:meta-llama/Llama-3.1-8B@0e9e39f"
     )
-    assert model_identity({"uri": "/mnt/volumes/models/x"}, {}) is None
+    assert named_identity({"uri": "/mnt/volumes/models/x"}, {}) is None
 
 
 def test_an_evaluation_another_run_did_is_taken_not_run_again() -> None:
@@ -462,7 +466,8 @@ def test_an_evaluation_another_run_did_is_taken_not_run_again() -> None:
     d = run_decision(states(models, "Ready"), observed)
     assert "evaluate-fp32" not in {s.name for s in d.create}
     assert {"evaluate-fp8", "evaluate-w4a16"} <= {s.name for s in d.create}
-    assert d.status["cached"] == ["fp32/qeval_demo_facts", "fp32/qeval_demo_recall"]
+    assert d.status["reused"] == ["fp32/qeval_demo_facts", "fp32/qeval_demo_recall"]
+    assert d.status["cached"] == []  # the stage-side result cache served nothing
     # Jobs carry their key, so their results can be found by the next run.
     created = {s.name for s in d.create}
     assert all(d.labels[n][LABEL_REUSE_KEY] == keys[n] for n in created)
@@ -480,7 +485,19 @@ def test_an_evaluation_another_run_did_is_taken_not_run_again() -> None:
         (aggregate,) = d.create
         assert aggregate.input["baseline"]["evaluate"] == source
         assert d.copies == ()  # copied once
-        assert d.status["cached"] == ["fp32/qeval_demo_facts", "fp32/qeval_demo_recall"]
+        assert d.status["reused"] == ["fp32/qeval_demo_facts", "fp32/qeval_demo_recall"]
+
+    # The run's status says which level served each result: the operator's reuse (taken
+    # from another run) or the stage's result cache (found by the weights' contents).
+    aggregate = EvalRunStatus(
+        mean_recovery=0.9, cached=["fp32/qeval_demo_facts", "fp8/qeval_demo_facts"]
+    )
+    results = results | {"aggregate": ok("aggregate", "aggregate", aggregate.dump())}
+    seen = Observed(results=results, result_paths={"evaluate-fp32": source})
+    d = run_decision(states(models, "Ready"), seen)
+    assert d.status["phase"] == "Succeeded"
+    assert d.status["reused"] == ["fp32/qeval_demo_facts", "fp32/qeval_demo_recall"]
+    assert d.status["cached"] == ["fp8/qeval_demo_facts"]
 
 
 # --- a finished result never changes ----------------------------------------------------------
@@ -780,8 +797,13 @@ def test_no_server_starts_for_evaluations_taken_from_another_run() -> None:
 
     hits = {k: Reused(ok(n, "evaluate"), f"/earlier/{n}/result.json") for n, k in keys.items()}
     d = decide_evalrun(run, {}, Observed(reuse=hits.get), layout(run.name), T1, 1, None)
-    assert [s.name for s in d.create] == ["aggregate"]
-    assert d.status["progress"] == "2/3"
+    assert [s.name for s in d.create] == ["aggregate"]  # no server, no evaluation
+    # The servers count as done, not started (the engine's rule for what exists for users).
+    assert d.status["progress"] == "4/5"
+    # The same plan, its aggregate reading the results where the other run wrote them.
+    inp = d.create[0].input
+    assert inp["baseline"]["evaluate"] == "/earlier/evaluate-bf16/result.json"
+    assert [c["evaluate"] for c in inp["candidates"]] == ["/earlier/evaluate-w4/result.json"]
 
 
 # --- condition times, a Job that succeeded without a result -------------------------------

@@ -12,9 +12,10 @@ import pytest
 import yaml
 from rich.console import Console
 
-from qeval.api.evalrun import CandidateSummary, EvalRun, EvalRunStatus, Recovery, Score
+from qeval.api.evalrun import EvalRun
+from qeval.api.evalrun_status import CandidateSummary, EvalRunStatus, Recovery, Score
 from qeval.cli import main
-from qeval.local.report import print_summary
+from qeval.local.console import print_summary
 from qeval.report import PerfPoint, Run, load_run, write_report
 from qeval.report.recommend import latency_pick, recommend, throughput_pick
 from qeval.results.summary import ModelOutcome, summarize

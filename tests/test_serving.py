@@ -18,15 +18,8 @@ import pytest
 
 from qeval.api import EvalRun, QuantizedModel, load_documents
 from qeval.api.common import ModelSource
-from qeval.api.evalrun import (
-    PERFORMANCE_RULES,
-    SCENARIO_RULES,
-    Percentiles,
-    Performance,
-    PerformancePoint,
-    Scenario,
-    Similarity,
-)
+from qeval.api.evalrun import PERFORMANCE_RULES, SCENARIO_RULES, Performance, Scenario, Similarity
+from qeval.api.evalrun_status import Percentiles, PerformancePoint
 from qeval.plan import Layout, build_plan
 from qeval.results.performance import speedups
 from qeval.serving.client import (
@@ -598,7 +591,7 @@ def test_a_server_that_cannot_start_fails_the_stage(tmp_path):
 
 
 def test_aggregate_puts_benchmarks_speedups_and_similarity_into_the_status(tmp_path):
-    from qeval.api.evalrun import EvalRunStatus, SimilarityScore
+    from qeval.api.evalrun_status import EvalRunStatus, SimilarityScore
     from qeval.stages.aggregate import AggregateInput, ModelResults, serving
     from qeval.stages.envelope import StageResult, failed
 

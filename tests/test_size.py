@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from qeval.api.evalrun import EvalRunStatus, Scenario
+from qeval.api.evalrun import Scenario
+from qeval.api.evalrun_status import EvalRunStatus
 from qeval.k8s.manifests import Owner, build_result_configmap, child_name, labels
 from qeval.plan import Stage
 from qeval.stages import aggregate
@@ -153,7 +154,7 @@ def test_the_studies_ran_keep_every_tasks_primary_metric_in_the_status(studies_r
 def test_a_local_run_reads_every_result_back(largest):
     """``qeval run`` (and ``qeval report`` where the storage is at hand) show every result:
     the full table comes back from disk."""
-    from qeval.local.report import summary_table
+    from qeval.local.console import summary_table
     from qeval.report.model import run_from_objects
     from qeval.report.text import primary_columns
 
@@ -222,7 +223,8 @@ def test_the_real_api_server_stores_the_largest_objects(
         # The status the operator writes: the aggregate's, with phase, conditions, progress,
         # and every task of every model listed as reused (a run wholly from the cache).
         docs = [StageResult(stage=f"s{i}", kind="evaluate", status="Succeeded") for i in range(99)]
-        final = finish_evalrun(agg, docs, 99, "2026-12-02T05:00:00Z", "2026-12-02T06:00:00Z")
+        stages = [Stage(d.stage, d.kind, {}) for d in docs]
+        final = finish_evalrun(agg, docs, stages, "2026-12-02T05:00:00Z", "2026-12-02T06:00:00Z")
         every = [
             f"{m}/{t.name}"
             for m in (inp.baseline.name, *(c.name for c in inp.candidates))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats as sp
 
-from qeval.api.evalrun import Score
+from qeval.api.evalrun_status import Score
 from qeval.results import stats
 from qeval.results.summary import ModelOutcome, summarize
 

@@ -16,7 +16,7 @@ from qeval.k8s import manifests as m
 from qeval.k8s import store
 from qeval.k8s.controller import Controller
 from qeval.k8s.metrics import Metrics
-from qeval.k8s.reconcile import outcome
+from qeval.k8s.reconcile import observed_outcome
 from qeval.k8s.reuse import LABEL_REUSE_KEY
 from qeval.k8s.settings import OperatorSettings
 from qeval.k8s.store import Index, Store
@@ -230,7 +230,7 @@ def test_a_succeeded_job_whose_result_the_watch_has_not_shown_is_read_before_its
     observed, controller = observe(kube, succeeded_job(RUN, "evaluate-bf16", "job-1"))
     assert observed.results["evaluate-bf16"].status == StageStatus.SUCCEEDED
     stage = Stage("evaluate-bf16", "evaluate", {})
-    assert outcome(stage, observed) == observed.results["evaluate-bf16"]  # not NoResult
+    assert observed_outcome(stage, observed) == observed.results["evaluate-bf16"]  # not NoResult
     name = m.child_name(RUN.name, "evaluate-bf16")
     assert kube.asked == [(RUN.namespace, name, store.selector(store.RESULTS))]
     # It is in the store now: its watch event, when it comes, changes nothing.
@@ -240,5 +240,5 @@ def test_a_succeeded_job_whose_result_the_watch_has_not_shown_is_read_before_its
     kube = ResultsInTheAPI()
     observed, _ = observe(kube, succeeded_job(RUN, "evaluate-bf16", "job-1"))
     assert "evaluate-bf16" not in observed.results and len(kube.asked) == 1
-    failed = outcome(stage, observed)
+    failed = observed_outcome(stage, observed)
     assert failed is not None and failed.reason == "NoResult"

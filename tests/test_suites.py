@@ -10,7 +10,8 @@ import pytest
 
 from qeval.api import EvalRun, SpecError
 from qeval.api.documents import parse
-from qeval.api.evalrun import SPEC_RULES, Baseline, EvalRunSpec, Score, Task
+from qeval.api.evalrun import SPEC_RULES, Baseline, EvalRunSpec, Task
+from qeval.api.evalrun_status import Score
 from qeval.api.suites import SUITES, SuiteName, expand_tasks, suite_tasks
 from qeval.plan import Layout, build_plan
 from qeval.results.suites import normalize, suite_score

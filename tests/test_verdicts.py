@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from qeval.api.common import ModelSource
-from qeval.api.evalrun import Score, Task
+from qeval.api.evalrun import Task
+from qeval.api.evalrun_status import Score
 from qeval.results.summary import ModelOutcome, summarize
 from qeval.stages.envelope import StageError
 from qeval.stages.evaluate import EvaluateInput, _model_args, finish, lookup, parse_model_args

@@ -65,18 +65,28 @@ class PodEndpoints:
 @dataclass(frozen=True)
 class Layout:
     """Where stage documents, quantized models and the result cache live, as the stage
-    processes see them (no cache_root: no result cache), and where model servers answer."""
+    processes see them (no cache_root: no result cache), and where model servers answer.
+    What differs between the executors is here, never an edit of the plan they run."""
 
     run_root: PurePosixPath
     models_root: PurePosixPath
     cache_root: PurePosixPath | None = None
     endpoints: Endpoints = field(default_factory=PodEndpoints)
+    # Evaluations another run made that this run takes (the operator's reuse, by stage): the
+    # aggregate reads their result documents where that run wrote them.
+    elsewhere: Mapping[str, str] = field(default_factory=dict)
 
     def stage_dir(self, stage: str) -> PurePosixPath:
         return self.run_root / "stages" / stage
 
     def result_path(self, stage: str) -> PurePosixPath:
         return self.stage_dir(stage) / "result.json"
+
+    def read_path(self, stage: str) -> PurePosixPath:
+        """Where the aggregate reads the stage's result: its own, or another run's it took."""
+        if stage in self.elsewhere:
+            return PurePosixPath(self.elsewhere[stage])
+        return self.result_path(stage)
 
     def report_dir(self) -> PurePosixPath:
         return self.run_root / "report"
@@ -96,6 +106,9 @@ class Stage:
     scheduling: Scheduling | None = None  # None: a light CPU-only stage
     always: bool = False  # runs even when a dependency failed (to report what did not)
     produces: str | None = None  # the QuantizedModel this stage makes, if any
+    # Exists only for the stages that need it (as a server does; the demo model): not
+    # started when every one of them ended without it (each reused, or skipped).
+    for_users: bool = False
 
     @property
     def serves(self) -> bool:
@@ -214,7 +227,7 @@ def build_plan(run: EvalRun, models: Mapping[str, QuantizedModel], layout: Layou
         )
         scheduling = None if servers else spec.scheduling  # a client: the server has the GPU
         stages.append(Stage(stage, "evaluate", _doc(inp), needs, scheduling))
-        refs.append(ModelResults(name=name, scheme=scheme, evaluate=str(layout.result_path(stage))))
+        refs.append(ModelResults(name=name, scheme=scheme, evaluate=str(layout.read_path(stage))))
 
     similarity = None
     if spec.similarity is not None:
@@ -243,7 +256,9 @@ def build_plan(run: EvalRun, models: Mapping[str, QuantizedModel], layout: Layou
         # but no GPU: the demo model trains on the CPU (given GPUs it would fail NoGPU on a
         # node whose driver is too old, for a build that never uses them)
         scheduling = spec.scheduling.model_copy(update={"gpus": 0})
-        demo = Stage(DEMO_STAGE, "demo-model", _doc(DemoModelInput()), (), scheduling)
+        demo = Stage(
+            DEMO_STAGE, "demo-model", _doc(DemoModelInput()), (), scheduling, for_users=True
+        )
         stages.insert(0, demo)
     return ordered(stages)
 
@@ -333,14 +348,4 @@ def ordered(stages: list[Stage]) -> list[Stage]:
         for name in ready:
             out.append(by_name[name])
             sorter.done(name)
-    return out
-
-
-def dependents(stages: list[Stage], failed: str) -> set[str]:
-    """Every stage that (transitively) needs ``failed``."""
-    out: set[str] = set()
-    frontier = {failed}
-    while frontier:
-        frontier = {s.name for s in stages if set(s.needs) & frontier} - out
-        out |= frontier
     return out

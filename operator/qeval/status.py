@@ -12,18 +12,21 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from qeval.api.common import Condition, ConditionStatus
-from qeval.api.evalrun import EvalRunStatus, FullResults, StageFailure
+from qeval.api.evalrun_status import EvalRunStatus, FullResults, StageFailure
 from qeval.api.quantizedmodel import QuantizedModelStatus
+from qeval.engine import own, progress
+from qeval.plan import Stage
+from qeval.reasons import (
+    ACCEPTED,
+    ALL_STAGES_SUCCEEDED,
+    QUANTIZED,
+    READY,
+    SPEC_VALID,
+    STAGE_FAILED,
+    SUCCEEDED,
+)
 from qeval.stages.envelope import StageResult, StageStatus, read_part
 from qeval.stages.quantize import QuantizeResult
-
-# Condition types
-ACCEPTED, READY, SUCCEEDED = "Accepted", "Ready", "Succeeded"
-# Reasons (one CamelCase word each)
-SPEC_VALID = "SpecValid"
-QUANTIZED = "Quantized"
-ALL_STAGES_SUCCEEDED = "AllStagesSucceeded"
-STAGE_FAILED = "StageFailed"
 
 
 def condition(
@@ -97,17 +100,21 @@ def failures(docs: Iterable[StageResult]) -> list[StageFailure]:
 def finish_evalrun(
     aggregate: EvalRunStatus | None,
     docs: list[StageResult],
-    total: int,
+    stages: list[Stage],
     started: str,
     finished: str,
 ) -> EvalRunStatus:
-    """The final EvalRun status: the aggregate's results plus phase, progress and conditions."""
+    """The final EvalRun status: the aggregate's results plus phase, progress and conditions.
+    ``docs``: the documents of the stages that ended, in plan order (of the run's own stages
+    and of the QuantizedModels' that failed); ``stages``: the plan."""
     status = aggregate.model_copy() if aggregate else EvalRunStatus()
     status.failures = failures(docs)
-    done = sum(d.status == StageStatus.SUCCEEDED for d in docs)
-    ok = not status.failures and done == total
+    ended = {d.stage: d.status for d in docs}
+    ok = not status.failures and all(
+        ended.get(s.name) == StageStatus.SUCCEEDED for s in own(stages)
+    )
     status.phase = "Succeeded" if ok else "Failed"
-    status.progress = f"{done}/{total}"
+    status.progress = progress(stages, ended)
     status.started_at, status.completed_at = started, finished
     if ok:
         reason, message = ALL_STAGES_SUCCEEDED, "all stages succeeded"

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from qeval.api.evalrun import Score
+from qeval.api.evalrun_status import Score
 from qeval.k8s import manifests as m
 from qeval.k8s.publish import publish
 from qeval.results.cache import key_of

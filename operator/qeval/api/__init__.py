@@ -6,7 +6,8 @@ them (``qeval.api.crd``), the operator and ``qeval run`` validate with them.
 
 from qeval.api.common import API_VERSION, GROUP, VERSION, Condition, ModelSource, Scheduling
 from qeval.api.documents import SpecError, load_documents
-from qeval.api.evalrun import Backend, Candidate, EvalRun, EvalRunSpec, EvalRunStatus, Task
+from qeval.api.evalrun import Backend, Candidate, EvalRun, EvalRunSpec, Task
+from qeval.api.evalrun_status import EvalRunStatus
 from qeval.api.quantizedmodel import (
     Algorithm,
     QuantizedModel,

@@ -25,15 +25,14 @@ from pydantic import ValidationError
 
 from qeval.api.common import Resource, SecretKeyRef, now
 from qeval.api.documents import explain
-from qeval.api.evalrun import EvalRun, EvalRunStatus
+from qeval.api.evalrun import EvalRun
+from qeval.api.evalrun_status import EvalRunStatus
 from qeval.api.quantizedmodel import QuantizedModel, QuantizedModelStatus
 from qeval.k8s import manifests as m
 from qeval.k8s.kube import Kube
 from qeval.k8s.metrics import Metrics
 from qeval.k8s.observe import JobState, PodProblem, ServerState, api_problem, pod_problem
 from qeval.k8s.reconcile import (
-    DEPENDENCY_FAILED,
-    QUANTIZED_MODEL_FAILED,
     Decision,
     ModelState,
     Observed,
@@ -54,6 +53,7 @@ from qeval.k8s.store import (
     watched,
 )
 from qeval.plan import Layout, Stage
+from qeval.reasons import DEPENDENCY_FAILED, QUANTIZED_MODEL_FAILED
 from qeval.recipes import scheme_label
 
 log = logging.getLogger(__name__)

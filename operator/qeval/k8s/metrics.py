@@ -23,7 +23,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from qeval import __version__
-from qeval.api.evalrun import EvalRunStatus
+from qeval.api.evalrun_status import EvalRunStatus
 from qeval.api.quantizedmodel import QuantizedModelStatus
 
 RESULT_LABELS = ("namespace", "run", "model", "scheme", "task", "metric")

@@ -28,6 +28,7 @@ from qeval.k8s.manifests import (
     stage_name,
 )
 from qeval.k8s.reuse import LABEL_REUSE_KEY
+from qeval.reasons import JOB_FAILED, OOM_KILLED, SERVER_NOT_READY, UNREADABLE_RESULT
 from qeval.stages.envelope import StageResult, failed
 
 JobPhase = Literal["Pending", "Running", "Succeeded", "Failed"]
@@ -45,8 +46,6 @@ FATAL_WAITING = frozenset(
 # Waiting reasons that may resolve (a registry's rate limit, a blip): fatal only once they
 # have lasted the operator's image pull timeout since the pod was scheduled.
 PULL_WAITING = frozenset({"ErrImagePull", "ImagePullBackOff"})
-OOM_KILLED = "OOMKilled"
-NOT_READY_IN_TIME = "ServerNotReady"
 
 
 @dataclass(frozen=True)
@@ -104,7 +103,7 @@ def job_state(job: Mapping[str, Any]) -> JobState:
     if failed := _true(conditions, "Failed", "FailureTarget"):
         return JobState(
             phase="Failed",
-            reason=failed.get("reason") or "JobFailed",
+            reason=failed.get("reason") or JOB_FAILED,
             message=failed.get("message") or "the stage's Job failed",
             **base,
         )
@@ -201,7 +200,7 @@ def _exited(cs: Mapping[str, Any], container: Mapping[str, Any]) -> tuple[str, s
     ran = _seconds_between(last.get("startedAt"), last.get("finishedAt"))
     allowance = _startup_allowance(container)
     if allowance is not None and ran is not None and ran >= allowance and not cs.get("started"):
-        return NOT_READY_IN_TIME, (
+        return SERVER_NOT_READY, (
             f"container {cs.get('name')} was not ready within {allowance} s of starting "
             f"(its startup probe; serving.readyTimeoutSeconds) and was killed after {ran:.0f} s"
             + (f": {str(last['message']).strip()[-2000:]}" if last.get("message") else "")
@@ -290,7 +289,7 @@ def result_document(configmap: Mapping[str, Any]) -> StageResult | None:
         doc = failed(
             stage_name(meta),
             (meta.get("labels") or {}).get(LABEL_STAGE_KIND, ""),
-            "UnreadableResult",
+            UNREADABLE_RESULT,
             f"ConfigMap {meta.get('name')}: {e}",
         )
     return doc if genuine(configmap, doc.stage) else None

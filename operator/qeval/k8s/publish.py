@@ -13,11 +13,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from qeval.k8s.manifests import ANNOTATION_STAGE, build_result_configmap
+from qeval.reasons import RESULT_TOO_LARGE
 from qeval.stages.envelope import StageResult, failed
 
 # The API server refuses a ConfigMap whose data, keys and values together, exceed 1 MiB.
 CONFIGMAP_LIMIT = 1024 * 1024
-RESULT_TOO_LARGE = "ResultTooLarge"
 
 
 def data_bytes(manifest: Mapping[str, Any]) -> int:

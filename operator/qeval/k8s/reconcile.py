@@ -9,67 +9,60 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from enum import StrEnum
 from typing import TypeVar
 
 from pydantic import ValidationError
 
 from qeval.api.common import Condition
-from qeval.api.evalrun import EvalRun, EvalRunStatus
+from qeval.api.evalrun import EvalRun
+from qeval.api.evalrun_status import EvalRunStatus
 from qeval.api.quantizedmodel import QuantizedModel, QuantizedModelStatus
+from qeval.engine import StageState, decide, own, progress
 from qeval.k8s.manifests import spec_digest
 from qeval.k8s.observe import JobState, PodProblem, ServerState
 from qeval.k8s.reuse import (
     LABEL_REUSE_KEY,
-    Lookup,
     Reused,
-    cached_entries,
+    ReuseLookup,
     reuse_keys,
-    with_reused_paths,
+    reused_entries_of,
 )
-from qeval.plan import DEMO_STAGE, Layout, PlanError, Stage, build_plan, quantize_stage
+from qeval.plan import Layout, PlanError, Stage, build_plan, quantize_stage
+from qeval.reasons import (
+    ACCEPTED,
+    INVALID_SPEC,
+    JOB_CREATED,
+    JOB_FAILED,
+    MODELS_NOT_READY,
+    MODELS_READY,
+    NO_RESULT,
+    PODS_RUNNING,
+    QUANTIZED_MODEL_FAILED,
+    QUANTIZED_MODEL_NOT_FOUND,
+    QUANTIZING,
+    READY,
+    SERVER_CREATED,
+    SERVER_DONE,
+    SERVER_FAILED,
+    SERVER_STOPPED,
+    SPEC_CHANGED,
+    SPEC_VALID,
+    STAGES_PENDING,
+    STAGES_RUNNING,
+    STALLED,
+    SUCCEEDED,
+    UNREADABLE_RESULT,
+    WAITING_FOR_MODELS,
+)
 from qeval.stages.envelope import StageResult, StageStatus, failed, read_part
 from qeval.status import (
-    ACCEPTED,
-    READY,
-    SPEC_VALID,
-    SUCCEEDED,
     condition,
     failures,
     finish_evalrun,
     quantized_model_status,
 )
 
-# Condition types and reasons the operator adds to those of ``qeval.status``
-WAITING_FOR_MODELS, QUANTIZING = "WaitingForModels", "Quantizing"
-MODELS_NOT_READY, MODELS_READY = "ModelsNotReady", "ModelsReady"
-STAGES_RUNNING, STAGES_PENDING = "StagesRunning", "StagesPending"
-INVALID_SPEC, SPEC_CHANGED = "InvalidSpec", "SpecChanged"
-QUANTIZED_MODEL_FAILED = "QuantizedModelFailed"
-QUANTIZED_MODEL_NOT_FOUND = "QuantizedModelNotFound"
-DEPENDENCY_FAILED = "DependencyFailed"
-JOB_CREATED = "JobCreated"
-SERVER_CREATED, SERVER_DONE, SERVER_STOPPED = "ServerCreated", "ServerDone", "ServerStopped"
-# kstatus's abnormal-true condition: True while a started stage's pod does not run (not
-# scheduled, image not pulled yet), with the scheduler's or the kubelet's reason.
-STALLED, PODS_RUNNING = "Stalled", "PodsRunning"
-
-
 StatusT = TypeVar("StatusT", QuantizedModelStatus, EvalRunStatus)
-
-
-class StageState(StrEnum):
-    WAITING = "Waiting"  # for what it needs
-    READY = "Ready"  # to be created now
-    RUNNING = "Running"  # its Job (or its server) exists
-    SERVING = "Serving"  # its server is ready: the stages that need it can start
-    SUCCEEDED = "Succeeded"
-    FAILED = "Failed"
-    SKIPPED = "Skipped"
-
-
-TERMINAL = frozenset({StageState.SUCCEEDED, StageState.FAILED, StageState.SKIPPED})
-SATISFIED = frozenset({StageState.SUCCEEDED, StageState.SERVING})  # what a need must be
 
 
 @dataclass(frozen=True)
@@ -82,7 +75,7 @@ class Observed:
     results: Mapping[str, StageResult] = field(default_factory=dict)
     # Where the files of the run's copies of reused evaluations are (stage -> result path)
     result_paths: Mapping[str, str] = field(default_factory=dict)
-    reuse: Lookup = field(default=lambda key: None)  # another run's result by reuse key
+    reuse: ReuseLookup = field(default=lambda key: None)  # another run's result by reuse key
 
 
 @dataclass(frozen=True)
@@ -141,24 +134,24 @@ def frozen(old: StatusT, accepted: Condition | None = None) -> StatusT:
 # --- stages -----------------------------------------------------------------------------
 
 
-def outcome(stage: Stage, observed: Observed) -> StageResult | None:
+def observed_outcome(stage: Stage, observed: Observed) -> StageResult | None:
     """The stage's result document: published by the stage, or derived from a failed Job/pod."""
     if (doc := observed.results.get(stage.name)) is not None:
         return doc
     server = observed.servers.get(stage.name)
     if server is not None and server.failed:
-        return failed(stage.name, stage.kind, server.reason or "ServerFailed", server.message or "")
+        return failed(stage.name, stage.kind, server.reason or SERVER_FAILED, server.message or "")
     problem = observed.problems.get(stage.name)
     if problem is not None and problem.fatal:  # says more than the Job (e.g. OOMKilled)
         return failed(stage.name, stage.kind, problem.reason, problem.message)
     job = observed.jobs.get(stage.name)
     if job is not None and job.phase == "Failed":
-        return failed(stage.name, stage.kind, job.reason or "JobFailed", job.message or "")
+        return failed(stage.name, stage.kind, job.reason or JOB_FAILED, job.message or "")
     if job is not None and job.phase == "Succeeded":
         return failed(
             stage.name,
             stage.kind,
-            "NoResult",
+            NO_RESULT,
             f"Job {job.name} succeeded but published no result ConfigMap",
         )
     return None
@@ -185,60 +178,24 @@ def stage_states(
     external: Mapping[str, StageState],
     now: str | None = None,
 ) -> tuple[dict[str, StageState], dict[str, StageResult]]:
-    """Every stage's state (in plan order) and the documents of those that ended.
+    """Every stage's state (in plan order) and the documents of those that ended: what is
+    observed of the children, decided by the engine (``qeval.engine``).
 
     ``external`` holds the states of stages run by someone else (a QuantizedModel's Job).
-    A server is Serving once ready, and Succeeded once every stage that needs it ended.
     """
-    states: dict[str, StageState] = {}
-    docs: dict[str, StageResult] = {}
+    ended, underway = {}, {}
     for stage in stages:
         if stage.name in external:
-            states[stage.name] = external[stage.name]
             continue
-        if (doc := outcome(stage, observed)) is not None:
-            states[stage.name] = StageState(str(doc.status))
-            docs[stage.name] = doc
-            continue
-        if (server := observed.servers.get(stage.name)) is not None:
-            states[stage.name] = StageState.SERVING if server.ready else StageState.RUNNING
-            continue
-        if stage.name in observed.jobs:
-            states[stage.name] = StageState.RUNNING
-            continue
-        needs = [states[n] for n in stage.needs]
-        broken = [n for n in stage.needs if states[n] in (StageState.FAILED, StageState.SKIPPED)]
-        if broken and not stage.always:
-            states[stage.name] = StageState.SKIPPED
-            docs[stage.name] = StageResult(
-                stage=stage.name,
-                kind=stage.kind,
-                status=StageStatus.SKIPPED,
-                reason=DEPENDENCY_FAILED,
-                message=f"not run: {', '.join(broken)} did not succeed",
-            )
-        elif all(s in (TERMINAL if stage.always else SATISFIED) for s in needs):
-            states[stage.name] = StageState.READY
-        else:
-            states[stage.name] = StageState.WAITING
-    for stage in stages:  # a server is done when the stages that need it are
-        consumers = [s.name for s in stages if stage.name in s.needs]
-        if not stage.serves or states[stage.name] in TERMINAL or not consumers:
-            continue
-        if all(states[c] in TERMINAL for c in consumers):
-            server = observed.servers.get(stage.name)
-            states[stage.name] = StageState.SUCCEEDED
-            docs[stage.name] = StageResult(
-                stage=stage.name,
-                kind=stage.kind,
-                status=StageStatus.SUCCEEDED,
-                message=f"served {', '.join(consumers)}"
-                if server
-                else f"not needed: {', '.join(consumers)} had nothing to run",
-                started_at=server.created if server else None,
-                finished_at=now,
-            )
-    return states, docs
+        if (doc := observed_outcome(stage, observed)) is not None:
+            ended[stage.name] = doc
+        elif (server := observed.servers.get(stage.name)) is not None:
+            underway[stage.name] = StageState.SERVING if server.ready else StageState.RUNNING
+        elif stage.name in observed.jobs:
+            underway[stage.name] = StageState.RUNNING
+    started = {n: s.created for n, s in observed.servers.items() if s.created}
+    decided = decide(stages, ended, underway, external=external, now=now, started=started)
+    return decided.states, decided.docs
 
 
 def carry_transition_times(old: list[Condition], new: list[Condition]) -> list[Condition]:
@@ -319,14 +276,13 @@ def decide_quantized_model(
     accepted = condition(ACCEPTED, True, SPEC_VALID, "spec is valid", now, generation)
     create: list[Stage] = []
     try:
-        # The Job builds the demo model itself when needed: no separate stage in a cluster.
+        # Its one stage, run by its own Job (which builds the demo model itself when needed).
         stage = quantize_stage(qm, layout)
-        stage = Stage(stage.name, stage.kind, stage.input, (), stage.scheduling, False, qm.name)
     except PlanError as e:
         return invalid_spec("QuantizedModel", str(e), now, generation, old)
 
     job = observed.jobs.get(stage.name)
-    doc = outcome(stage, observed)
+    doc = observed_outcome(stage, observed)
     fixed = spec_digest(qm.spec)
     drift = job is not None and job.spec_digest not in (None, fixed)
     if drift:
@@ -342,7 +298,7 @@ def decide_quantized_model(
         try:
             status = quantized_model_status(doc)
         except ValidationError as e:
-            doc = failed(stage.name, stage.kind, "UnreadableResult", str(e))
+            doc = failed(stage.name, stage.kind, UNREADABLE_RESULT, str(e))
             status = quantized_model_status(doc)
         status.conditions = [
             accepted,
@@ -459,20 +415,15 @@ def decide_evalrun(
         and (hit := observed.reuse(key)) is not None
     }
     reused = {**copied, **taken}
-    if reused:
+    if reused:  # the same plan, its aggregate reading what it took where that run wrote it
         observed = replace(
             observed, results={**observed.results, **{n: r.doc for n, r in taken.items()}}
         )
-        stages = [
-            with_reused_paths(s, layout, reused) if s.kind == "aggregate" else s for s in stages
-        ]
-        # No server is started, and the demo model not built, for evaluations all taken.
-        for optional in (lambda s: s.serves, lambda s: s.name == DEMO_STAGE):
-            needed = {n for s in stages if s.name not in reused for n in s.needs}
-            stages = [s for s in stages if not optional(s) or s.name in needed]
+        layout = replace(layout, elsewhere={n: r.path for n, r in reused.items()})
+        stages = build_plan(run, {n: m.model for n, m in models.items()}, layout)
     labels = {name: {LABEL_REUSE_KEY: key} for name, key in keys.items()}
-    cached = cached_entries(stages, reused)
-    own = [s for s in stages if s.name not in external]
+    reused_entries = sorted(reused_entries_of(stages, reused))
+    run_stages = own(stages)  # the rest (quantize stages) are the QuantizedModels'
     fixed = spec_digest(run.spec)
     children: list[JobState | ServerState] = [*observed.jobs.values(), *observed.servers.values()]
     drifted = sorted(c.stage for c in children if c.spec_digest not in (None, fixed))
@@ -494,11 +445,11 @@ def decide_evalrun(
                 QUANTIZED_MODEL_FAILED,
                 f"QuantizedModel {qm} failed: {models[str(qm)].message}",
             )
-    own_docs = [docs[s.name] for s in own if s.name in docs]
-    publish, delete = server_outcomes(own, observed, docs)
+    own_docs = [docs[s.name] for s in run_stages if s.name in docs]
+    publish, delete = server_outcomes(run_stages, observed, docs)
     created = [c.created for c in children if c.created]
     started = min(created) if created else None
-    aggregate = next(s for s in own if s.kind == "aggregate")
+    aggregate = next(s for s in run_stages if s.kind == "aggregate")
     agg_doc = docs.get(aggregate.name)
 
     if final:  # its status stays as the aggregate made it
@@ -518,18 +469,18 @@ def decide_evalrun(
             try:
                 result = read_part(EvalRunStatus, agg_doc.result)
             except ValidationError as e:
-                agg_doc = failed(aggregate.name, "aggregate", "UnreadableResult", str(e))
+                agg_doc = failed(aggregate.name, "aggregate", UNREADABLE_RESULT, str(e))
                 own_docs = [agg_doc if d.stage == aggregate.name else d for d in own_docs]
         all_docs = [d for n, d in docs.items() if n in external] + own_docs
         status = finish_evalrun(
-            result, all_docs, len(own), started or now, agg_doc.finished_at or now
+            result, all_docs, stages, started or now, agg_doc.finished_at or now
         )
-        status.progress = f"{sum(d.status == StageStatus.SUCCEEDED for d in own_docs)}/{len(own)}"
         if drifted:
             status.conditions = [accepted if c.type == ACCEPTED else c for c in status.conditions]
         for c in status.conditions:
             c.observed_generation = generation
-        status.cached = sorted({*status.cached, *cached})
+        status.reused = reused_entries
+        status.cached = [c for c in status.cached if c not in reused_entries]
         return _run_decision(
             old,
             status,
@@ -542,13 +493,14 @@ def decide_evalrun(
             copies=tuple(taken.values()),
         )
 
-    create = [s for s in own if states[s.name] == StageState.READY and not drifted]
+    create = [s for s in run_stages if states[s.name] == StageState.READY and not drifted]
     waiting_models = sorted(
         str(s.produces) for s in stages if external.get(s.name) == StageState.WAITING
     )
-    running = [s.name for s in own if states[s.name] in (StageState.RUNNING, StageState.SERVING)]
+    running = [
+        s.name for s in run_stages if states[s.name] in (StageState.RUNNING, StageState.SERVING)
+    ]
     running += [s.name for s in create]
-    done = sum(states[s.name] == StageState.SUCCEEDED for s in own)
     if running:
         phase, reason, message = "Running", STAGES_RUNNING, f"running: {', '.join(running)}"
     elif waiting_models:
@@ -558,15 +510,15 @@ def decide_evalrun(
         phase, reason, message = "Pending", STAGES_PENDING, "waiting for stages to start"
     status = EvalRunStatus(
         phase=phase,
-        progress=f"{done}/{len(own)}",
+        progress=progress(stages, states),
         started_at=started,
         failures=failures([d for n, d in docs.items() if n in external] + own_docs),
-        cached=sorted(cached),
+        reused=reused_entries,
         conditions=[
             accepted,
             _models_condition(waiting_models, now, generation),
             condition(SUCCEEDED, None, reason, message, now, generation),
-            stalled(own, observed, now, generation),
+            stalled(run_stages, observed, now, generation),
         ],
     )
     return _run_decision(
@@ -662,7 +614,7 @@ def _run_decision(
             events.append(Event("Normal", SERVER_DONE, f"{doc.stage}: {doc.message}"))
         else:
             events.append(
-                Event("Warning", doc.reason or "ServerFailed", f"{doc.stage}: {doc.message}")
+                Event("Warning", doc.reason or SERVER_FAILED, f"{doc.stage}: {doc.message}")
             )
     if delete:
         events.append(

@@ -14,13 +14,13 @@ creating a Job.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from qeval import __version__
 from qeval.api.common import model_kind
 from qeval.k8s.manifests import digest
-from qeval.plan import Layout, Stage
+from qeval.plan import Stage
 from qeval.stages.envelope import StageResult
 
 LABEL_REUSE_KEY = "qeval.dev/reuse-key"
@@ -53,10 +53,10 @@ def vouched(
     return None
 
 
-Lookup = Callable[[str], "Reused | None"]
+ReuseLookup = Callable[[str], "Reused | None"]
 
 
-def model_identity(source: Mapping[str, Any], quantized: Mapping[str, Stage]) -> str | None:
+def named_identity(source: Mapping[str, Any], quantized: Mapping[str, Stage]) -> str | None:
     """A name for a model's weights that does not need them, or None if there is none.
 
     ``quantized`` maps a QuantizedModel's output directory to its quantize stage.
@@ -64,7 +64,7 @@ def model_identity(source: Mapping[str, Any], quantized: Mapping[str, Stage]) ->
     uri, revision = str(source.get("uri", "")), source.get("revision")
     if uri in quantized:
         q = quantized[uri]
-        base = model_identity(q.input.get("model", {}), {})
+        base = named_identity(q.input.get("model", {}), {})
         what = {k: v for k, v in q.input.items() if k not in PLACE_FIELDS}
         return f"quantized:{digest([base, what])}" if base else None
     kind = model_kind(uri)
@@ -83,7 +83,7 @@ def reuse_keys(stages: list[Stage], salt: str) -> dict[str, str]:
     for s in stages:
         if s.kind != "evaluate":
             continue
-        identity = model_identity(s.input.get("model", {}), quantized)
+        identity = named_identity(s.input.get("model", {}), quantized)
         if identity is None:
             continue
         what = {k: v for k, v in s.input.items() if k not in PLACE_FIELDS}
@@ -91,23 +91,8 @@ def reuse_keys(stages: list[Stage], salt: str) -> dict[str, str]:
     return keys
 
 
-def with_reused_paths(aggregate: Stage, layout: Layout, reused: Mapping[str, Reused]) -> Stage:
-    """The aggregate stage reading reused evaluations where their runs wrote them."""
-    moved = {str(layout.result_path(stage)): r.path for stage, r in reused.items()}
-    if not moved:
-        return aggregate
-    inp = dict(aggregate.input)
-
-    def point(ref: dict[str, Any]) -> dict[str, Any]:
-        return {**ref, "evaluate": moved.get(ref["evaluate"], ref["evaluate"])}
-
-    inp["baseline"] = point(inp["baseline"])
-    inp["candidates"] = [point(c) for c in inp["candidates"]]
-    return replace(aggregate, input=inp)
-
-
-def cached_entries(stages: list[Stage], reused: Mapping[str, Reused]) -> list[str]:
-    """``model/task`` for every task of a reused evaluation (as status.cached lists them)."""
+def reused_entries_of(stages: list[Stage], reused: Mapping[str, Reused]) -> list[str]:
+    """``model/task`` for every task of an evaluation taken from another run (status.reused)."""
     out = []
     for s in stages:
         if s.name in reused:

@@ -27,21 +27,16 @@ from rich.markup import escape
 
 from qeval.api.common import Resource, now
 from qeval.api.documents import SpecError, load_documents
-from qeval.api.evalrun import EvalRun, EvalRunStatus
+from qeval.api.evalrun import EvalRun
+from qeval.api.evalrun_status import EvalRunStatus
 from qeval.api.quantizedmodel import QuantizedModel
+from qeval.engine import SATISFIED, Decided, StageState, decide
+from qeval.local.console import print_summary
 from qeval.local.preflight import localize_evalrun, localize_quantized_model, preflight
 from qeval.local.process import stage_env, tail, write_input
-from qeval.local.report import print_summary
 from qeval.local.servers import LocalEndpoints, Servers, sigterm_as_exit
-from qeval.plan import (
-    AGGREGATE_STAGE,
-    SERVE_KIND,
-    Layout,
-    PlanError,
-    Stage,
-    build_plan,
-    dependents,
-)
+from qeval.plan import AGGREGATE_STAGE, SERVE_KIND, Layout, PlanError, Stage, build_plan
+from qeval.reasons import PROCESS_DIED
 from qeval.stages import KINDS
 from qeval.stages.envelope import (
     StageResult,
@@ -149,24 +144,11 @@ def run_stage(stage: Stage, layout: Layout, console: Console, label: str) -> Sta
     doc = failed(
         stage.name,
         stage.kind,
-        "ProcessDied",
+        PROCESS_DIED,
         f"exit code {proc.returncode} and no result document; log tail:\n{tail(log_path)}",
         wall_seconds=round(time.monotonic() - t0, 3),
     )
     doc.write(result_path)
-    return doc
-
-
-def skip(stage: Stage, layout: Layout, because: str) -> StageResult:
-    doc = StageResult(
-        stage=stage.name,
-        kind=stage.kind,
-        status=StageStatus.SKIPPED,
-        reason="DependencyFailed",
-        message=f"not run: {because} failed",
-        finished_at=now(),
-    )
-    doc.write(Path(layout.result_path(stage.name)))
     return doc
 
 
@@ -221,7 +203,7 @@ def execute_run(
         else None
     )
     in_order = [docs[s.name] for s in stages if s.name in docs]
-    status = finish_evalrun(aggregate, in_order, len(stages), started, now())
+    status = finish_evalrun(aggregate, in_order, stages, started, now())
     made = [
         models[s.produces].model_copy(update={"status": quantized_model_status(docs[s.name])})
         for s in stages
@@ -240,10 +222,11 @@ def execute_run(
 
 
 def run_stages(stages: list[Stage], layout: Layout, console: Console) -> dict[str, StageResult]:
-    """Every stage's result document: each run (or reused) in order, skipped when a stage
-    it needs failed; servers started for the stages that need them and always stopped."""
+    """Every stage's result document. The engine (``qeval.engine``) says which stages may run
+    and decides the skipped ones and the servers that are done; here each stage that may run
+    runs (or is reused) in plan order, one at a time, and a server is started right before
+    the first stage that needs it runs as a process, and stopped when the engine says so."""
     docs: dict[str, StageResult] = {}
-    blocked: dict[str, str] = {}  # stage -> the failed stage it depends on
     labels = {s.name: f"[{i}/{len(stages)}]" for i, s in enumerate(stages, 1)}
     servers = Servers(stages, layout)
 
@@ -254,7 +237,7 @@ def run_stages(stages: list[Stage], layout: Layout, console: Console) -> dict[st
         if reused:
             console.print(f"{label} {stage}: [cyan]reused[/cyan] (cached result)")
         elif doc.status == StageStatus.SKIPPED:
-            console.print(f"{label} {stage}: skipped ({blocked[stage]} failed)")
+            console.print(f"{label} {stage}: skipped ({escape(doc.message or '')})")
         elif doc.status == StageStatus.SUCCEEDED:
             what = f": {doc.message}" if doc.kind == SERVE_KIND else f" in {took}"
             console.print(f"{label} {stage}: [green]succeeded[/green]{what}")
@@ -264,22 +247,24 @@ def run_stages(stages: list[Stage], layout: Layout, console: Console) -> dict[st
                 f"{took}\n    {escape(doc.message or '')}\n    log: "
                 f"{escape(str(layout.stage_dir(stage)))}/log.txt"
             )
-            for name in dependents(stages, stage):
-                blocked.setdefault(name, stage)
 
-    def settle() -> None:
-        """Stop (or close as not needed) the servers whose users are all done."""
-        for name, users in servers.users.items():
-            if name in docs or not all(u in docs for u in users):
+    def next_stage(decided: Decided) -> Stage | None:
+        """The first stage in plan order that may run, or would once its servers are up."""
+        for stage in stages:
+            state = decided.states[stage.name]
+            if stage.serves or state not in (StageState.READY, StageState.WAITING):
                 continue
-            if name in servers.running:
-                record(name, servers.stop(name))
-            else:
-                record(name, servers.not_needed(name))
+            if state == StageState.READY or all(
+                decided.states[n] in SATISFIED
+                or (n in servers.stages and decided.states[n] == StageState.READY)
+                for n in stage.needs
+            ):
+                return stage
+        return None
 
     def serve(stage: Stage) -> bool:
-        """Make sure every server ``stage`` needs is up; False if one is not."""
-        names = [n for n in stage.needs if n in servers.stages and n not in docs]
+        """Make sure every server ``stage`` needs is up; False if one is not (recorded)."""
+        names = [n for n in stage.needs if n in servers.stages]
         for name in names:
             if name in servers.running:
                 problem = servers.check(name)
@@ -302,18 +287,23 @@ def run_stages(stages: list[Stage], layout: Layout, console: Console) -> dict[st
         if servers.stages:
             stack.enter_context(sigterm_as_exit())
         try:
-            for stage in stages:
-                if stage.name in blocked and not stage.always:
-                    record(stage.name, skip(stage, layout, blocked[stage.name]))
-                elif stage.serves:
-                    pass  # started when the first stage that needs it runs
-                elif (reused := reuse_stage(stage, layout)) is not None:
+            while True:
+                underway = dict.fromkeys(servers.running, StageState.SERVING)
+                decided = decide(stages, docs, underway, now=now())
+                for name in decided.new:  # skipped, or a server whose users are done
+                    if name in servers.running:
+                        record(name, servers.stop(name))
+                    else:
+                        decided.docs[name].write(Path(layout.result_path(name)))
+                        record(name, decided.docs[name])
+                if decided.new:
+                    continue
+                if (stage := next_stage(decided)) is None:
+                    break
+                if (reused := reuse_stage(stage, layout)) is not None:
                     record(stage.name, reused, reused=True)
-                elif serve(stage):
+                elif serve(stage):  # else a server it needs did not come up: it is skipped
                     record(stage.name, run_stage(stage, layout, console, labels[stage.name]))
-                else:  # a server it needs did not come up
-                    record(stage.name, skip(stage, layout, blocked[stage.name]))
-                settle()
         finally:
             servers.stop_all()
     return docs

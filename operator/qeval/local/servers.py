@@ -5,8 +5,9 @@ finishes: it is started in the background right before the first stage that need
 as a process (an evaluation reused from the cache needs none), on 127.0.0.1 and a port of
 its own (``LocalEndpoints``), used once ``/health`` answers, and stopped once every stage
 that needs it is done; every server is stopped when the run ends, however it ends. Its
-result document says what it served, that it was not needed, or why it failed
-(``ServerFailed``, with the log's tail: the stages that need it are then skipped).
+result document says what it served or why it failed (``ServerFailed``, with the log's
+tail: the stages that need it are then skipped); the engine (``qeval.engine``) says when
+its users are done, and writes the document of a server none of them needed started.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from rich.console import Console
 from qeval.api.common import now
 from qeval.local.process import stage_env, tail, write_input
 from qeval.plan import Layout, Stage
+from qeval.reasons import SERVER_FAILED
 from qeval.serving.launch import STOP_SECONDS, free_port, wait_ready
 from qeval.stages.envelope import (
     StageError,
@@ -76,7 +78,6 @@ class Servers:
     def __init__(self, stages: list[Stage], layout: Layout):
         self.layout = layout
         self.stages = {s.name: s for s in stages if s.serves}
-        self.users = {n: [s.name for s in stages if n in s.needs] for n in self.stages}
         self.running: dict[str, Server] = {}
 
     def start(self, stage: Stage, console: Console, label: str) -> StageResult | None:
@@ -118,7 +119,7 @@ class Servers:
             return None
         return self._failed(
             server,
-            "ServerFailed",
+            SERVER_FAILED,
             f"the server exited with code {code} while serving:\n{tail(server.log)}",
         )
 
@@ -140,20 +141,6 @@ class Servers:
                 wall_seconds=round(time.monotonic() - server.t0, 3),
                 versions=library_versions(),
                 result={"baseUrl": server.url, "served": server.served},
-            )
-        )
-
-    def not_needed(self, name: str) -> StageResult:
-        """The result document of a server no stage needed started (written)."""
-        return self._write(
-            StageResult(
-                stage=name,
-                kind=self.stages[name].kind,
-                status=StageStatus.SUCCEEDED,
-                message="not started: every stage that uses it reused a cached result "
-                "or was skipped",
-                finished_at=now(),
-                result={"served": []},
             )
         )
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from qeval.api.evalrun import EvalRunStatus, PerformancePoint
+from qeval.api.evalrun_status import EvalRunStatus, PerformancePoint
 from qeval.status import with_full_results
 
 # Scenario names (guidellm / vllm bench profiles) that mean one request at a time, and

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from qeval.api.evalrun import CandidateSummary
+from qeval.api.evalrun_status import CandidateSummary
 from qeval.report.model import SINGLE_STREAM, THROUGHPUT, PerfPoint, Run
 
 Use = Literal["latency", "throughput"]

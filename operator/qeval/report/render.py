@@ -61,7 +61,7 @@ def results_table(run: Run) -> Table:
     """Per model: scheme, size, per task the primary score and recovery, mean, verdict."""
     status = run.status
     tasks = primary_tasks(run)
-    cached = set(status.cached)
+    cached = {*status.cached, *status.reused}
     score = {(s.model, s.task, s.metric, s.filter): s for s in status.scores}
     recovery = {(r.model, r.task, r.metric, r.filter): r for r in status.recovery}
     differences = {(d.model, d.task, d.metric, d.filter): d for d in status.differences}
@@ -172,6 +172,11 @@ def outline(run: Run, figures: dict[str, Path | None]) -> tuple[str, list[Sectio
         notes.append(
             f"{CACHED_MARK} reused from the result cache ({len(status.cached)} of {n_results} "
             "model/task results); nothing was recomputed for them."
+        )
+    if status.reused:
+        notes.append(
+            f"{CACHED_MARK} taken from another run's evaluation with the same model and settings "
+            f"({len(status.reused)} of {n_results} model/task results); no Job ran for them."
         )
     notes += difference_notes(shown_differences(status))
     sections = [Section("Results", [intro, results_table(run), notes])]

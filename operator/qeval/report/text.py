@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from qeval.api.evalrun import Difference, EvalRunStatus
+from qeval.api.evalrun_status import Difference, EvalRunStatus
 
 MARK = "Δ"
 

@@ -178,7 +178,7 @@ def hub_identity(repo: str, revision: str | None) -> str:
     return f"hf:{repo.removeprefix('hf://')}@{revision or 'main'}"
 
 
-def model_identity(uri: str, revision: str | None, path: Path, memo: Path | None = None) -> str:
+def weights_identity(uri: str, revision: str | None, path: Path, memo: Path | None = None) -> str:
     """Identity of the model at ``path`` (resolved from ``uri``): for a Hugging Face
     snapshot its id at the snapshot's commit, else the digest of the folder's contents."""
     from qeval.api.common import model_kind

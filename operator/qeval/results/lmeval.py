@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from qeval.api.evalrun import Score
+from qeval.api.evalrun_status import Score
 
 _SKIP = {"alias", "name", "sample_len", "samples"}
 

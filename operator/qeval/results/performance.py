@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from qeval.api.evalrun import PerformancePoint, Speedup
+from qeval.api.evalrun_status import PerformancePoint, Speedup
 
 
 def _ratio(num: float | None, den: float | None) -> float | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from qeval.api.evalrun import Score
+from qeval.api.evalrun_status import Score
 from qeval.api.suites import SUITES, Suite, SuiteName, SuiteTask
 
 

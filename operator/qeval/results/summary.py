@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from qeval.api.evalrun import (
+from qeval.api.evalrun_status import (
     CandidateSummary,
     Difference,
     EvalRunStatus,

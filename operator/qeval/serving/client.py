@@ -21,7 +21,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-from qeval.api.evalrun import Percentiles, Scenario, ScenarioKind
+from qeval.api.evalrun import Scenario, ScenarioKind
+from qeval.api.evalrun_status import Percentiles
 
 RETRY_STATUS = {429, 500, 502, 503, 504}
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qeval.api.evalrun import Backend, Serving
+from qeval.reasons import SERVER_FAILED
 from qeval.serving.client import wait_healthy
 from qeval.stages.envelope import StageError
 
@@ -135,7 +136,7 @@ def wait_ready(proc: subprocess.Popen[bytes], base_url: str, timeout: float, log
             if proc.poll() is not None:
                 health.cancel()
                 raise StageError(
-                    "ServerFailed",
+                    SERVER_FAILED,
                     f"the server exited with code {proc.returncode} before it was ready:\n"
                     + _tail(log),
                 )
@@ -145,4 +146,4 @@ def wait_ready(proc: subprocess.Popen[bytes], base_url: str, timeout: float, log
     try:
         asyncio.run(watch())
     except TimeoutError as e:
-        raise StageError("ServerFailed", f"{e}\n{_tail(log)}") from e
+        raise StageError(SERVER_FAILED, f"{e}\n{_tail(log)}") from e

@@ -14,6 +14,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from qeval.reasons import INVALID_INPUT
 from qeval.stages.envelope import StageError
 
 # The variable the manifests set, on every pod that requests GPUs, to the number requested.
@@ -33,7 +34,7 @@ def gpus_given(environ: Mapping[str, str] = os.environ) -> int:
         count = -1
     if count < 0:
         raise StageError(
-            "InvalidInput",
+            INVALID_INPUT,
             f"{GPUS_ENV}={raw!r}: must be the whole number of GPUs the pod was given "
             f"(0 or more); unset it for a stage without GPUs",
         )

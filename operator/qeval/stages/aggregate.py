@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field
 
 from qeval.api.common import ApiModel
-from qeval.api.evalrun import EvalRunStatus, FullResults, Score, StageFailure
+from qeval.api.evalrun_status import EvalRunStatus, FullResults, Score, StageFailure
+from qeval.reasons import NO_RESULT, RESULT_TOO_LARGE
 from qeval.stages.envelope import Document, StageError, StageResult, StageStatus, read_part
 from qeval.stages.evaluate import EvaluateResult
 
@@ -76,14 +77,14 @@ def item_values(
     return out
 
 
-def outcome(ref: ModelResults) -> ModelOutcome:
+def model_outcome(ref: ModelResults) -> ModelOutcome:
     """A model's outcome from its evaluate result document (missing or failed included)."""
     from qeval.results.summary import ModelOutcome
 
     path = Path(ref.evaluate)
     stage = path.parent.name
     if not path.exists():
-        failure = StageFailure(stage=stage, reason="NoResult", message=f"{path} was not written")
+        failure = StageFailure(stage=stage, reason=NO_RESULT, message=f"{path} was not written")
         return ModelOutcome(ref.name, ref.scheme, failure=failure)
     doc = StageResult.load(path)
     if doc.status != StageStatus.SUCCEEDED or doc.result is None:
@@ -176,7 +177,7 @@ def bounded(full: EvalRunStatus, baseline: str, full_results: str) -> EvalRunSta
     if (small := status_bytes(status)) <= STATUS_BUDGET:
         return status
     raise StageError(
-        "ResultTooLarge",
+        RESULT_TOO_LARGE,
         f"the run's results do not fit in a status: {size} bytes with each task's primary "
         f"metric, {small} with the summaries alone, of at most {STATUS_BUDGET} "
         f"({len(full.candidates)} candidates, {len(full.performance)} performance points, "
@@ -188,8 +189,8 @@ def run(inp: AggregateInput) -> EvalRunStatus:
     from qeval.results.summary import summarize
 
     status = summarize(
-        outcome(inp.baseline),
-        [outcome(c) for c in inp.candidates],
+        model_outcome(inp.baseline),
+        [model_outcome(c) for c in inp.candidates],
         threshold=inp.recovery_threshold,
         suites=inp.suites,
     )

@@ -24,7 +24,8 @@ import numpy as np
 from pydantic import Field
 
 from qeval.api.common import ApiModel, ModelSource
-from qeval.api.evalrun import Backend, Performance, PerformancePoint, Scenario, Serving
+from qeval.api.evalrun import Backend, Performance, Scenario, Serving
+from qeval.api.evalrun_status import PerformancePoint
 from qeval.stages.envelope import Document, StageError
 
 SYLLABLES = ("ka", "lo", "mi", "ne", "ru", "so", "ta", "vi", "ze", "po", "da", "fe", "gu", "hi")

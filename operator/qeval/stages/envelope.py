@@ -22,6 +22,7 @@ from typing import Any, Self, TypeVar
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from qeval.api.common import ApiModel, now
+from qeval.reasons import CRASHED, INVALID_INPUT
 
 # The exit code of a stage process that wrote (and, in a Job, published) a Failed document:
 # the failure is recorded and deterministic, so a stage Job's podFailurePolicy fails the Job
@@ -172,7 +173,7 @@ def execute(
             stage = raw.pop("stage", stage)  # the executors' label of the document
             inp = input_model.read(raw)
         except (OSError, ValueError, ValidationError) as e:
-            raise StageError("InvalidInput", f"cannot read stage input {input_path}: {e}") from e
+            raise StageError(INVALID_INPUT, f"cannot read stage input {input_path}: {e}") from e
         from qeval.stages.accelerators import require_gpus  # here: it imports StageError
 
         require_gpus()  # given GPUs that CUDA does not see: fail now, not hours later on the CPU
@@ -187,7 +188,7 @@ def execute(
         doc = failed(stage, kind, e.reason, str(e))
     except Exception as e:  # the point is to record any failure
         tb = traceback.format_exception(e)
-        doc = failed(stage, kind, "Crashed", f"{type(e).__name__}: {e}\n{''.join(tb[-3:])}")
+        doc = failed(stage, kind, CRASHED, f"{type(e).__name__}: {e}\n{''.join(tb[-3:])}")
     doc.started_at, doc.finished_at = started, now()
     doc.wall_seconds = round(time.monotonic() - t0, 3)
     doc.versions = library_versions()

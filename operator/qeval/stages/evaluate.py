@@ -26,16 +26,18 @@ from typing import Any
 from pydantic import Field
 
 from qeval.api.common import ApiModel, ModelSource
-from qeval.api.evalrun import Backend, Score, Serving, Task
+from qeval.api.evalrun import Backend, Serving, Task
+from qeval.api.evalrun_status import Score
+from qeval.reasons import SERVER_FAILED
 from qeval.results.cache import (
     CachedTask,
     ResultCache,
     evaluation_fields,
     installed_version,
     key_of,
-    model_identity,
     task_config_digest,
     task_slice,
+    weights_identity,
 )
 from qeval.results.lmeval import (
     LayoutError,
@@ -227,7 +229,7 @@ def server_max_length(base_url: str, name: str, serving: Serving, timeout: float
         answer.raise_for_status()
         models = answer.json()
     except (httpx.HTTPError, ValueError) as e:
-        raise StageError("ServerFailed", f"GET {url}: {e}") from e
+        raise StageError(SERVER_FAILED, f"GET {url}: {e}") from e
     return reported_max_model_len(models, name)
 
 
@@ -288,7 +290,7 @@ def lm_eval_model(inp: EvaluateInput, path: Path) -> Any:
 
 
 @dataclass
-class Lookup:
+class CacheLookup:
     """Each task's cache key (and what it covers) and the tasks found in the cache."""
 
     cache: ResultCache | None = None
@@ -314,12 +316,12 @@ def backend_config(inp: EvaluateInput) -> dict[str, Any]:
     return config
 
 
-def lookup(inp: EvaluateInput, path: Path) -> Lookup:
+def lookup(inp: EvaluateInput, path: Path) -> CacheLookup:
     """Keys for every task of ``inp`` on the model at ``path``, and the cached ones."""
     if inp.cache_dir is None:
-        return Lookup()
+        return CacheLookup()
     cache = ResultCache(Path(inp.cache_dir))
-    identity = model_identity(inp.model.uri, inp.model.revision, path, cache.digests)
+    identity = weights_identity(inp.model.uri, inp.model.revision, path, cache.digests)
     folders = [builtin_task_dir(), *map(Path, inp.task_paths)]
     config = task_config_digest(folders, cache.digests)
     harness, settings = installed_version("lm_eval"), backend_config(inp)
@@ -341,7 +343,7 @@ def lookup(inp: EvaluateInput, path: Path) -> Lookup:
     hits = {}
     if inp.reuse_cached:
         hits = {name: hit for name, key in keys.items() if (hit := cache.get_task(key))}
-    return Lookup(cache, fields, keys, hits)
+    return CacheLookup(cache, fields, keys, hits)
 
 
 def reuse(inp: EvaluateInput) -> EvaluateResult | None:
@@ -364,7 +366,7 @@ def reuse(inp: EvaluateInput) -> EvaluateResult | None:
 
 def store(
     inp: EvaluateInput,
-    found: Lookup,
+    found: CacheLookup,
     tasks: list[Task],
     results: dict[str, Any],
     samples: Path,
@@ -392,7 +394,9 @@ def store(
         )
 
 
-def choose_primary(inp: EvaluateInput, found: Lookup, fresh: Mapping[str, Any]) -> dict[str, str]:
+def choose_primary(
+    inp: EvaluateInput, found: CacheLookup, fresh: Mapping[str, Any]
+) -> dict[str, str]:
     """The metric,filter each judged task is scored on: chosen from lm-eval's fresh results
     by its task configs (``primary_metrics``), or as recorded with a cached result, so a
     re-run from the cache judges on exactly what the first run did. Raises StageError for a
@@ -423,7 +427,7 @@ def choose_primary(inp: EvaluateInput, found: Lookup, fresh: Mapping[str, Any]) 
 def finish(
     inp: EvaluateInput,
     path: Path,
-    found: Lookup,
+    found: CacheLookup,
     fresh: dict[str, Any],
     fresh_samples: dict[str, list[Any]],
 ) -> EvaluateResult:

@@ -21,9 +21,9 @@ from qeval.results.cache import (
     ResultCache,
     installed_version,
     key_of,
-    model_identity,
     quantization_fields,
     tree_digest,
+    weights_identity,
 )
 from qeval.stages.envelope import Document, StageError, read_part
 from qeval.stages.models import resolve, size_on_disk
@@ -175,7 +175,7 @@ def calibration_fields(calibration: Calibration | None) -> dict[str, Any] | None
 def cache_key(inp: QuantizeInput, base: Path, cache: ResultCache) -> tuple[str, dict[str, Any]]:
     """The quantization's cache key and the fields it covers."""
     fields = quantization_fields(
-        model=model_identity(inp.model.uri, inp.model.revision, base, cache.digests),
+        model=weights_identity(inp.model.uri, inp.model.revision, base, cache.digests),
         recipe=inp.recipe,
         scheme=inp.scheme,
         calibration=calibration_fields(inp.calibration),

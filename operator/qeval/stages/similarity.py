@@ -21,7 +21,8 @@ from typing import Any
 from pydantic import Field
 
 from qeval.api.common import ApiModel, ModelSource
-from qeval.api.evalrun import Backend, Serving, Similarity, SimilarityScore
+from qeval.api.evalrun import Backend, Serving, Similarity
+from qeval.api.evalrun_status import SimilarityScore
 from qeval.stages.envelope import Document, StageError
 
 PROMPT_KEYS = ("prompt", "question", "text")

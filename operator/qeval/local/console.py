@@ -8,7 +8,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from qeval.api.evalrun import EvalRun, EvalRunStatus
+from qeval.api.evalrun import EvalRun
+from qeval.api.evalrun_status import EvalRunStatus
 from qeval.report.text import difference, difference_notes, primary_columns, shown_differences
 
 
@@ -79,7 +80,9 @@ def print_summary(console: Console, run: EvalRun, status: EvalRunStatus, run_dir
         console.print(escape(note))
     for f in status.failures:
         console.print(f"[red]{f.stage}[/red]: {f.reason}: {f.message}")
+    total = len({(s.model, s.task) for s in status.scores if s.primary})
     if status.cached:
-        total = len({(s.model, s.task) for s in status.scores if s.primary})
         console.print(f"reused from the result cache: {len(status.cached)} of {total} results")
+    if status.reused:
+        console.print(f"taken from another run: {len(status.reused)} of {total} results")
     console.print(f"results: {run_dir}  (status.json, objects.yaml, stages/*/result.json)")
