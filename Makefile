@@ -43,12 +43,13 @@ e2e: $(STAMP) prerequisites ## helm install + the demo study on the real control
 # operator/ is linked as src/ ([tool.mutmut] in pyproject.toml: modules and tests).
 MUTATION := build/mutation
 .PHONY: mutation
-mutation: $(STAMP) ## Mutation testing (mutmut) of the stats, cache, plan and reconcile modules
+mutation: $(STAMP) ## Mutation testing (mutmut) of the core modules; the score: benchmarks/results/mutation.md
 	rm -rf $(MUTATION) && mkdir -p $(MUTATION)
 	cd $(MUTATION) && for p in pyproject.toml tests examples crds; do ln -s ../../$$p $$p; done
 	ln -s ../../operator $(MUTATION)/src
 	cd $(MUTATION) && $(OFFLINE) ../../$(BIN)/mutmut run --max-children $$(nproc)
 	cd $(MUTATION) && ../../$(BIN)/mutmut results
+	$(BIN)/python benchmarks/mutation_score.py --mutants $(MUTATION)/mutants
 
 # What the tests need besides the virtualenv: installed or built here, never skipped.
 prerequisites: prometheus control-plane toxiproxy
