@@ -58,8 +58,8 @@ def main() -> None:
     total: Counter[str] = Counter()
     for c in modules.values():
         total.update(c)
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+    commit = subprocess.run(  # of the tree mutmut ran in
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=args.mutants
     ).stdout.strip()
     doc: dict[str, Any] = {
         "commit": commit,

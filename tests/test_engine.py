@@ -38,6 +38,10 @@ def test_a_failure_skips_what_needs_it_transitively_with_one_reason_and_message(
     assert d.docs["c"].message == "not run: b did not succeed"  # skipped counts as broken
     assert d.docs["b"].finished_at == T0
     assert d.new == ("b", "c")  # decided now, for the executor to record
+    both = [*CHAIN[:2], Stage("e", "x", {}, ("a", "b"))]
+    assert decide(both, {"a": failed("a", "x", "Boom", "no")}).docs["e"].message == (
+        "not run: a, b did not succeed"
+    )
     # The aggregate always runs, once every stage it needs ended (whatever the outcome).
     assert d.states["report"] == StageState.WAITING  # d has not ended
     d = decide(CHAIN, {**d.docs, "d": ok("d")})
@@ -63,6 +67,7 @@ def test_a_stage_waits_for_its_needs_and_a_ready_server_satisfies_them() -> None
 
 def test_a_server_is_done_when_every_stage_that_needs_it_ended() -> None:
     plan = [
+        Stage("first", "x", {}),  # a stage before it that is no server changes nothing
         Stage("serve", "serve", {}),
         Stage("e1", "evaluate", {}, ("serve",)),
         Stage("e2", "evaluate", {}, ("serve",)),
@@ -78,6 +83,32 @@ def test_a_server_is_done_when_every_stage_that_needs_it_ended() -> None:
     d = decide(plan, {"e1": ok("e1"), "e2": ok("e2")}, now=T0)
     assert d.states["serve"] == S
     assert d.docs["serve"].message == "not started: e1, e2 had nothing to run on it"
+
+
+def test_the_demo_model_is_built_only_for_stages_that_still_need_it() -> None:
+    plan = [
+        Stage("demo-model", "demo-model", {}, for_users=True),
+        Stage("evaluate", "evaluate", {}, ("demo-model",)),
+    ]
+    assert decide(plan, {}).states["demo-model"] == StageState.READY
+    # Its user ended without it (a reused result): it is not built.
+    d = decide(plan, {"evaluate": ok("evaluate")}, now=T0)
+    assert d.states["demo-model"] == S and d.new == ("demo-model",)
+    # Already building: a Job or process underway is left to finish.
+    d = decide(plan, {"evaluate": ok("evaluate")}, {"demo-model": StageState.RUNNING})
+    assert d.states["demo-model"] == StageState.RUNNING and d.new == ()
+    # ... and what comes after it in the plan is still decided (a server whose users ended).
+    served = [
+        plan[0],
+        Stage("serve", "serve", {}, ("demo-model",)),
+        Stage("e", "x", {}, ("serve",)),
+    ]
+    underway = {"demo-model": StageState.RUNNING, "serve": StageState.SERVING}
+    d = decide(served, {"e": ok("e")}, underway)
+    assert d.states["demo-model"] == StageState.RUNNING and d.new == ("serve",)
+    # A stage that is not only for its users runs whatever they did.
+    plain = [Stage("demo-model", "demo-model", {}), plan[1]]
+    assert decide(plain, {"evaluate": ok("evaluate")}).states["demo-model"] == StageState.READY
 
 
 def test_progress_counts_the_runs_own_stages_in_both_executors() -> None:

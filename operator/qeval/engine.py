@@ -45,9 +45,6 @@ class Decided:
     docs: dict[str, StageResult]
     new: tuple[str, ...]  # stages whose document the rules decided now (to record)
 
-    def ready(self, stages: Iterable[Stage]) -> list[Stage]:
-        return [s for s in stages if self.states[s.name] == StageState.READY]
-
 
 def skipped(stage: Stage, broken: Iterable[str], now: str | None = None) -> StageResult:
     """The document of a stage not run because ``broken`` (stages it needs) did not succeed."""
