@@ -219,18 +219,6 @@ def test_a_changed_model_or_setting_or_no_cache_recomputes(tmp_path):
     assert evaluate.reuse(evaluate_input(tmp_path, model, "r2")) is None
 
 
-def test_known_tasks_are_remembered(tmp_path, monkeypatch):
-    calls = []
-
-    class FakeManager:
-        all_tasks = ["ta", "tb"]
-
-    monkeypatch.setattr(evaluate, "task_manager", lambda paths: calls.append(paths) or FakeManager)
-    assert evaluate.unknown_tasks(["ta", "zz"], [], tmp_path) == ["zz"]
-    assert evaluate.unknown_tasks(["ta", "zz"], [], tmp_path) == ["zz"]
-    assert len(calls) == 1
-
-
 # --- the quantize stage and the executor ------------------------------------------------
 
 

@@ -126,7 +126,7 @@ def test_both_executors_skip_the_same_stages_saying_the_same(tmp_path) -> None:
     """The local executor (processes) and the operator's reconcile (observed Jobs) decide
     a failed plan alike: one engine, not two copies of its rules."""
     plan = [
-        Stage("broken", "no-such-kind", {}),  # its process dies: argparse refuses the kind
+        Stage("broken", "no-such-kind", {}),  # its process dies: no worker for the kind
         Stage("after", "no-such-kind", {}, ("broken",)),
         Stage("later", "no-such-kind", {}, ("after",)),
     ]

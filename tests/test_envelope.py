@@ -8,6 +8,7 @@ from pathlib import Path, PurePosixPath
 from rich.console import Console
 
 from qeval.local.executor import run_stage
+from qeval.local.worker import Workers
 from qeval.plan import Layout, Stage
 from qeval.stages.envelope import StageError, StageResult, execute
 from qeval.stages.models import size_on_disk
@@ -65,12 +66,14 @@ def test_invalid_input_is_recorded(tmp_path):
 
 
 def test_a_process_that_dies_still_gets_a_result(tmp_path):
-    """A stage process that exits without writing (here: argparse refusing an unknown
-    stage kind, exit 2) is recorded by the executor as ProcessDied with the log's tail."""
+    """A stage whose process exits without writing (here: a worker refusing an unknown
+    stage kind, exit 1) is recorded by the executor as ProcessDied with the log's tail."""
     layout = Layout(PurePosixPath(tmp_path), PurePosixPath(tmp_path / "models"))
-    doc = run_stage(Stage("broken", "no-such-kind", {}), layout, Console(quiet=True), "[1/1]")
+    workers = Workers(tmp_path / "workers")
+    stage = Stage("broken", "no-such-kind", {})
+    doc = run_stage(stage, layout, Console(quiet=True), "[1/1]", workers)
     assert doc.status == "Failed" and doc.reason == "ProcessDied"
-    assert "exit code 2" in doc.message and "invalid choice" in doc.message
+    assert "exit code 1" in doc.message and "no stage kind 'no-such-kind'" in doc.message
     assert StageResult.load(tmp_path / "stages" / "broken" / "result.json").reason == "ProcessDied"
 
 

@@ -58,6 +58,40 @@ def test_demo_study_succeeds_and_prints_the_table(demo_run):
     }
 
 
+def test_the_baselines_scores_are_printed_first(demo_run):
+    """The first result a person waits for: the baseline's scores, as soon as its
+    evaluation ends, before any quantization runs."""
+    proc, _ = demo_run
+    lines = proc.stdout.splitlines()
+    first = next(i for i, line in enumerate(lines) if "evaluate-fp32: succeeded in" in line)
+    assert "qeval_demo_facts acc 0.9" in lines[first] and "qeval_demo_recall" in lines[first]
+    assert not any("quantize-" in line for line in lines[:first])
+
+
+def test_each_kinds_stages_ran_in_one_warm_worker(demo_run):
+    """One process per stage kind ran that kind's stages in turn, its libraries imported
+    before its first stage; each stage still wrote its own document (with its timings and
+    versions) and its own log."""
+    _, run_dir = demo_run
+    timeline = json.loads((run_dir / "timeline.json").read_text())
+    pids: dict[str, set[int]] = {}
+    for entry in timeline:
+        pids.setdefault(entry["kind"], set()).add(entry["pid"])
+    assert {k: len(v) for k, v in pids.items()} == {"evaluate": 1, "quantize": 1, "aggregate": 1}
+    assert len(set().union(*pids.values())) == 3
+    for entry in timeline:
+        doc = json.loads((run_dir / "stages" / entry["stage"] / "result.json").read_text())
+        assert doc["status"] == "Succeeded" and doc["versions"]["torch"]
+        log = (run_dir / "stages" / entry["stage"] / "log.txt").read_text()
+        assert log.rstrip().endswith(f"{entry['stage']}: Succeeded"), log[-300:]
+        if entry["kind"] in ("evaluate", "quantize"):
+            timings = doc["timings"]
+            assert timings["modelWork"] > 0 and timings["resultWriting"] > 0
+            assert timings["imports"] < 1.0, timings  # cold, a process imports for 5-9 s
+        if entry["kind"] == "evaluate":
+            assert doc["timings"]["taskIndex"] < 2.0  # lm-eval's full index: 6-15 s
+
+
 def test_recovery_ordering(demo_run):
     """FP8, INT8 and W4A16 recover ~100 %; 2-bit round-to-nearest loses clearly, beyond
     its standard error, on the mean and on each task."""

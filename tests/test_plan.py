@@ -25,6 +25,8 @@ def test_demo_plan_order_and_dependencies():
     names = [s.name for s in stages]
     assert names[0] == "demo-model" and names[-1] == "aggregate"
     assert len(names) == 1 + 4 + 5 + 1
+    # The baseline's evaluation before any quantization: its scores are the first result.
+    assert names[1] == "evaluate-fp32" and names[2].startswith("quantize-")
     position = {n: i for i, n in enumerate(names)}
     for s in stages:
         for need in s.needs:
@@ -64,7 +66,7 @@ def test_stage_inputs():
 
 def test_argv_is_a_list_without_a_shell():
     run, models = demo_objects()
-    stage = build_plan(run, models, LAYOUT)[1]
+    stage = next(s for s in build_plan(run, models, LAYOUT) if s.kind == "quantize")
     assert stage.argv("/in.json", "/out.json") == [
         "qeval",
         "quantize",
@@ -137,6 +139,7 @@ def test_vllm_server_plan_puts_a_server_before_each_models_clients():
     assert evaluate.scheduling is None  # a small CPU client
     assert evaluate.input["baseUrl"] == "http://serve-w4a16:8000"  # the default endpoints
     assert by["serve-fp32"].needs == ("demo-model",)
+    assert list(by)[1:3] == ["serve-fp32", "evaluate-fp32"]  # the baseline first, served
     assert by["aggregate"].needs == tuple(
         f"evaluate-{n}" for n in ("fp32", "fp8", "int8", "w4a16", "w2a16-rtn")
     )

@@ -81,12 +81,12 @@ def _stage_input(arg: Path, output: Path) -> Path:
 
 def cmd_stage(args: argparse.Namespace) -> int:
     from qeval.stages import KINDS
-    from qeval.stages.envelope import EXIT_RECORDED_FAILURE, StageStatus, execute
+    from qeval.stages.envelope import EXIT_RECORDED_FAILURE, StageStatus, execute, outcome_line
 
     input_model, run = KINDS[args.command].load()
     input_path = _stage_input(args.input, args.output)
     doc = execute(args.command, input_model, run, input_path, args.output)
-    print(f"{doc.stage}: {doc.status}" + (f" ({doc.reason}): {doc.message}" if doc.reason else ""))
+    print(outcome_line(doc))
     if os.environ.get("QEVAL_RESULT_CONFIGMAP"):  # a stage Job: hand the result to the operator
         from qeval.k8s.publish import publish
 

@@ -6,6 +6,7 @@ the operator as Jobs. Where files go is the executor's choice, passed in as a La
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from graphlib import TopologicalSorter
@@ -27,6 +28,7 @@ from qeval.stages.similarity import SimilarityInput, SimilarityModel
 DEMO_STAGE = "demo-model"
 AGGREGATE_STAGE = "aggregate"
 SIMILARITY_STAGE = "similarity"
+EVALUATE_KIND = "evaluate"  # lm-eval on one model: its scores
 SERVE_KIND = "serve"  # a long-running stage: a model's server, up while its consumers run
 
 
@@ -181,14 +183,14 @@ def build_plan(run: EvalRun, models: Mapping[str, QuantizedModel], layout: Layou
             "exist; create them (same file or folder, or kubectl apply) or fix the names"
         )
 
-    stages: list[Stage] = []
+    quantizations: list[Stage] = []
     uses_demo = False
     targets: list[Target] = [(spec.baseline.name, None, spec.baseline.model, ())]
     for c in spec.candidates:
         if c.quantized_model:
             qm = models[c.quantized_model]
             q = quantize_stage(qm, layout, spec.cache)
-            stages.append(q)
+            quantizations.append(q)
             uses_demo |= DEMO_STAGE in q.needs
             source = ModelSource(uri=str(quantized_model_dir(qm, layout)))
             targets.append((c.label, c.scheme or scheme_label(qm.spec), source, (q.name,)))
@@ -200,7 +202,10 @@ def build_plan(run: EvalRun, models: Mapping[str, QuantizedModel], layout: Layou
     servers = spec.backend == Backend.VLLM_SERVER
     serving = spec.serving or Serving()
     refs = []
+    stages: list[Stage] = []
     for i, (name, scheme, source, needs) in enumerate(targets):
+        if i == 1:  # the baseline's stages come first: its scores are the first result
+            stages += quantizations  # a person sees, without waiting for every quantization
         stage = f"evaluate-{name}"
         if model_kind(source.uri) == "demo":
             needs, uses_demo = (*needs, DEMO_STAGE), True
@@ -226,7 +231,7 @@ def build_plan(run: EvalRun, models: Mapping[str, QuantizedModel], layout: Layou
             output_dir=str(layout.stage_dir(stage)),
         )
         scheduling = None if servers else spec.scheduling  # a client: the server has the GPU
-        stages.append(Stage(stage, "evaluate", _doc(inp), needs, scheduling))
+        stages.append(Stage(stage, EVALUATE_KIND, _doc(inp), needs, scheduling))
         refs.append(ModelResults(name=name, scheme=scheme, evaluate=str(layout.read_path(stage))))
 
     similarity = None
@@ -250,7 +255,7 @@ def build_plan(run: EvalRun, models: Mapping[str, QuantizedModel], layout: Layou
         report_dir=str(layout.report_dir()),
         similarity=similarity,
     )
-    results = tuple(s.name for s in stages if s.kind in ("evaluate", "benchmark", "similarity"))
+    results = tuple(s.name for s in stages if s.kind in (EVALUATE_KIND, "benchmark", "similarity"))
     stages.append(Stage(AGGREGATE_STAGE, "aggregate", _doc(aggregate), results, always=True))
     if uses_demo:  # on the run's nodes, asking what its stages ask (one build at a time),
         # but no GPU: the demo model trains on the CPU (given GPUs it would fail NoGPU on a
@@ -332,7 +337,8 @@ def similarity_stage(run: EvalRun, targets: list[Target], layout: Layout) -> Sta
 
 
 def ordered(stages: list[Stage]) -> list[Stage]:
-    """Stages in dependency order (stable: ties keep their given order)."""
+    """Stages in dependency order, each as early as its needs allow and, among those whose
+    needs are met, in their given order (stable)."""
     by_name = {s.name: s for s in stages}
     if len(by_name) != len(stages):
         raise PlanError("two stages have the same name; candidate names must be distinct")
@@ -342,10 +348,12 @@ def ordered(stages: list[Stage]) -> list[Stage]:
     sorter = TopologicalSorter({s.name: s.needs for s in stages})
     sorter.prepare()  # raises CycleError on a cycle
     position = {s.name: i for i, s in enumerate(stages)}
+    ready: list[tuple[int, str]] = []
     out: list[Stage] = []
     while sorter.is_active():
-        ready = sorted(sorter.get_ready(), key=position.__getitem__)
-        for name in ready:
-            out.append(by_name[name])
-            sorter.done(name)
+        for name in sorter.get_ready():
+            heapq.heappush(ready, (position[name], name))
+        _, name = heapq.heappop(ready)
+        out.append(by_name[name])
+        sorter.done(name)
     return out

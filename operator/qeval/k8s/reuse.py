@@ -20,7 +20,7 @@ from typing import Any
 from qeval import __version__
 from qeval.api.common import model_kind
 from qeval.k8s.manifests import digest
-from qeval.plan import Stage
+from qeval.plan import EVALUATE_KIND, Stage
 from qeval.stages.envelope import StageResult
 
 LABEL_REUSE_KEY = "qeval.dev/reuse-key"
@@ -81,7 +81,7 @@ def reuse_keys(stages: list[Stage], salt: str) -> dict[str, str]:
     quantized = {str(s.input["outputDir"]): s for s in stages if s.kind == "quantize"}
     keys = {}
     for s in stages:
-        if s.kind != "evaluate":
+        if s.kind != EVALUATE_KIND:
             continue
         identity = named_identity(s.input.get("model", {}), quantized)
         if identity is None:

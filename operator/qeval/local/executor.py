@@ -1,8 +1,9 @@
-"""The local executor behind ``qeval run``: the plan's stages as processes, in order.
+"""The local executor behind ``qeval run``: the plan's stages, in order, in warm workers.
 
 Everything lands under ``<workdir>/runs/<evalrun>/``: the plan, each stage's input,
 result document and log, the run's status (``status.json``, ``objects.yaml``) and its
-report (``report/``). Quantized models go to ``<workdir>/models/<name>`` unless their spec
+report (``report/``), the workers' own logs (``workers/``) and ``timeline.json``.
+Quantized models go to ``<workdir>/models/<name>`` unless their spec
 says otherwise; the result cache lives in ``<workdir>/cache``. A stage whose result is
 in the cache is not started as a process: its ``reuse`` runs here and its result
 document says so.
@@ -14,8 +15,6 @@ need them (``qeval.local.servers``).
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -28,14 +27,23 @@ from rich.markup import escape
 from qeval.api.common import Resource, now
 from qeval.api.documents import SpecError, load_documents
 from qeval.api.evalrun import EvalRun
-from qeval.api.evalrun_status import EvalRunStatus
+from qeval.api.evalrun_status import EvalRunStatus, Score
 from qeval.api.quantizedmodel import QuantizedModel
 from qeval.engine import SATISFIED, Decided, StageState, decide
 from qeval.local.console import print_summary
 from qeval.local.preflight import localize_evalrun, localize_quantized_model, preflight
-from qeval.local.process import stage_env, tail, write_input
+from qeval.local.process import tail, write_input
 from qeval.local.servers import LocalEndpoints, Servers, sigterm_as_exit
-from qeval.plan import AGGREGATE_STAGE, SERVE_KIND, Layout, PlanError, Stage, build_plan
+from qeval.local.worker import Workers
+from qeval.plan import (
+    AGGREGATE_STAGE,
+    EVALUATE_KIND,
+    SERVE_KIND,
+    Layout,
+    PlanError,
+    Stage,
+    build_plan,
+)
 from qeval.reasons import PROCESS_DIED
 from qeval.stages import KINDS
 from qeval.stages.envelope import (
@@ -115,41 +123,50 @@ def reuse_stage(stage: Stage, layout: Layout) -> StageResult | None:
     return doc
 
 
-def run_stage(stage: Stage, layout: Layout, console: Console, label: str) -> StageResult:
-    """Run one stage as a process; return its result document (written here if it died)."""
+def run_stage(
+    stage: Stage, layout: Layout, console: Console, label: str, workers: Workers
+) -> StageResult:
+    """Run one stage in its kind's warm worker; return its result document (written here
+    if the stage took its worker down)."""
     input_path = write_input(stage, layout)
     stage_dir, result_path = input_path.parent, Path(layout.result_path(stage.name))
     result_path.unlink(missing_ok=True)
-    argv = [sys.executable, "-m", "qeval", *stage.argv(str(input_path), str(result_path))[1:]]
     log_path = stage_dir / "log.txt"
     t0 = time.monotonic()
-    with log_path.open("w") as log, console.status(f"{label} {stage.name}") as spinner:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=stage_env())
-        try:
-            while True:
-                try:
-                    proc.wait(timeout=0.5)  # returns as soon as the stage ends
-                    break
-                except subprocess.TimeoutExpired:
-                    spinner.update(
-                        f"{label} {stage.name}  {time.monotonic() - t0:5.0f} s  "
-                        f"[dim]{tail(log_path, 1)[:80]}[/dim]"
-                    )
-        except BaseException:  # Ctrl-C, SIGTERM: the stage does not outlive the run
-            proc.kill()
-            proc.wait()
-            raise
-    if result_path.exists():
+    with console.status(f"{label} {stage.name}") as spinner:
+        died = workers.run(
+            stage.kind,
+            input_path,
+            result_path,
+            log_path,
+            tick=lambda: spinner.update(
+                f"{label} {stage.name}  {time.monotonic() - t0:5.0f} s  "
+                f"[dim]{escape(tail(log_path, 1)[:80])}[/dim]"
+            ),
+        )
+    if died is None and result_path.exists():
         return StageResult.load(result_path)
+    code, log = (died.returncode, tail(log_path) or tail(died.worker_log)) if died else (0, "")
     doc = failed(
         stage.name,
         stage.kind,
         PROCESS_DIED,
-        f"exit code {proc.returncode} and no result document; log tail:\n{tail(log_path)}",
+        f"exit code {code} and no result document; log tail:\n{log}",
         wall_seconds=round(time.monotonic() - t0, 3),
     )
     doc.write(result_path)
     return doc
+
+
+def scores_line(doc: StageResult) -> str:
+    """An evaluation's primary scores, as the stage's line shows them."""
+    result = doc.result or {}
+    scores = [read_part(Score, s) for s in result.get("scores", [])]
+    shown = [s for s in scores if s.primary] or scores
+    return "  ".join(
+        f"{s.task} {s.metric} {s.value:.4f}" + (f" ±{s.stderr:.4f}" if s.stderr else "")
+        for s in shown
+    )
 
 
 def prepare(
@@ -224,11 +241,17 @@ def execute_run(
 def run_stages(stages: list[Stage], layout: Layout, console: Console) -> dict[str, StageResult]:
     """Every stage's result document. The engine (``qeval.engine``) says which stages may run
     and decides the skipped ones and the servers that are done; here each stage that may run
-    runs (or is reused) in plan order, one at a time, and a server is started right before
-    the first stage that needs it runs as a process, and stopped when the engine says so."""
+    runs (or is reused) in plan order, one at a time, in its kind's warm worker
+    (``qeval.local.worker``), and a server is started right before the first stage that
+    needs it runs, and stopped when the engine says so. ``timeline.json`` says which worker
+    (pid) ran each stage and when the stage was queued and done (seconds from the start),
+    beside its own wall time: the difference is the wait for its worker and the hand-over."""
     docs: dict[str, StageResult] = {}
     labels = {s.name: f"[{i}/{len(stages)}]" for i, s in enumerate(stages, 1)}
     servers = Servers(stages, layout)
+    workers = Workers(Path(layout.run_root) / "workers")
+    timeline: list[dict[str, object]] = []
+    t_run = time.monotonic()
 
     def record(stage: str, doc: StageResult, reused: bool = False) -> None:
         docs[stage] = doc
@@ -240,7 +263,9 @@ def run_stages(stages: list[Stage], layout: Layout, console: Console) -> dict[st
             console.print(f"{label} {stage}: skipped ({escape(doc.message or '')})")
         elif doc.status == StageStatus.SUCCEEDED:
             what = f": {doc.message}" if doc.kind == SERVE_KIND else f" in {took}"
-            console.print(f"{label} {stage}: [green]succeeded[/green]{what}")
+            if doc.kind == EVALUATE_KIND:
+                what += f": {scores_line(doc)}"
+            console.print(f"{label} {stage}: [green]succeeded[/green]{escape(what)}")
         else:
             console.print(
                 f"{label} {stage}: [red]{doc.status}[/red] ({escape(str(doc.reason))}) "
@@ -249,18 +274,30 @@ def run_stages(stages: list[Stage], layout: Layout, console: Console) -> dict[st
             )
 
     def next_stage(decided: Decided) -> Stage | None:
-        """The first stage in plan order that may run, or would once its servers are up."""
-        for stage in stages:
-            state = decided.states[stage.name]
-            if stage.serves or state not in (StageState.READY, StageState.WAITING):
-                continue
-            if state == StageState.READY or all(
-                decided.states[n] in SATISFIED
-                or (n in servers.stages and decided.states[n] == StageState.READY)
-                for n in stage.needs
-            ):
-                return stage
-        return None
+        """The first stage in plan order that may run, or would once its servers are up;
+        one whose servers are all up already before any other (a server is up no longer
+        than its stages need, and two at once only where a stage needs both)."""
+        runnable = [
+            stage
+            for stage in stages
+            if not stage.serves
+            and (
+                decided.states[stage.name] == StageState.READY
+                or decided.states[stage.name] == StageState.WAITING
+                and all(
+                    decided.states[n] in SATISFIED
+                    or (n in servers.stages and decided.states[n] == StageState.READY)
+                    for n in stage.needs
+                )
+            )
+        ]
+        served = [
+            s
+            for s in runnable
+            if any(n in servers.running for n in s.needs)
+            and all(n in servers.running for n in s.needs if n in servers.stages)
+        ]
+        return next(iter(served or runnable), None)
 
     def serve(stage: Stage) -> bool:
         """Make sure every server ``stage`` needs is up; False if one is not (recorded)."""
@@ -303,9 +340,29 @@ def run_stages(stages: list[Stage], layout: Layout, console: Console) -> dict[st
                 if (reused := reuse_stage(stage, layout)) is not None:
                     record(stage.name, reused, reused=True)
                 elif serve(stage):  # else a server it needs did not come up: it is skipped
-                    record(stage.name, run_stage(stage, layout, console, labels[stage.name]))
+                    # the kinds still to run import their libraries meanwhile, on spare cores
+                    workers.warm_up(
+                        s.kind
+                        for s in stages
+                        if not s.serves and s.name not in docs and s.name not in servers.running
+                    )
+                    queued, pid = time.monotonic(), workers.pid(stage.kind)
+                    doc = run_stage(stage, layout, console, labels[stage.name], workers)
+                    timeline.append(
+                        {
+                            "stage": stage.name,
+                            "kind": stage.kind,
+                            "pid": pid,
+                            "queuedSeconds": round(queued - t_run, 3),
+                            "doneSeconds": round(time.monotonic() - t_run, 3),
+                            "wallSeconds": doc.wall_seconds,
+                        }
+                    )
+                    record(stage.name, doc)
         finally:
+            workers.stop_all()
             servers.stop_all()
+            (Path(layout.run_root) / "timeline.json").write_text(json.dumps(timeline, indent=2))
     return docs
 
 

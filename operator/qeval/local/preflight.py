@@ -163,8 +163,8 @@ def task_problems(run: EvalRun, local: bool = True) -> Iterator[str]:
         for p in run.spec.task_paths
         if _is_path(p) and Path(p).is_dir() and not _dangling(Path(p))
     ]
-    index = task_index(paths, default_cache_root())
     listed = [t.name for t in run.spec.tasks]
+    index = task_index(paths, default_cache_root(), tuple(t.name for t in run.spec.all_tasks()))
     offline = os.environ.get("HF_DATASETS_OFFLINE") == "1"
     for task in run.spec.all_tasks():
         i = listed.index(task.name) if task.name in listed else None

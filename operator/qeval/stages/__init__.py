@@ -2,9 +2,11 @@
 
 Each stage is ``qeval <kind> --input IN.json --output OUT.json``: it reads one input
 document and writes one result document (``envelope.StageResult``). Heavy libraries
-(torch, llm-compressor, lm-eval) are imported only inside ``run``. A stage module may also
-have ``reuse(input) -> result | None``: its result when there is nothing to do (found in
-the result cache), cheap enough for an executor to call in its own process.
+(torch, llm-compressor, lm-eval) are imported only inside ``run``; a module names them in
+``WARM`` so that ``qeval run``'s warm workers (``qeval.local.worker``) import them once. A
+stage module may also have ``reuse(input) -> result | None``: its result when there is
+nothing to do (found in the result cache), cheap enough for an executor to call in its own
+process.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ class StageKind:
     def load(self) -> tuple[type[Document], Callable[[Any], BaseModel]]:
         mod = import_module(f"qeval.stages.{self.module}")
         return getattr(mod, self.input_class), mod.run
+
+    def warm(self) -> tuple[str, ...]:
+        """The modules the stage imports (``WARM``): a warm worker imports them up front."""
+        return tuple(getattr(import_module(f"qeval.stages.{self.module}"), "WARM", ()))
 
     def load_reuse(self) -> Callable[[Any], BaseModel | None] | None:
         """The stage's ``reuse`` function, if it has one."""

@@ -31,6 +31,10 @@ if TYPE_CHECKING:
     from qeval.results.summary import ModelOutcome, ScoreKey
 
 
+# What the stage imports: a warm worker imports it once (``qeval.local.worker``).
+WARM = ("qeval.results.summary", "qeval.report.plots", "qeval.report.render")
+
+
 class ModelResults(ApiModel):
     """Where one model's stage results are."""
 

@@ -7,6 +7,9 @@ from pydantic import Field
 from qeval.api.common import DEMO_MODELS, ApiModel
 from qeval.stages.envelope import Document
 
+# What the stage imports: a warm worker imports it once (``qeval.local.worker``).
+WARM = ("torch", "transformers")
+
 
 class DemoModelInput(Document):
     model: str = Field(default=DEMO_MODELS[0], description="Which demo model (demo://<name>).")

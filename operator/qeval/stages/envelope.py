@@ -12,8 +12,8 @@ import json
 import os
 import time
 import traceback
-from collections.abc import Callable
-from contextlib import suppress
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from enum import StrEnum
 from importlib import metadata
 from pathlib import Path
@@ -52,8 +52,9 @@ LIBRARIES = ("qeval", "torch", "transformers", "llmcompressor", "compressed-tens
 # safe to ignore); it refuses another major with a reason that says so (a major is a change
 # an older reader would misread: a field renamed, removed or whose meaning changed). What
 # users write (the API) stays strict: an unknown field there is a typo.
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: StageResult.timings
 SCHEMA_MAJOR = SCHEMA_VERSION.split(".")[0]
+FIRST_VERSION = "1.0"
 
 D = TypeVar("D", bound=BaseModel)
 
@@ -85,7 +86,9 @@ class Document(ApiModel):
     def read(cls, data: Any) -> Self:
         """Validate a document another process wrote (a dict, or its JSON text)."""
         if isinstance(data, str | bytes):
-            return cls.model_validate_json(data, extra="ignore")
+            data = json.loads(data)
+        if isinstance(data, dict) and "schemaVersion" not in data and "schema_version" not in data:
+            data = {**data, "schemaVersion": FIRST_VERSION}  # written before versions were
         return cls.model_validate(data, extra="ignore")
 
 
@@ -120,6 +123,12 @@ class StageResult(Document):
     started_at: str | None = None
     finished_at: str | None = None
     wall_seconds: float | None = None
+    timings: dict[str, float] = Field(
+        default_factory=dict,
+        description="Seconds of each phase inside the stage (Phase: imports, taskIndex, "
+        "modelLoad, modelWork, resultWriting); the rest of wallSeconds is the stage's own "
+        "bookkeeping (reading the input, the cache lookup).",
+    )
     versions: dict[str, str] = Field(default_factory=dict)
     result: dict[str, Any] | None = None
 
@@ -132,6 +141,35 @@ class StageResult(Document):
     @classmethod
     def load(cls, path: Path) -> StageResult:
         return cls.read(path.read_text())
+
+
+class Phase(StrEnum):
+    """Where a stage's time goes (``StageResult.timings``)."""
+
+    IMPORTS = "imports"  # torch, transformers, llm-compressor, lm-eval: ~0 in a warm worker
+    TASK_INDEX = "taskIndex"  # lm-eval's TaskManager
+    MODEL_LOAD = "modelLoad"  # weights, tokenizer, calibration data
+    MODEL_WORK = "modelWork"  # oneshot, simple_evaluate, generation
+    RESULT_WRITING = "resultWriting"  # the model saved, results and samples, the cache
+
+
+_timings: dict[str, float] = {}  # the running stage's (one stage at a time per process)
+
+
+@contextmanager
+def phase(name: Phase) -> Iterator[None]:
+    """Add the time the block takes to the running stage's ``timings[name]``."""
+    t0 = time.monotonic()
+    try:
+        yield
+    finally:
+        _timings[name] = round(_timings.get(name, 0.0) + time.monotonic() - t0, 3)
+
+
+def reproducible_math() -> None:
+    """REPRODUCIBLE_MATH in the environment (a value the user set is kept): before torch loads."""
+    for var, value in REPRODUCIBLE_MATH.items():
+        os.environ.setdefault(var, value)
 
 
 def library_versions() -> dict[str, str]:
@@ -155,6 +193,11 @@ def failed(stage: str, kind: str, reason: str, message: str, **extra: Any) -> St
     )
 
 
+def outcome_line(doc: StageResult) -> str:
+    """The line a stage prints last: its status, and why if it failed."""
+    return f"{doc.stage}: {doc.status}" + (f" ({doc.reason}): {doc.message}" if doc.reason else "")
+
+
 def execute(
     kind: str,
     input_model: type[Document],
@@ -165,8 +208,8 @@ def execute(
     """Run one stage on ``input_path`` and write its result document to ``output_path``."""
     stage = output_path.parent.name or kind
     started, t0 = now(), time.monotonic()
-    for var, value in REPRODUCIBLE_MATH.items():  # before the stage's libraries load
-        os.environ.setdefault(var, value)
+    reproducible_math()  # before the stage's libraries load
+    _timings.clear()
     try:
         try:
             raw = json.loads(input_path.read_text())
@@ -191,6 +234,7 @@ def execute(
         doc = failed(stage, kind, CRASHED, f"{type(e).__name__}: {e}\n{''.join(tb[-3:])}")
     doc.started_at, doc.finished_at = started, now()
     doc.wall_seconds = round(time.monotonic() - t0, 3)
+    doc.timings = dict(_timings)
     doc.versions = library_versions()
     doc.write(output_path)
     return doc

@@ -25,7 +25,7 @@ from qeval.results.cache import (
     tree_digest,
     weights_identity,
 )
-from qeval.stages.envelope import Document, StageError, read_part
+from qeval.stages.envelope import Document, Phase, StageError, phase, read_part
 from qeval.stages.models import resolve, size_on_disk
 
 
@@ -160,6 +160,9 @@ def calibration_dataset(calibration: Calibration, tokenizer: Any) -> Any:
 
 
 QUANTIZER_LIBRARIES = ("llmcompressor", "compressed-tensors", "transformers", "torch")
+# What ``quantize`` imports: once per process (a warm worker imports them before its first
+# stage: ``qeval.local.worker``).
+WARM = ("torch", "transformers", "llmcompressor", "datasets")
 
 
 def calibration_fields(calibration: Calibration | None) -> dict[str, Any] | None:
@@ -249,38 +252,41 @@ def quantization_problem(config: dict[str, Any], size: int, base_size: int) -> s
 
 def quantize(inp: QuantizeInput) -> QuantizeResult:
     """llm-compressor ``oneshot`` with the recipe; the compressed model saved to output_dir."""
-    import torch
-    from llmcompressor import oneshot
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    with phase(Phase.IMPORTS):
+        import torch
+        from llmcompressor import oneshot
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    torch.manual_seed(inp.seed)
-    base = resolve(inp.model)
-    revision = {"revision": inp.model.revision} if inp.model.revision else {}
-    model = AutoModelForCausalLM.from_pretrained(base, dtype="auto", **revision)
-    tokenizer = AutoTokenizer.from_pretrained(base, **revision)
-
-    kwargs = {}
-    if inp.calibration is not None:
-        kwargs = {
-            "dataset": calibration_dataset(inp.calibration, tokenizer),
-            "num_calibration_samples": inp.calibration.num_samples,
-            "max_seq_length": inp.calibration.max_seq_length,
-        }
+    with phase(Phase.MODEL_LOAD):
+        torch.manual_seed(inp.seed)
+        base = resolve(inp.model)
+        revision = {"revision": inp.model.revision} if inp.model.revision else {}
+        model = AutoModelForCausalLM.from_pretrained(base, dtype="auto", **revision)
+        tokenizer = AutoTokenizer.from_pretrained(base, **revision)
+        kwargs = {}
+        if inp.calibration is not None:
+            kwargs = {
+                "dataset": calibration_dataset(inp.calibration, tokenizer),
+                "num_calibration_samples": inp.calibration.num_samples,
+                "max_seq_length": inp.calibration.max_seq_length,
+            }
     t0 = time.monotonic()
-    try:
-        oneshot(model=model, recipe=inp.recipe, processor=tokenizer, **kwargs)  # type: ignore[arg-type]
-    except (ValueError, TypeError, KeyError) as e:
-        raise StageError("QuantizationFailed", f"llm-compressor refused the recipe: {e}") from e
+    with phase(Phase.MODEL_WORK):
+        try:
+            oneshot(model=model, recipe=inp.recipe, processor=tokenizer, **kwargs)  # type: ignore[arg-type]
+        except (ValueError, TypeError, KeyError) as e:
+            raise StageError("QuantizationFailed", f"llm-compressor refused the recipe: {e}") from e
     seconds = time.monotonic() - t0
 
     out = Path(inp.output_dir)
     tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, save_compressed=True)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "recipe.yaml").write_text(inp.recipe)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.replace(out)  # a crash never leaves a half-written model that looks finished
+    with phase(Phase.RESULT_WRITING):
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp, save_compressed=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "recipe.yaml").write_text(inp.recipe)
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.replace(out)  # a crash never leaves a half-written model that looks finished
 
     size, base_size = size_on_disk(out), size_on_disk(base)
     config = json.loads((out / "config.json").read_text())

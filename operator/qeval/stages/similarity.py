@@ -28,6 +28,10 @@ from qeval.stages.envelope import Document, StageError
 PROMPT_KEYS = ("prompt", "question", "text")
 
 
+# What the stage imports: a warm worker imports it once (``qeval.local.worker``).
+WARM = ("torch", "transformers", "qeval.serving.hf_server", "rouge_score", "bert_score")
+
+
 class SimilarityModel(ApiModel):
     name: str
     model: ModelSource

@@ -67,11 +67,35 @@ def _info(entry: Any) -> TaskInfo:
     )
 
 
-def task_index(task_paths: list[str], cache_dir: Path | None = None) -> dict[str, TaskInfo]:
-    """Every task, group and tag lm-eval knows with these include paths, summarised."""
-    from qeval.results.cache import installed_version, key_of, task_config_digest
-    from qeval.stages.evaluate import builtin_task_dir, task_manager
+def summary(manager: Any) -> dict[str, TaskInfo]:
+    """A TaskManager's index, summarised."""
+    return {name: _info(entry) for name, entry in manager.task_index.items()}
 
+
+def complete(index: Mapping[str, TaskInfo], name: str, seen: frozenset[str] = frozenset()) -> bool:
+    """Whether ``name`` and everything it stands for (a group's members, down to the
+    tasks) are in the index."""
+    info = index.get(name)
+    if info is None or name in seen:
+        return info is not None
+    return all(complete(index, m, seen | {name}) for m in info.members)
+
+
+def task_index(
+    task_paths: list[str], cache_dir: Path | None = None, needs: tuple[str, ...] = ()
+) -> dict[str, TaskInfo]:
+    """Every task, group and tag lm-eval knows with these include paths, summarised.
+
+    With ``needs``: the index of the include folders alone when it holds every name needed
+    (``evaluate.task_manager``'s rule), so a spec of qeval's own or local tasks costs no
+    index of lm-eval's built-ins."""
+    from qeval.results.cache import installed_version, key_of, task_config_digest
+    from qeval.stages.evaluate import builtin_task_dir, include_task_manager, task_manager
+
+    if needs:
+        focused = summary(include_task_manager(task_paths))
+        if all(complete(focused, name) for name in needs):
+            return focused
     memo = None
     if cache_dir is not None:
         folders = [builtin_task_dir(), *map(Path, task_paths)]
@@ -96,7 +120,7 @@ def task_index(task_paths: list[str], cache_dir: Path | None = None) -> dict[str
                 )
                 for name, v in saved.items()
             }
-    index = {name: _info(entry) for name, entry in task_manager(task_paths).task_index.items()}
+    index = summary(task_manager(task_paths))
     if memo is not None:
         memo.parent.mkdir(parents=True, exist_ok=True)
         tmp = memo.with_name(f".{memo.name}.{os.getpid()}.tmp")
