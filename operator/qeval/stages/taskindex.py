@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -88,44 +88,55 @@ def task_index(
 
     With ``needs``: the index of the include folders alone when it holds every name needed
     (``evaluate.task_manager``'s rule), so a spec of qeval's own or local tasks costs no
-    index of lm-eval's built-ins."""
-    from qeval.results.cache import installed_version, key_of, task_config_digest
+    index of lm-eval's built-ins. With ``cache_dir`` each index is remembered under the
+    lm-eval version and the contents of its folders: a later run reads it back without
+    importing lm-eval."""
     from qeval.stages.evaluate import builtin_task_dir, include_task_manager, task_manager
 
+    include = [builtin_task_dir(), *map(Path, task_paths)]
     if needs:
-        focused = summary(include_task_manager(task_paths))
+        focused = _remembered(
+            cache_dir, "focused-1", include, lambda: summary(include_task_manager(task_paths))
+        )
         if all(complete(focused, name) for name in needs):
             return focused
-    memo = None
-    if cache_dir is not None:
-        folders = [builtin_task_dir(), *map(Path, task_paths)]
-        digest = key_of(
-            [
-                "index-1",
-                installed_version("lm_eval"),
-                task_config_digest(folders, cache_dir / "digests"),
-            ]
-        )
-        memo = cache_dir / "lm-eval-tasks" / f"{digest}.index.json"
-        with suppress(OSError, ValueError, TypeError):
-            saved = json.loads(memo.read_text())
-            return {
-                name: TaskInfo(
-                    **{
-                        **v,
-                        "members": tuple(v["members"]),
-                        "metrics": None if v["metrics"] is None else tuple(v["metrics"]),
-                        "filters": tuple(v["filters"]),
-                    }
-                )
-                for name, v in saved.items()
-            }
-    index = summary(task_manager(task_paths))
-    if memo is not None:
-        memo.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo.with_name(f".{memo.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({n: asdict(i) for n, i in index.items()}))
-        tmp.replace(memo)
+    return _remembered(cache_dir, "index-1", include, lambda: summary(task_manager(task_paths)))
+
+
+def _remembered(
+    cache_dir: Path | None,
+    kind: str,
+    include: list[Path],
+    build: Callable[[], dict[str, TaskInfo]],
+) -> dict[str, TaskInfo]:
+    """An index read back from ``cache_dir``, else built and saved there. Keyed by the
+    include folders' contents and lm-eval's version (which covers its own task folders)."""
+    if cache_dir is None:
+        return build()
+    from qeval.results.cache import installed_version, key_of, task_config_digest
+
+    digest = key_of(
+        [kind, installed_version("lm_eval"), task_config_digest(include, cache_dir / "digests")]
+    )
+    memo = cache_dir / "lm-eval-tasks" / f"{digest}.index.json"
+    with suppress(OSError, ValueError, TypeError):
+        saved = json.loads(memo.read_text())
+        return {
+            name: TaskInfo(
+                **{
+                    **v,
+                    "members": tuple(v["members"]),
+                    "metrics": None if v["metrics"] is None else tuple(v["metrics"]),
+                    "filters": tuple(v["filters"]),
+                }
+            )
+            for name, v in saved.items()
+        }
+    index = build()
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    tmp = memo.with_name(f".{memo.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({n: asdict(i) for n, i in index.items()}))
+    tmp.replace(memo)
     return index
 
 
