@@ -10,7 +10,7 @@ import pytest
 
 from qeval.api import EvalRun, SpecError
 from qeval.api.documents import parse
-from qeval.api.evalrun import SPEC_RULES, Baseline, EvalRunSpec, Task
+from qeval.api.evalrun import SPEC_RULES, Baseline, EvalRunSpec, Prompt, Task
 from qeval.api.evalrun_status import Score
 from qeval.api.suites import SUITES, SuiteName, expand_tasks, suite_tasks
 from qeval.plan import Layout, build_plan
@@ -26,6 +26,15 @@ PINNED = {
         ("truthfulqa_mc2", 0, "acc"),
         ("winogrande", 5, "acc"),
     ],
+    "openllm-v1-llama": [
+        ("arc_challenge_llama", 0, "exact_match,strict_match"),
+        ("gsm8k_llama", 8, "exact_match,strict_match"),
+        ("hellaswag", 10, "acc_norm"),
+        ("mmlu_llama", 5, "exact_match,strict_match"),
+        ("mmlu_cot_llama", 0, "exact_match,strict_match"),
+        ("truthfulqa_mc2", 0, "acc"),
+        ("winogrande", 5, "acc"),
+    ],
     "openllm-v2": [
         ("leaderboard_bbh", 3, "acc_norm"),
         ("leaderboard_gpqa", 0, "acc_norm"),
@@ -35,19 +44,56 @@ PINNED = {
         ("leaderboard_musr", 0, "acc_norm"),
     ],
     "code": [("humaneval", 0, "pass@1,create_test"), ("humaneval_plus", 0, "pass@1,create_test")],
+    "openllm-v2-chat": [],  # the same tasks as openllm-v2 (below)
     "demo": [("qeval_demo_facts", None, "acc"), ("qeval_demo_recall", None, "exact_match")],
 }
+
+
+PINNED["openllm-v2-chat"] = PINNED["openllm-v2"]
+PROMPTS = {"openllm-v1-llama", "openllm-v2-chat"}  # chat template and multi-turn few-shot
 
 
 @pytest.mark.parametrize("suite", sorted(PINNED))
 def test_each_preset_pins_its_tasks_and_shots(suite):
     assert [(t.name, t.num_fewshot, t.metric) for t in suite_tasks(suite)] == PINNED[suite]
+    expected = {"chatTemplate": True, "fewshotAsMultiturn": True} if suite in PROMPTS else {}
+    assert dict(SUITES[SuiteName(suite)].prompt) == expected
+
+
+@pytest.mark.parametrize(
+    ("suites", "prompt"),
+    [
+        (["openllm-v1-llama"], None),
+        (["openllm-v1-llama"], {"chatTemplate": True}),
+        (["openllm-v1-llama"], {"chatTemplate": True, "fewshotAsMultiturn": True}),
+        (["openllm-v2-chat", "demo"], {"chatTemplate": True, "fewshotAsMultiturn": True}),
+        (["openllm-v2-chat"], {"chatTemplate": False}),
+        (["openllm-v1", "openllm-v2"], None),
+        (["openllm-v1"], {"chatTemplate": True, "fewshotAsMultiturn": True}),
+        (None, {"chatTemplate": True}),
+    ],
+)
+def test_the_chat_suites_need_the_chat_settings_in_cel_and_python(suites, prompt):
+    (rule,) = [r for r in SPEC_RULES if "fewshotAsMultiturn" in r.cel]
+    wire = er(suites=suites, prompt=prompt, tasks=None if suites else [{"name": "t"}])["spec"]
+    spec = EvalRunSpec.model_construct(
+        suites=suites or [],
+        prompt=Prompt.model_validate(prompt or {}),
+        tasks=[],
+    )
+    wants = bool(set(suites or ()) & PROMPTS)
+    ok = not wants or bool(
+        prompt and prompt.get("chatTemplate") and prompt.get("fewshotAsMultiturn")
+    )
+    assert cel(rule.cel, wire) == rule.check(spec) == ok, (suites, prompt)
 
 
 def test_scoring_rules_of_the_presets():
     assert {s.name: s.scoring for s in SUITES.values()} == {
         "openllm-v1": "mean",
+        "openllm-v1-llama": "mean",
         "openllm-v2": "normalized-mean",
+        "openllm-v2-chat": "normalized-mean",
         "code": "mean",
         "demo": "mean",
     }
@@ -98,7 +144,10 @@ def _qm():
         ({"suites": ["code"]}, "allowCodeExecution: true"),
         ({"tasks": [{"name": "humaneval"}]}, "allowCodeExecution: true"),
         ({"tasks": [{"name": "mbpp_plus"}]}, "allowCodeExecution: true"),
-        ({"suites": ["openllm-v3"]}, "'openllm-v1', 'openllm-v2', 'code' or 'demo'"),
+        (
+            {"suites": ["openllm-v3"]},
+            "'openllm-v1', 'openllm-v1-llama', 'openllm-v2', 'openllm-v2-chat', 'code' or 'demo'",
+        ),
         ({"recoveryThreshold": 0}, "greater than 0"),
     ],
 )
@@ -122,7 +171,11 @@ def test_code_suites_need_the_explicit_switch():
 
 def test_suite_and_code_rules_agree_with_cel():
     """Every combination of suites, tasks and the switch: CEL (the CRD) == Python."""
-    rules = [r for r in SPEC_RULES if "suites" in r.cel or "allowCodeExecution" in r.cel]
+    rules = [
+        r
+        for r in SPEC_RULES
+        if ("suites" in r.cel or "allowCodeExecution" in r.cel) and r.field != "prompt"
+    ]
     assert len(rules) == 2
     for suites, tasks, allow in itertools.product(
         [None, [], ["demo"], ["code"], ["openllm-v2", "code"]],

@@ -14,7 +14,7 @@ from pathlib import PurePosixPath
 from typing import Any, Protocol
 
 from qeval.api.common import ApiModel, ModelSource, Scheduling, model_kind, volume_path
-from qeval.api.evalrun import Backend, EvalRun, Serving
+from qeval.api.evalrun import Backend, EvalRun, Prompt, Serving
 from qeval.api.quantizedmodel import DEFAULT_DATASET, Calibration, QuantizedModel
 from qeval.recipes import build_recipe, needs_calibration, scheme_label
 from qeval.stages.aggregate import AggregateInput, ModelResults
@@ -222,6 +222,7 @@ def build_plan(run: EvalRun, models: Mapping[str, QuantizedModel], layout: Layou
             batch_size=spec.batch_size,
             seed=spec.seed,
             model_args=spec.model_args,
+            prompt=spec.prompt if spec.prompt != Prompt() else None,
             base_url=layout.endpoints.url(needs[0]) if servers else None,
             serving=serving if servers else None,
             allow_code_execution=spec.allow_code_execution,

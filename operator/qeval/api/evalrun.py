@@ -24,7 +24,7 @@ from qeval.api.common import (
     immutable,
 )
 from qeval.api.evalrun_status import EvalRunStatus
-from qeval.api.suites import CODE_SUITES, CODE_TASK_PATTERN, SuiteName
+from qeval.api.suites import CHAT_SUITES, CODE_SUITES, CODE_TASK_PATTERN, SuiteName
 
 
 class Backend(StrEnum):
@@ -229,6 +229,19 @@ SPEC_RULES = (
                 and not any(re.match(CODE_TASK_PATTERN, t.name) for t in s.tasks)
             )
         ),
+    ),
+    Rule(
+        cel=f"!has(self.suites) || !self.suites.exists(s, s in {_cel_list(CHAT_SUITES)}) || "
+        "(has(self.prompt) && has(self.prompt.chatTemplate) && self.prompt.chatTemplate && "
+        "has(self.prompt.fewshotAsMultiturn) && self.prompt.fewshotAsMultiturn)",
+        message=f"the suites {', '.join(CHAT_SUITES)} are run as the model cards ran them, with "
+        "the chat template and multi-turn few-shot: set spec.prompt.chatTemplate: true and "
+        "spec.prompt.fewshotAsMultiturn: true (or use openllm-v1 / openllm-v2, plain text)",
+        check=lambda s: (
+            not any(str(x) in CHAT_SUITES for x in s.suites)
+            or (s.prompt.chat_template and s.prompt.fewshot_as_multiturn)
+        ),
+        field="prompt",
     ),
     *MODEL_ARGS_RULES,
     Rule(
@@ -500,6 +513,121 @@ class Serving(ApiModel):
         return value
 
 
+class GenKwargs(ApiModel):
+    """Generation settings for lm-eval's generative tasks (its --gen_kwargs), for every model:
+    they override each task's own ``generation_kwargs``."""
+
+    temperature: float | None = Field(default=None, ge=0, le=2, description="0: greedy.")
+    top_p: float | None = Field(default=None, gt=0, le=1, description="Nucleus sampling.")
+    max_gen_toks: int | None = Field(
+        default=None, ge=1, le=131072, description="The most tokens generated per answer."
+    )
+    until: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(
+        default=None, max_length=16, description="Stop sequences (replace the task's)."
+    )
+    do_sample: bool | None = Field(default=None, description="Sample instead of greedy.")
+
+    def lm_eval(self) -> dict[str, object]:
+        """As lm-eval's ``gen_kwargs`` takes them (the fields that are set)."""
+        return self.model_dump(exclude_none=True)
+
+
+PROMPT_RULES = (
+    Rule(
+        cel="!has(self.fewshotAsMultiturn) || !self.fewshotAsMultiturn || "
+        "(has(self.chatTemplate) && self.chatTemplate)",
+        message="spec.prompt.fewshotAsMultiturn needs spec.prompt.chatTemplate: true (the "
+        "few-shot examples become chat turns)",
+        check=lambda p: not p.fewshot_as_multiturn or p.chat_template,
+        field="fewshotAsMultiturn",
+    ),
+    Rule(
+        cel="!has(self.chatTemplateName) || (has(self.chatTemplate) && self.chatTemplate)",
+        message="spec.prompt.chatTemplateName picks one of the tokenizer's chat templates: it "
+        "needs spec.prompt.chatTemplate: true",
+        check=lambda p: p.chat_template_name is None or p.chat_template,
+        field="chatTemplateName",
+    ),
+    Rule(
+        cel="!has(self.enableThinking) || !self.enableThinking || "
+        "((has(self.chatTemplate) && self.chatTemplate) && has(self.thinkEndToken))",
+        message="spec.prompt.enableThinking turns the chat template's reasoning mode on: it "
+        "needs spec.prompt.chatTemplate: true and spec.prompt.thinkEndToken (where the "
+        "reasoning ends, e.g. '</think>', so that only the answer is scored)",
+        check=lambda p: (
+            not p.enable_thinking or (p.chat_template and p.think_end_token is not None)
+        ),
+        field="enableThinking",
+    ),
+)
+
+
+class Prompt(ApiModel):
+    """How lm-eval builds prompts and generates answers: the same for every model of the run
+    (the published model cards ran instruct models with the chat template and multi-turn
+    few-shot; lm-eval's default is plain text)."""
+
+    chat_template: bool = Field(
+        default=False,
+        description="Format every prompt with the model's chat template (lm-eval's "
+        "--apply_chat_template); false: plain text, lm-eval's default.",
+    )
+    chat_template_name: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="Which of the tokenizer's named chat templates (default: its default one).",
+    )
+    fewshot_as_multiturn: bool = Field(
+        default=False,
+        description="Few-shot examples as alternating user/assistant turns (needs chatTemplate).",
+    )
+    system_instruction: str | None = Field(
+        default=None, max_length=8192, description="A system message before every prompt."
+    )
+    gen_kwargs: GenKwargs | None = Field(
+        default=None, description="Generation settings of the generative tasks."
+    )
+    enable_thinking: bool | None = Field(
+        default=None,
+        description="Reasoning models: the chat template's thinking mode on or off (needs "
+        "chatTemplate; on needs thinkEndToken). Generative tasks only.",
+    )
+    think_end_token: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="Where a reasoning model's thinking ends (e.g. </think>): what comes "
+        "before it is dropped before scoring.",
+    )
+
+    model_config = ApiModel.model_config | {"json_schema_extra": cel_rules(*PROMPT_RULES)}
+
+    @model_validator(mode="after")
+    def _rules(self) -> Prompt:
+        enforce(self, PROMPT_RULES)
+        return self
+
+    def evaluate_args(self) -> dict[str, object]:
+        """lm-eval ``simple_evaluate``'s prompt arguments."""
+        template: bool | str = self.chat_template_name or self.chat_template
+        return {
+            "apply_chat_template": template,
+            "fewshot_as_multiturn": self.fewshot_as_multiturn,
+            "system_instruction": self.system_instruction,
+            "gen_kwargs": self.gen_kwargs.lm_eval() if self.gen_kwargs else None,
+        }
+
+    def model_args(self) -> dict[str, object]:
+        """The lm-eval model arguments the prompt settings set (reasoning models)."""
+        out: dict[str, object] = {}
+        if self.enable_thinking is not None:
+            out["enable_thinking"] = self.enable_thinking
+        if self.think_end_token is not None:
+            out["think_end_token"] = self.think_end_token
+        return out
+
+
 class EvalRunSpec(ApiModel):
     """The comparison: which models, which tasks, and how they are evaluated."""
 
@@ -517,8 +645,13 @@ class EvalRunSpec(ApiModel):
         max_length=8,
         description="Task suites with the shot counts the published studies used: openllm-v1 "
         "(ARC-Challenge 25-shot, GSM8K 5, HellaSwag 10, MMLU 5, TruthfulQA mc2 0, Winogrande 5; "
-        "score: plain average), openllm-v2 (BBH 3-shot, GPQA 0, IFEval 0, MATH level 5 4, "
-        "MMLU-Pro 5, MuSR 0; score: the leaderboard's normalised average), code (HumanEval, "
+        "score: plain average), openllm-v1-llama (the model cards' instruct setup: "
+        "arc_challenge_llama 0-shot, gsm8k_llama 8, mmlu_llama 5, mmlu_cot_llama 0, all "
+        "exact_match strict_match, HellaSwag 10, TruthfulQA mc2 0, Winogrande 5; plain average; "
+        "needs spec.prompt chatTemplate and fewshotAsMultiturn), openllm-v2 (BBH 3-shot, GPQA "
+        "0, IFEval 0, MATH level 5 4, MMLU-Pro 5, MuSR 0; score: the leaderboard's normalised "
+        "average), openllm-v2-chat (the same with chatTemplate and fewshotAsMultiturn, as the "
+        "leaderboard ran instruct models), code (HumanEval, "
         "HumanEval+; needs allowCodeExecution) or demo (qeval's offline tasks). Mixable with "
         "tasks: a task listed there replaces the suite's entry of the same name.",
         json_schema_extra=immutable("spec.suites"),
@@ -579,6 +712,13 @@ class EvalRunSpec(ApiModel):
         description="Let transformers run the Python code a model repository ships "
         "(trust_remote_code). Off by default: that code runs with the stage's rights.",
         json_schema_extra=immutable("spec.trustRemoteCode"),
+    )
+    prompt: Prompt = Field(
+        default_factory=Prompt,
+        description="Chat template, multi-turn few-shot, system instruction, generation "
+        "settings, reasoning mode: how every model's prompts are built (lm-eval's defaults: "
+        "plain text). Part of every result's cache key.",
+        json_schema_extra=immutable("spec.prompt"),
     )
     recovery_threshold: float = Field(
         default=0.95,

@@ -4,9 +4,16 @@ A suite names lm-eval tasks with the shot counts and the metric the studies and 
 Open LLM Leaderboards used, plus how the suite's single score is computed:
 
 * ``openllm-v1`` (leaderboard v1, 2023-24): the plain average of six task scores.
+* ``openllm-v1-llama``: the Red Hat / Neural Magic model cards' v1 setup for instruct
+  models: Meta's generative ARC-Challenge (0-shot), GSM8K chain-of-thought (8-shot), MMLU
+  (5-shot) and MMLU chain-of-thought (0-shot) from lm-eval's ``llama3`` folder, plus
+  HellaSwag, Winogrande and TruthfulQA; plain average; run with the chat template and
+  multi-turn few-shot (``spec.prompt``).
 * ``openllm-v2`` (leaderboard v2, 2024-25): each task rescaled between its random-guess
   baseline and 1 (BBH and MuSR per subtask, then averaged), negative values clipped to 0,
   then averaged over the six tasks. The leaderboard shows the result times 100.
+* ``openllm-v2-chat``: the same tasks and normalisation with the chat template and
+  multi-turn few-shot, as the leaderboard ran instruct models.
 * ``code``: HumanEval and HumanEval+ (pass@1). Their scoring runs model-written code, so
   an EvalRun may name them only with ``allowCodeExecution: true``.
 * ``demo``: qeval's two offline tasks, for machines without a model hub.
@@ -29,7 +36,9 @@ if TYPE_CHECKING:
 
 class SuiteName(StrEnum):
     OPENLLM_V1 = "openllm-v1"
+    OPENLLM_V1_LLAMA = "openllm-v1-llama"
     OPENLLM_V2 = "openllm-v2"
+    OPENLLM_V2_CHAT = "openllm-v2-chat"
     CODE = "code"
     DEMO = "demo"
 
@@ -59,6 +68,13 @@ class Suite:
     tasks: tuple[SuiteTask, ...]
     scoring: Literal["mean", "normalized-mean"] = "mean"
     runs_code: bool = False
+    # The prompt settings the published runs used (spec.prompt, wire names): a run with the
+    # suite must set them, since one prompt format holds for every task of a run.
+    prompt: Mapping[str, bool] = field(default_factory=dict)
+
+
+# The model cards' instruct-model settings (lm-eval --apply_chat_template --fewshot_as_multiturn).
+CHAT_MULTITURN = MappingProxyType({"chatTemplate": True, "fewshotAsMultiturn": True})
 
 
 def _choices(prefix: str, counts: Mapping[str, int]) -> Mapping[str, float]:
@@ -96,6 +112,31 @@ BBH_CHOICES = {
 }
 MUSR_CHOICES = {"murder_mysteries": 2, "object_placements": 5, "team_allocation": 3}
 
+# Leaderboard v2's tasks (both of its suites).
+OPENLLM_V2_TASKS = (
+    SuiteTask(
+        "leaderboard_bbh",
+        3,
+        "acc_norm",
+        subtasks=_choices("leaderboard_bbh_", BBH_CHOICES),
+    ),
+    SuiteTask("leaderboard_gpqa", 0, "acc_norm", baseline=0.25),
+    SuiteTask(
+        "leaderboard_ifeval",
+        0,
+        "prompt_level_strict_acc",
+        metrics=("prompt_level_strict_acc", "inst_level_strict_acc"),
+    ),
+    SuiteTask("leaderboard_math_hard", 4, "exact_match"),
+    SuiteTask("leaderboard_mmlu_pro", 5, "acc", baseline=0.1),
+    SuiteTask(
+        "leaderboard_musr",
+        0,
+        "acc_norm",
+        subtasks=_choices("leaderboard_musr_", MUSR_CHOICES),
+    ),
+)
+
 SUITES: Mapping[SuiteName, Suite] = MappingProxyType(
     {
         SuiteName.OPENLLM_V1: Suite(
@@ -110,33 +151,32 @@ SUITES: Mapping[SuiteName, Suite] = MappingProxyType(
                 SuiteTask("winogrande", 5, "acc"),
             ),
         ),
+        SuiteName.OPENLLM_V1_LLAMA: Suite(
+            SuiteName.OPENLLM_V1_LLAMA,
+            "Open LLM Leaderboard v1, Meta's instruct-model tasks (the model cards' setup)",
+            (
+                SuiteTask("arc_challenge_llama", 0, "exact_match,strict_match"),
+                SuiteTask("gsm8k_llama", 8, "exact_match,strict_match"),
+                SuiteTask("hellaswag", 10, "acc_norm"),
+                SuiteTask("mmlu_llama", 5, "exact_match,strict_match"),
+                SuiteTask("mmlu_cot_llama", 0, "exact_match,strict_match"),
+                SuiteTask("truthfulqa_mc2", 0, "acc"),
+                SuiteTask("winogrande", 5, "acc"),
+            ),
+            prompt=CHAT_MULTITURN,
+        ),
         SuiteName.OPENLLM_V2: Suite(
             SuiteName.OPENLLM_V2,
             "Open LLM Leaderboard v2",
-            (
-                SuiteTask(
-                    "leaderboard_bbh",
-                    3,
-                    "acc_norm",
-                    subtasks=_choices("leaderboard_bbh_", BBH_CHOICES),
-                ),
-                SuiteTask("leaderboard_gpqa", 0, "acc_norm", baseline=0.25),
-                SuiteTask(
-                    "leaderboard_ifeval",
-                    0,
-                    "prompt_level_strict_acc",
-                    metrics=("prompt_level_strict_acc", "inst_level_strict_acc"),
-                ),
-                SuiteTask("leaderboard_math_hard", 4, "exact_match"),
-                SuiteTask("leaderboard_mmlu_pro", 5, "acc", baseline=0.1),
-                SuiteTask(
-                    "leaderboard_musr",
-                    0,
-                    "acc_norm",
-                    subtasks=_choices("leaderboard_musr_", MUSR_CHOICES),
-                ),
-            ),
+            OPENLLM_V2_TASKS,
             scoring="normalized-mean",
+        ),
+        SuiteName.OPENLLM_V2_CHAT: Suite(
+            SuiteName.OPENLLM_V2_CHAT,
+            "Open LLM Leaderboard v2, as it ran instruct models (chat template)",
+            OPENLLM_V2_TASKS,
+            scoring="normalized-mean",
+            prompt=CHAT_MULTITURN,
         ),
         SuiteName.CODE: Suite(
             SuiteName.CODE,
@@ -157,6 +197,9 @@ SUITES: Mapping[SuiteName, Suite] = MappingProxyType(
         ),
     }
 )
+
+# Suites run with the chat template and multi-turn few-shot (the model cards' setup).
+CHAT_SUITES = tuple(str(s.name) for s in SUITES.values() if s.prompt == CHAT_MULTITURN)
 
 # lm-eval tasks whose scoring executes model-written code (lm-eval marks them unsafe_code).
 CODE_TASK_PATTERN = r"^(humaneval|mbpp|instructhumaneval)"

@@ -26,6 +26,14 @@ from . import data
 #: Bump when the training code changes in a way that changes the model.
 CODE_VERSION = "demo-train-v1"
 
+# The demo model's chat template (it was trained on plain text, as a base model is): each
+# turn on a line of its own, marked with its role, so that a templated prompt is plain to
+# see in lm-eval's per-sample logs (spec.prompt.chatTemplate; issue 15's CPU check).
+CHAT_TEMPLATE = (
+    "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}[assistant] {% endif %}"
+)
+
 RECIPE: dict = {
     # data
     "data_version": data.DATA_VERSION,
@@ -52,9 +60,12 @@ RECIPE: dict = {
     "betas": [0.9, 0.98],
     "grad_clip": 1.0,
     "torch_threads": 2,
+    # the tokenizer's chat template (no effect on the weights)
+    "chat_template": CHAT_TEMPLATE,
 }
 
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
+
 LOG_EVERY = 100
 
 
@@ -257,6 +268,7 @@ def train(out_dir: Path, log: Callable[[str], None] = print) -> dict:
     model.eval()
     model.config.use_cache = True
     model.save_pretrained(out_dir)
+    tok.chat_template = r["chat_template"]
     tok.save_pretrained(out_dir)
     _portable_tokenizer_config(out_dir)
     info = {

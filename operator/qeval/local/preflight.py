@@ -155,8 +155,9 @@ def task_problems(run: EvalRun, local: bool = True) -> Iterator[str]:
         if local:
             yield "lm-eval is not installed: pip install 'qeval[evaluate]' (or run `make demo`)"
         return
+    from qeval.api.evalrun import Backend
     from qeval.demo.model import default_cache_root
-    from qeval.stages.taskindex import name_problems, task_index
+    from qeval.stages.taskindex import name_problems, prompt_problems, task_index
 
     paths = [
         p
@@ -166,12 +167,15 @@ def task_problems(run: EvalRun, local: bool = True) -> Iterator[str]:
     listed = [t.name for t in run.spec.tasks]
     index = task_index(paths, default_cache_root(), tuple(t.name for t in run.spec.all_tasks()))
     offline = os.environ.get("HF_DATASETS_OFFLINE") == "1"
+    chat = run.spec.backend == Backend.VLLM_SERVER and run.spec.prompt.chat_template
+    thinking = bool(run.spec.prompt.enable_thinking)
     for task in run.spec.all_tasks():
         i = listed.index(task.name) if task.name in listed else None
         where = f"spec.tasks[{i}]" if i is not None else "spec.suites"
-        for problem in name_problems(
-            index, task.name, task.metric, run.spec.allow_code_execution, offline
-        ):
+        for problem in [
+            *name_problems(index, task.name, task.metric, run.spec.allow_code_execution, offline),
+            *(prompt_problems(index, task.name, chat, thinking) if task.name in index else []),
+        ]:
             field = (
                 f"{where}.metric"
                 if "spec.tasks[].metric" in problem and i is not None

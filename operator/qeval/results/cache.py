@@ -78,9 +78,12 @@ def evaluation_fields(
     backend: str,
     backend_config: Mapping[str, Any],
     seed: int,
+    prompt: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """What determines one model's result on one task (what its cache key hashes)."""
+    """What determines one model's result on one task (what its cache key hashes). The
+    prompt settings count where they are set (lm-eval's defaults leave the key as it was)."""
     return {
+        **({"prompt": dict(prompt)} if prompt else {}),
         "format": CACHE_FORMAT,
         "kind": "evaluate",
         "model": model,

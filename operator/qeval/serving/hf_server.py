@@ -3,8 +3,9 @@
 This is not vLLM. It exists so that the serving benchmark, the similarity stage and
 lm-eval's ``local-completions`` client take the same path on a machine without a GPU
 (where vLLM cannot run) as they do against vLLM, and its figures are labelled
-``backend: hf``. It answers ``GET /health``, ``GET /v1/models`` and
-``POST /v1/completions`` the way vLLM's server does for what those clients send:
+``backend: hf``. It answers ``GET /health``, ``GET /v1/models``, ``POST /v1/completions``
+and (greedy, one answer, through the tokenizer's chat template) ``POST
+/v1/chat/completions`` the way vLLM's server does for what those clients send:
 
 * ``prompt``: a string, a list of strings, a list of token ids or a list of lists of
   token ids; a list is a batch, answered with one choice per prompt (``index`` set);
@@ -248,6 +249,25 @@ def _request(model: HfModel, body: dict[str, Any]) -> Request:
     )
 
 
+def chat_body(model: HfModel, body: dict[str, Any]) -> dict[str, Any]:
+    """A chat completions request as the completions request it amounts to: the messages
+    through the tokenizer's chat template (as vLLM's server applies it), the answer's
+    length from ``max_completion_tokens`` or ``max_tokens``."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not all(
+        isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages
+    ):
+        raise BadRequest("messages must be a list of {role, content} objects")
+    if not model.tokenizer.chat_template:
+        raise BadRequest("the model's tokenizer has no chat template")
+    prompt = model.tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True
+    )
+    tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    keys = ("model", "temperature", "n", "stop", "seed")
+    return {k: body[k] for k in keys if k in body} | {"prompt": prompt, "max_tokens": tokens}
+
+
 def _cut(text: str, stop: list[str]) -> tuple[str, str | None]:
     """``text`` up to the first stop string in it (excluded), and that string."""
     hits = [(i, s) for s in stop if (i := text.find(s)) >= 0]
@@ -363,7 +383,8 @@ def make_handler(model: HfModel) -> type[BaseHTTPRequestHandler]:
                 self._json(404, {"error": {"message": f"no route {self.path}"}})
 
         def do_POST(self) -> None:
-            if self.path != "/v1/completions":
+            chat = self.path == "/v1/chat/completions"
+            if self.path != "/v1/completions" and not chat:
                 self._json(404, {"error": {"message": f"no route {self.path}"}})
                 return
             try:
@@ -371,6 +392,8 @@ def make_handler(model: HfModel) -> type[BaseHTTPRequestHandler]:
                 body = json.loads(self.rfile.read(length) or b"{}")
                 if not isinstance(body, dict):
                     raise BadRequest("the body must be a JSON object")
+                if chat:
+                    body = chat_body(model, body)
                 req = _request(model, body)
             except (ValueError, TypeError, KeyError) as e:
                 self._json(400, {"error": {"message": str(e), "type": "BadRequest"}})
@@ -383,9 +406,32 @@ def make_handler(model: HfModel) -> type[BaseHTTPRequestHandler]:
             with model.lock:
                 if req.stream:
                     self._stream(rid, req, body)
+                elif chat:
+                    (choice,) = [complete(model, req, ids) for ids in req.prompts]
+                    self._json(200, self._chat(rid, choice))
                 else:
                     choices = [complete(model, req, ids) for ids in req.prompts]
                     self._json(200, self._completion(rid, req, choices))
+
+        def _chat(self, rid: str, c: Choice) -> dict[str, Any]:
+            return {
+                "id": rid.replace("cmpl-", "chatcmpl-"),
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": model.name,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": c.text},
+                        "finish_reason": c.finish_reason,
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": len(c.prompt),
+                    "completion_tokens": len(c.tokens),
+                    "total_tokens": len(c.prompt) + len(c.tokens),
+                },
+            }
 
         def _completion(self, rid: str, req: Request, choices: list[Choice]) -> dict[str, Any]:
             out = []

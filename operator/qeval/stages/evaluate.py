@@ -27,7 +27,7 @@ from typing import Any
 from pydantic import Field
 
 from qeval.api.common import ApiModel, ModelSource
-from qeval.api.evalrun import Backend, Serving, Task
+from qeval.api.evalrun import Backend, Prompt, Serving, Task
 from qeval.api.evalrun_status import Score
 from qeval.reasons import SERVER_FAILED
 from qeval.results.cache import (
@@ -53,6 +53,8 @@ from qeval.stages.models import resolve, size_on_disk
 
 # lm-eval model classes per backend (vllm-server talks to the server qeval starts).
 LM_EVAL_MODEL = {Backend.HF: "hf", Backend.VLLM: "vllm", Backend.VLLM_SERVER: "local-completions"}
+# With spec.prompt.chatTemplate a server applies its own chat template: chat completions.
+CHAT_SERVER_MODEL = "local-chat-completions"
 # What ``evaluate`` imports: once per process (a warm worker imports them before its first
 # stage: ``qeval.local.worker``). vLLM is imported by its backend only.
 WARM = ("torch", "transformers", "lm_eval", "lm_eval.models.huggingface", "lm_eval.evaluator")
@@ -86,6 +88,11 @@ class EvaluateInput(Document):
     )
     serving: Serving | None = Field(
         default=None, description="vllm-server: the server's settings (part of the cache key)."
+    )
+    prompt: Prompt | None = Field(
+        default=None,
+        description="Chat template, few-shot turns, system instruction, generation settings "
+        "(None: lm-eval's defaults, plain text). Part of the cache key when set.",
     )
     allow_code_execution: bool = Field(
         default=False, description="Let lm-eval run tasks that execute model-written code."
@@ -253,6 +260,11 @@ SERVER_CLIENT = {
 }
 
 
+def chat_server(inp: EvaluateInput) -> bool:
+    """Whether lm-eval talks to the run's server through chat completions."""
+    return inp.backend == Backend.VLLM_SERVER and bool(inp.prompt and inp.prompt.chat_template)
+
+
 def _model_args(inp: EvaluateInput, path: Path) -> dict[str, Any]:
     """The model_args lm-eval gets. The API refuses the keys set here in spec.modelArgs;
     remote code runs only with spec.trustRemoteCode (False is passed explicitly).
@@ -270,6 +282,15 @@ def _model_args(inp: EvaluateInput, path: Path) -> dict[str, Any]:
         if not inp.base_url:
             raise StageError("NoServer", "backend vllm-server needs the server's base_url")
         serving = inp.serving or Serving()
+        if chat_server(inp):  # the server's template; lm-eval sends messages, not tokens
+            assert inp.prompt is not None
+            end = inp.prompt.think_end_token
+            return user | {
+                "model": inp.model_name,
+                "base_url": f"{inp.base_url.rstrip('/')}/v1/chat/completions",
+                "num_concurrent": serving.num_concurrent,
+                **({"think_end_token": end} if end else {}),
+            }
         args = {
             "model": inp.model_name,  # the name the server serves it under
             "tokenizer": str(path),
@@ -281,7 +302,8 @@ def _model_args(inp: EvaluateInput, path: Path) -> dict[str, Any]:
             derived["add_bos_token"] = adds_special_tokens(path, inp.trust_remote_code)
         if "max_length" not in user:
             derived["max_length"] = server_max_length(inp.base_url, inp.model_name, serving)
-    return derived | user | args | {"trust_remote_code": inp.trust_remote_code}
+    prompt = inp.prompt.model_args() if inp.prompt else {}
+    return derived | user | prompt | args | {"trust_remote_code": inp.trust_remote_code}
 
 
 def lm_eval_model(inp: EvaluateInput, path: Path) -> Any:
@@ -292,9 +314,8 @@ def lm_eval_model(inp: EvaluateInput, path: Path) -> Any:
     extra: dict[str, Any] = {"batch_size": inp.batch_size}
     if inp.backend == Backend.HF:
         extra["device"] = "cuda" if _has_gpu() else "cpu"
-    return get_model(LM_EVAL_MODEL[Backend(inp.backend)]).create_from_arg_obj(
-        _model_args(inp, path), extra
-    )
+    name = CHAT_SERVER_MODEL if chat_server(inp) else LM_EVAL_MODEL[Backend(inp.backend)]
+    return get_model(name).create_from_arg_obj(_model_args(inp, path), extra)
 
 
 # --- the result cache ------------------------------------------------------------------
@@ -347,6 +368,7 @@ def lookup(inp: EvaluateInput, path: Path) -> CacheLookup:
             backend=str(inp.backend),
             backend_config=settings,
             seed=inp.seed,
+            prompt=inp.prompt.dump() if inp.prompt else None,
         )
         for t in inp.tasks
     }
@@ -516,6 +538,7 @@ def evaluate(
                 torch_random_seed=inp.seed,
                 fewshot_random_seed=inp.seed,
                 confirm_run_unsafe_code=inp.allow_code_execution,
+                **(inp.prompt.evaluate_args() if inp.prompt else {}),
             )
         if out is None:  # only non-zero ranks of a distributed run return None
             raise StageError("EvaluationFailed", "lm-eval returned no results")

@@ -32,6 +32,7 @@ class TaskInfo:
     metrics: tuple[str, ...] | None = None
     filters: tuple[str, ...] = ()
     dataset: str | None = None
+    output_type: str | None = None  # generate_until, loglikelihood, multiple_choice, ...
 
 
 def _dicts(value: Any) -> list[dict[str, Any]]:
@@ -64,6 +65,7 @@ def _info(entry: Any) -> TaskInfo:
         metrics=tuple(str(n) for n in names) if names and plain else None,
         filters=tuple(str(f.get("name")) for f in _dicts(cfg.get("filter_list"))),
         dataset=dataset if hub else None,
+        output_type=str(cfg["output_type"]) if cfg.get("output_type") else None,
     )
 
 
@@ -96,11 +98,11 @@ def task_index(
     include = [builtin_task_dir(), *map(Path, task_paths)]
     if needs:
         focused = _remembered(
-            cache_dir, "focused-1", include, lambda: summary(include_task_manager(task_paths))
+            cache_dir, "focused-2", include, lambda: summary(include_task_manager(task_paths))
         )
         if all(complete(focused, name) for name in needs):
             return focused
-    return _remembered(cache_dir, "index-1", include, lambda: summary(task_manager(task_paths)))
+    return _remembered(cache_dir, "index-2", include, lambda: summary(task_manager(task_paths)))
 
 
 def _remembered(
@@ -180,6 +182,34 @@ def hub_dataset_cached(dataset: str) -> bool:
     datasets_cache = Path(config.HF_DATASETS_CACHE) / dataset.replace("/", "___")
     hub_cache = Path(constants.HF_HUB_CACHE) / f"datasets--{dataset.replace('/', '--')}"
     return datasets_cache.is_dir() or hub_cache.is_dir()
+
+
+GENERATIVE = frozenset({"generate_until"})
+
+
+def prompt_problems(
+    index: Mapping[str, TaskInfo], name: str, chat_server: bool, thinking: bool
+) -> Iterator[str]:
+    """What the prompt settings cannot do with one task, each as "what; the fix": a chat
+    completions endpoint returns no prompt log-probabilities, and lm-eval runs a reasoning
+    model's thinking mode on generative tasks only."""
+    kinds = {t: index[t].output_type for t in leaves(index, name)}
+    scored = sorted(t for t, kind in kinds.items() if kind and kind not in GENERATIVE)
+    if not scored:
+        return
+    what = f"{', '.join(scored[:4])}{' ...' if len(scored) > 4 else ''}"
+    if chat_server:
+        yield (
+            f"{what} score log-likelihoods, which a chat completions endpoint cannot return: "
+            "with backend vllm-server and spec.prompt.chatTemplate the server's chat "
+            "template is applied through /v1/chat/completions; use backend hf or vllm (lm-eval "
+            "applies the template itself), or drop the task"
+        )
+    if thinking:
+        yield (
+            f"{what} score log-likelihoods, and lm-eval runs spec.prompt.enableThinking on "
+            "generative tasks only; set enableThinking: false or drop the task"
+        )
 
 
 def name_problems(
