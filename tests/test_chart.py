@@ -679,7 +679,11 @@ def test_prometheusrule_is_off_by_default_and_alerts_on_failures_recovery_and_th
     }
     assert found["QevalRecoveryBelowThreshold"]["expr"] == "qeval_mean_recovery_ratio < 0.97"
     assert "97%" in found["QevalRecoveryBelowThreshold"]["annotations"]["summary"]
-    assert found["QevalTaskRecoveryBelowThreshold"]["expr"] == "qeval_recovery_ratio < 0.9"
+    # A task fires on its primary metric's whole interval (not a secondary filter's).
+    assert (
+        found["QevalTaskRecoveryBelowThreshold"]["expr"]
+        == 'qeval_recovery_ratio_ci_high{primary="true"} < 0.9'
+    )
     down = found["QevalOperatorDown"]
     assert (
         f'job="{FULLNAME}-metrics"' in down["expr"] and f'namespace="{NAMESPACE}"' in down["expr"]
@@ -746,6 +750,33 @@ def test_dashboards_use_the_datasource_variable_never_a_fixed_uid(path: Path) ->
     for panel in panels:
         assert panel["title"] and panel["description"], panel["id"]
         assert panel["targets"] and all(t["expr"] for t in panel["targets"])
+
+
+def test_the_recovery_dashboard_shows_primary_metrics_by_default() -> None:
+    """Each result selector follows $primary (default true: the metric the verdict judges),
+    except the baseline's side of a difference, which follows the candidate's by filter."""
+    board = json.loads((CHART / "dashboards" / "qeval-recovery.json").read_text())
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    primary = variables["primary"]
+    assert primary["type"] == "custom" and primary["query"] == "true,false"
+    assert primary["current"]["value"] == "true" and primary["includeAll"]
+    assert 'primary=~"$primary"' in variables["task"]["query"]["query"]
+    selectors = [
+        (found[1], found[2])
+        for panel in board["panels"]
+        for target in panel.get("targets", [])
+        for found in re.finditer(r"(qeval_(?:score|recovery_ratio)\w*)\{([^}]*)\}", target["expr"])
+    ]
+    assert len(selectors) == 9
+    for name, labels in selectors:
+        assert 'primary=~"$primary"' in labels or 'scheme="baseline"' in labels, (name, labels)
+    (change,) = [
+        t["expr"]
+        for p in board["panels"]
+        if p["title"] == "Score change vs baseline"
+        for t in p["targets"]
+    ]
+    assert "on (namespace, run, task, metric, filter) group_left" in change
 
 
 # --- storage and peering --------------------------------------------------------------------------

@@ -15,6 +15,9 @@ from qeval.api.evalrun_status import (
 from qeval.k8s.metrics import Metrics
 
 RUN = {"namespace": "ml", "run": "study"}
+GSM8K = {"task": "gsm8k", "metric": "exact_match"}
+STRICT, FLEXIBLE = "strict-match", "flexible-extract"
+INT4 = {**RUN, "model": "int4", "scheme": "W4A16", **GSM8K}
 
 
 def status() -> EvalRunStatus:
@@ -35,11 +38,25 @@ def status() -> EvalRunStatus:
     return EvalRunStatus(
         phase="Succeeded",
         scores=[
-            Score(model="bf16", task="gsm8k", metric="exact_match", value=0.8, stderr=0.01),
-            Score(model="int4", task="gsm8k", metric="exact_match", value=0.78, stderr=0.01),
+            # gsm8k's two filters: the baseline judges strict-match.
+            Score(**GSM8K, filter=STRICT, model="bf16", value=0.8, stderr=0.01, primary=True),
+            Score(**GSM8K, filter=FLEXIBLE, model="bf16", value=0.84, stderr=0.01),
+            Score(**GSM8K, filter=STRICT, model="int4", value=0.78, stderr=0.01, primary=True),
+            Score(**GSM8K, filter=FLEXIBLE, model="int4", value=0.7, stderr=0.01),
         ],
-        recovery=[Recovery(model="int4", task="gsm8k", metric="exact_match", value=0.975)],
-        candidates=[CandidateSummary(name="int4", scheme="W4A16", mean_recovery=0.975)],
+        recovery=[
+            Recovery(**GSM8K, filter=STRICT, model="int4", value=0.975, ci_low=0.95, ci_high=1.0),
+            Recovery(**GSM8K, filter=FLEXIBLE, model="int4", value=0.833, ci_low=0.8, ci_high=0.86),
+        ],
+        candidates=[
+            CandidateSummary(
+                name="int4",
+                scheme="W4A16",
+                mean_recovery=0.975,
+                mean_recovery_ci_low=0.95,
+                mean_recovery_ci_high=1.0,
+            )
+        ],
         performance=[point("bf16", 100.0), point("int4", 240.0)],
         speedups=[
             Speedup(
@@ -60,20 +77,24 @@ def test_a_finished_run_exports_scores_recovery_speed_and_similarity() -> None:
     metrics = Metrics()
     metrics.evalrun_results("ml", "study", status())
     value = metrics.registry.get_sample_value
-    assert (
-        value(
-            "qeval_score",
-            {**RUN, "model": "int4", "scheme": "W4A16", "task": "gsm8k", "metric": "exact_match"},
-        )
-        == 0.78
-    )
-    assert (
-        value(
-            "qeval_recovery_ratio",
-            {**RUN, "model": "int4", "scheme": "W4A16", "task": "gsm8k", "metric": "exact_match"},
-        )
-        == 0.975
-    )
+    strict = {**INT4, "filter": STRICT, "primary": "true"}
+    flexible = {**INT4, "filter": FLEXIBLE, "primary": "false"}
+    # Each filter its own series; the baseline's primary one (the verdict's) says so.
+    assert value("qeval_score", strict) == 0.78
+    assert value("qeval_score", flexible) == 0.7
+    assert value("qeval_score_stderr", flexible) == 0.01
+    assert value("qeval_score", {**strict, "model": "bf16", "scheme": "baseline"}) == 0.8
+    assert value("qeval_score", {**flexible, "model": "bf16", "scheme": "baseline"}) == 0.84
+    assert value("qeval_recovery_ratio", strict) == 0.975
+    assert value("qeval_recovery_ratio_ci_low", strict) == 0.95
+    assert value("qeval_recovery_ratio_ci_high", strict) == 1.0
+    assert value("qeval_recovery_ratio", flexible) == 0.833
+    assert value("qeval_recovery_ratio_ci_high", flexible) == 0.86
+    assert value("qeval_recovery_ratio", {**strict, "primary": "false"}) is None
+    candidate = {**RUN, "model": "int4", "scheme": "W4A16"}
+    assert value("qeval_mean_recovery_ratio", candidate) == 0.975
+    assert value("qeval_mean_recovery_ratio_ci_low", candidate) == 0.95
+    assert value("qeval_mean_recovery_ratio_ci_high", candidate) == 1.0
     bench = {**RUN, "model": "int4", "scenario": "synchronous"}
     assert value("qeval_benchmark_ttft_seconds", {**bench, "quantile": "0.9"}) == 0.08
     assert value("qeval_benchmark_e2e_latency_seconds", {**bench, "quantile": "0.99"}) == 0.9
@@ -110,3 +131,45 @@ def test_an_updated_run_keeps_its_series_and_drops_only_what_went() -> None:
     value = metrics.registry.get_sample_value
     assert value("qeval_similarity_ratio", {**RUN, "model": "int4", "metric": "rouge1"}) is None
     assert value("qeval_mean_recovery_ratio", {**RUN, "model": "int4", "scheme": "W4A16"}) == 0.975
+
+
+def test_primary_is_the_baselines_choice() -> None:
+    """The candidate's own flags do not matter (the baseline decides, as for the verdict);
+    an interval the run does not have is no series."""
+    run = status()
+    run.scores = [
+        s.model_copy(update={"primary": s.filter == FLEXIBLE}) if s.model == "int4" else s
+        for s in run.scores
+    ]
+    run.recovery[0].ci_low = run.recovery[0].ci_high = None
+    metrics = Metrics()
+    metrics.evalrun_results("ml", "study", run)
+    value = metrics.registry.get_sample_value
+    strict = {**INT4, "filter": STRICT, "primary": "true"}
+    assert value("qeval_recovery_ratio", strict) == 0.975
+    assert value("qeval_recovery_ratio_ci_high", strict) is None
+    flexible = {**INT4, "filter": FLEXIBLE}
+    assert value("qeval_recovery_ratio", {**flexible, "primary": "false"}) == 0.833
+    # A score is shown as primary where either side judged it (primary_table's rule).
+    assert value("qeval_score", {**flexible, "primary": "true"}) == 0.7
+    assert value("qeval_score", {**strict, "primary": "true"}) == 0.78
+
+
+def test_a_run_whose_primary_metric_changed_drops_the_old_series() -> None:
+    metrics = Metrics()
+    metrics.evalrun_results("ml", "study", status())
+    flipped = status()
+    flipped.scores = [
+        s.model_copy(update={"primary": s.filter == FLEXIBLE}) for s in flipped.scores
+    ]
+    metrics.evalrun_results("ml", "study", flipped)
+    value = metrics.registry.get_sample_value
+    strict, flexible = {**INT4, "filter": STRICT}, {**INT4, "filter": FLEXIBLE}
+    assert value("qeval_recovery_ratio", {**strict, "primary": "false"}) == 0.975
+    assert value("qeval_recovery_ratio", {**strict, "primary": "true"}) is None
+    assert value("qeval_recovery_ratio_ci_high", {**strict, "primary": "true"}) is None
+    assert value("qeval_recovery_ratio", {**flexible, "primary": "true"}) == 0.833
+    assert value("qeval_recovery_ratio", {**flexible, "primary": "false"}) is None
+    metrics.forget("EvalRun", "ml", "study")
+    names = {m.name for m in metrics.registry.collect() for _ in m.samples}
+    assert not names & {"qeval_score", "qeval_recovery_ratio", "qeval_recovery_ratio_ci_high"}

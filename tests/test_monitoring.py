@@ -721,6 +721,16 @@ def test_prometheus_has_the_studys_real_results_from_the_operator(stack: Stack) 
         ("qeval_demo_facts", "baseline"): 0.976,
         ("qeval_demo_recall", "baseline"): 0.954,
     }
+    # Each result names its filter and whether it is the baseline's primary metric (what the
+    # status holds: detail primary); the 2-bit control's recall interval lies below 95 %.
+    results = p.query('{__name__=~"qeval_score.*|qeval_recovery_ratio.*", run="demo"}')
+    assert {(s["metric"]["filter"], s["metric"]["primary"]) for s in results} == {("none", "true")}
+    high = series(p, 'qeval_recovery_ratio_ci_high{run="demo", model="w2a16-rtn"}', "task", count=2)
+    low = series(p, 'qeval_recovery_ratio_ci_low{run="demo", model="w2a16-rtn"}', "task", count=2)
+    recovery = series(p, 'qeval_recovery_ratio{run="demo", model="w2a16-rtn"}', "task", count=2)
+    for task, value in recovery.items():
+        assert low[task] < value < high[task]
+    assert high[("qeval_demo_recall",)] < 0.95 < high[("qeval_demo_facts",)]
     ratio = series(p, "qeval_compression_ratio", "quantizedmodel", count=4)
     assert ratio[("tiny-llama-w2a16-rtn",)] == pytest.approx(5.5 / 1.3, abs=0.01)
     phases = series(p, "qeval_resources > 0", "kind", "phase", count=5)
@@ -847,6 +857,21 @@ def test_every_dashboard_panel_query_returns_data(stack: Stack, query: Any) -> N
     for s in samples:
         name = legend(query.legend, s["metric"])
         assert name.strip(" ·()"), f"{query.panel}: legend {query.legend!r} is empty for {s}"
+
+
+def test_the_recovery_dashboard_as_it_opens_shows_primary_metrics(stack: Stack) -> None:
+    """Its default view ($primary = true): data in every panel; the other metrics apart."""
+    recovery = next(p for p in DASHBOARDS if p.stem == "qeval-recovery")
+    for query in panel_queries(recovery, primary="true"):
+        wait_for(
+            lambda q=query: finite(stack.prometheus.query(q.expr)),
+            f"data for {query.panel!r}: {query.expr}",
+            timeout=15,
+        )
+    # The demo's tasks have one metric each: nothing else to show.
+    for query in panel_queries(recovery, primary="false"):
+        if "primary=" in query.expr:
+            assert not stack.prometheus.query(query.expr), query.expr
 
 
 @pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.stem)
@@ -1085,6 +1110,11 @@ def test_promtool_unit_tests_of_the_alerts(tmp_path: Path) -> None:
     up = f'up{{job="{DEFAULT_JOB}", namespace="{NAMESPACE}"}}'
     w2 = 'run="r1", scheme="W2A16", model="w2"'
     w4 = 'run="r1", scheme="W4A16", model="w4"'
+    high = "qeval_recovery_ratio_ci_high"
+    primary, other = 'primary="true"', 'primary="false"'
+    gsm8k = 'task="gsm8k", metric="exact_match"'
+    mmlu = 'task="mmlu_abstract_algebra", metric="acc"'
+    arc = 'task="arc_challenge", metric="acc_norm", filter="none"'
 
     def series(name: str, labels: str, values: str) -> dict[str, str]:
         return {"series": f'{name}{{namespace="ml", {labels}}}', "values": values}
@@ -1101,8 +1131,16 @@ def test_promtool_unit_tests_of_the_alerts(tmp_path: Path) -> None:
                     series("qeval_resources", 'kind="QuantizedModel", phase="Failed"', "0x12"),
                     series("qeval_mean_recovery_ratio", w2, "0.93x12"),
                     series("qeval_mean_recovery_ratio", w4, "0.99x12"),
-                    series("qeval_recovery_ratio", f'{w2}, metric="acc", task="gsm8k"', "0.85x12"),
-                    series("qeval_recovery_ratio", f'{w2}, metric="acc", task="arc"', "0.96x12"),
+                    # gsm8k's primary filter: its whole interval below 90 %.
+                    series(high, f'{w2}, {gsm8k}, filter="strict-match", {primary}', "0.85x12"),
+                    # Below too, but none of these fires: a secondary filter, a subtask of
+                    # a group judged as a whole, another candidate's secondary metric.
+                    series(high, f'{w2}, {gsm8k}, filter="flexible-extract", {other}', "0.5x12"),
+                    series(high, f'{w2}, {mmlu}, filter="none", {other}', "0.6x12"),
+                    series(high, f'{w4}, {gsm8k}, filter="flexible-extract", {other}', "0.7x12"),
+                    # A point estimate below 90 % whose interval is not: noise, no alert.
+                    series("qeval_recovery_ratio", f"{w4}, {arc}, {primary}", "0.88x12"),
+                    series(high, f"{w4}, {arc}, {primary}", "0.97x12"),
                     {"series": up, "values": "1 1 1 0x20"},
                 ],
                 "alert_rule_test": [
@@ -1138,8 +1176,9 @@ def test_promtool_unit_tests_of_the_alerts(tmp_path: Path) -> None:
                                     "summary": "Mean recovery 93% of w2 (W2A16) in EvalRun ml/r1 "
                                     "is below 95%",
                                     "description": "The candidate keeps less of the baseline's "
-                                    "accuracy than the threshold allows; qeval_recovery_ratio "
-                                    "shows which tasks lost most.",
+                                    "accuracy than the threshold allows; "
+                                    'qeval_recovery_ratio{primary="true"} shows which tasks '
+                                    "lost most.",
                                 },
                             }
                         ],
@@ -1156,13 +1195,17 @@ def test_promtool_unit_tests_of_the_alerts(tmp_path: Path) -> None:
                                     "model": "w2",
                                     "scheme": "W2A16",
                                     "task": "gsm8k",
-                                    "metric": "acc",
+                                    "metric": "exact_match",
+                                    "filter": "strict-match",
+                                    "primary": "true",
                                 },
                                 "exp_annotations": {
-                                    "summary": "Recovery 85% of w2 (W2A16) on gsm8k in EvalRun "
-                                    "ml/r1 is below 90%",
+                                    "summary": "Recovery of w2 (W2A16) on gsm8k (exact_match, "
+                                    "strict-match) in EvalRun ml/r1 is below 90%: at most 85% "
+                                    "(95% interval)",
                                     "description": "One task lost more accuracy under "
-                                    "quantization than the threshold allows.",
+                                    "quantization than the threshold allows, beyond what its "
+                                    "number of items can explain.",
                                 },
                             }
                         ],
@@ -1214,7 +1257,8 @@ def test_the_recovery_dashboard_picture_is_drawn_from_the_panels_promql(
     )
     recovery = next(p for p in DASHBOARDS if p.stem == "qeval-recovery")
     results = {}
-    for query in panel_queries(recovery, run="demo"):  # as if the demo run were selected
+    # As Grafana opens it with the demo run selected: primary metrics (the default).
+    for query in panel_queries(recovery, run="demo", primary="true"):
         if query.panel in PANELS:
             samples = finite(stack.prometheus.query(query.expr))
             results.setdefault(query.panel, []).extend(

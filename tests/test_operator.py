@@ -400,10 +400,13 @@ def test_the_demo_study_runs_to_the_end_across_an_operator_restart(
         )
         ns = kube.ns
         assert (
-            f'qeval_recovery_ratio{{metric="acc",model="w4a16",namespace="{ns}",run="demo",'
-            'scheme="W4A16",task="qeval_demo_facts"}' in text
+            f'qeval_recovery_ratio{{filter="none",metric="acc",model="w4a16",namespace="{ns}",'
+            'primary="true",run="demo",scheme="W4A16",task="qeval_demo_facts"}' in text
         )
-        assert f'qeval_score{{metric="acc",model="fp32",namespace="{ns}",run="demo",' in text
+        assert (
+            f'qeval_score{{filter="none",metric="acc",model="fp32",namespace="{ns}",'
+            'primary="true",run="demo",' in text
+        )
         assert f'qeval_resources{{kind="EvalRun",namespace="{ns}",phase="Succeeded"}} 1.0' in text
 
         # Deleting the run: the real garbage collector removes its children (owner refs).

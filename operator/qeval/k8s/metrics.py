@@ -1,7 +1,7 @@
 """Every Prometheus metric the operator exports (prefix ``qeval_``), in one place.
 
-Label sets are bounded: one series per resource (or per run x model x task metric) that
-exists, removed when the resource is deleted. Each operator instance has its own
+Label sets are bounded: one series per resource (or per run x model x task metric x filter)
+that exists, removed when the resource is deleted. Each operator instance has its own
 CollectorRegistry, so tests can run several.
 """
 
@@ -23,10 +23,13 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from qeval import __version__
-from qeval.api.evalrun_status import EvalRunStatus
+from qeval.api.evalrun_status import EvalRunStatus, Recovery, Score
 from qeval.api.quantizedmodel import QuantizedModelStatus
 
-RESULT_LABELS = ("namespace", "run", "model", "scheme", "task", "metric")
+# A task metric as lm-eval names it ("exact_match,strict-match": metric and filter), and
+# whether it is the one the verdict judges (the baseline's primary metric): "true"/"false".
+RESULT_LABELS = ("namespace", "run", "model", "scheme", "task", "metric", "filter", "primary")
+CANDIDATE_LABELS = ("namespace", "run", "model", "scheme")
 MODEL_LABELS = ("namespace", "quantizedmodel", "scheme")
 PHASES = {
     "EvalRun": ("Pending", "WaitingForModels", "Running", "Succeeded", "Failed"),
@@ -94,16 +97,34 @@ class Metrics:
         )
         self.recovery = Gauge(
             "qeval_recovery_ratio",
-            "Candidate score / baseline score on a task (1 = no loss)",
+            "Candidate score / baseline score on a task metric (1 = no loss)",
             RESULT_LABELS,
             registry=r,
         )
+        self.recovery_ci = {
+            end: Gauge(
+                f"qeval_recovery_ratio_ci_{end}",
+                f"{what} end of qeval_recovery_ratio's 95 % confidence interval",
+                RESULT_LABELS,
+                registry=r,
+            )
+            for end, what in (("low", "Low"), ("high", "High"))
+        }
         self.mean_recovery = Gauge(
             "qeval_mean_recovery_ratio",
-            "A candidate's mean recovery over the run's tasks",
-            ("namespace", "run", "model", "scheme"),
+            "A candidate's mean recovery over the run's tasks (their primary metrics)",
+            CANDIDATE_LABELS,
             registry=r,
         )
+        self.mean_recovery_ci = {
+            end: Gauge(
+                f"qeval_mean_recovery_ratio_ci_{end}",
+                f"{what} end of qeval_mean_recovery_ratio's 95 % confidence interval",
+                CANDIDATE_LABELS,
+                registry=r,
+            )
+            for end, what in (("low", "Low"), ("high", "High"))
+        }
         self.quantization_seconds = Gauge(
             "qeval_quantization_wall_seconds",
             "Wall time of a quantization",
@@ -191,20 +212,30 @@ class Metrics:
     def evalrun_results(self, namespace: str, run: str, status: EvalRunStatus) -> None:
         """Scores and recovery of a finished run (replacing any earlier ones)."""
         schemes = {c.name: c.scheme or "" for c in status.candidates}
+        primary_scores, primary_recovery = _primary(status, schemes)
         series: list[tuple[Gauge, tuple[str, ...], float]] = []
         for s in status.scores:
-            labels = (namespace, run, s.model, schemes.get(s.model, "baseline"), s.task, s.metric)
+            key = _key(s)
+            scheme = schemes.get(s.model, "baseline")
+            labels = (namespace, run, s.model, scheme, *key[1:], _flag(key in primary_scores))
             series.append((self.score, labels, s.value))
             if s.stderr is not None:
                 series.append((self.score_stderr, labels, s.stderr))
         for r in status.recovery:
-            labels = (namespace, run, r.model, schemes.get(r.model, ""), r.task, r.metric)
+            key = _key(r)
+            scheme = schemes.get(r.model, "")
+            labels = (namespace, run, r.model, scheme, *key[1:], _flag(key in primary_recovery))
             series.append((self.recovery, labels, r.value))
+            for end, value in (("low", r.ci_low), ("high", r.ci_high)):
+                if value is not None:
+                    series.append((self.recovery_ci[end], labels, value))
         for c in status.candidates:
+            candidate = (namespace, run, c.name, c.scheme or "")
             if c.mean_recovery is not None:
-                series.append(
-                    (self.mean_recovery, (namespace, run, c.name, c.scheme or ""), c.mean_recovery)
-                )
+                series.append((self.mean_recovery, candidate, c.mean_recovery))
+            for end, value in (("low", c.mean_recovery_ci_low), ("high", c.mean_recovery_ci_high)):
+                if value is not None:
+                    series.append((self.mean_recovery_ci[end], candidate, value))
         series += self._serving(namespace, run, status)
         self._replace(("EvalRun", namespace, run), series)
 
@@ -257,3 +288,31 @@ class Metrics:
         """Remove every series of a deleted resource."""
         self._drop((kind, namespace, name))
         self._phases.phase.pop((kind, namespace, name), None)
+
+
+ResultKey = tuple[str, str, str, str]  # model, task, metric, filter
+
+
+def _key(s: Score | Recovery) -> ResultKey:
+    return s.model, s.task, s.metric, s.filter
+
+
+def _flag(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def _primary(
+    status: EvalRunStatus, schemes: dict[str, str]
+) -> tuple[set[ResultKey], set[ResultKey]]:
+    """The scores and recoveries on a primary metric, by the rule the verdict and the tables
+    use (``primary_table``: the baseline's choice), the baseline being the run's one model
+    that is not a candidate."""
+    if not status.scores:
+        return set(), set()
+    # Imported here: the summary module brings numpy and scipy (about 60 MiB), which the
+    # operator otherwise never loads; only a run with scores needs them.
+    from qeval.results.summary import primary_table
+
+    baseline = next((s.model for s in status.scores if s.model not in schemes), "")
+    scores, recovery, _ = primary_table(status, baseline)
+    return {_key(s) for s in scores}, {_key(r) for r in recovery}
