@@ -72,11 +72,20 @@ def _metric_keys(entries: Mapping[str, Any]) -> list[str]:
 def default_metric(results: Mapping[str, Any], task: str) -> str | None:
     """The ``metric,filter`` a task is judged on by default: the first metric of its
     metric_list under its first filter, as its config lists them (the order lm-eval's own
-    table uses), whatever order the keys of the document come in; for a group, its
-    first aggregate metric; else the first key. None when it reports no number."""
+    table uses), whatever order the keys of the document come in; for a group (whose
+    config the document lacks), the default of its first subtask that the group reports
+    too; else the first key. None when it reports no number.
+
+    A group's keys say nothing: lm-eval 0.4.2 to 0.4.8 write them in the order of a
+    Python set, which differs from run to run (acc_norm before acc in one, after in the
+    next), and the result cache sorts them."""
     keys = _metric_keys(results.get("results", {}).get(task, {}))
     if not keys:
         return None
+    if task not in results.get("configs", {}):
+        for sub in results.get("group_subtasks", {}).get(task, []):
+            if (default := default_metric(results, sub)) in keys:
+                return default
     config = results.get("configs", {}).get(task, {})
     metrics = [m.get("metric") for m in config.get("metric_list", []) if isinstance(m, dict)]
     filters = [f.get("name") for f in config.get("filter_list", []) if isinstance(f, dict)]
