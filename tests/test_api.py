@@ -103,7 +103,7 @@ def test_examples_parse():
         ),
         (qm(scheme="W4A16", gruopSize=4), "spec.gruopSize", "did you mean 'groupSize'"),
         (er(baseline=None), "spec.baseline", "required"),
-        (er(candidates=[]), "spec.candidates", "at least 1"),
+        (er(candidates=[], similarity={}), "spec", "spec.similarity scores the candidates'"),
         (er(candidates=[{"model": {"uri": "a/b"}}]), "spec.candidates[0]", "needs a name"),
         (
             er(candidates=[{"quantizedModel": "q", "model": {"uri": "a/b"}}]),
@@ -117,7 +117,32 @@ def test_examples_parse():
         ),
         (er(candidates=[{"quantizedModel": "baseline"}]), "spec", "same name as the baseline"),
         (er(tasks=[{"name": "a"}, {"name": "a"}]), "spec", "listed twice"),
-        (er(batchSize=0), "spec.batchSize", "greater than or equal to 1"),
+        (er(batchSize=0), "spec.batchSize", "a number from 1 to 4096"),
+        (er(batchSize="auto:0"), "spec.batchSize", "auto:N (found anew N times, N from 1"),
+        (er(batchSize="fast"), "spec.batchSize", "(got 'fast')"),
+        (er(batchSize=True), "spec.batchSize", "a valid integer or a valid string (got True)"),
+        (
+            er(backend="vllm-server", batchSize="auto", scheduling={"gpus": 1}),
+            "spec",
+            "spec.batchSize auto is for backends hf and vllm",
+        ),
+        *(
+            (er(tasks=[{"name": "t", "limit": bad}]), "spec.tasks[0].limit", "between 0 and 1")
+            for bad in (0, 0.0, -1, -0.5, 1.5, 100_000_001, 10.25)
+        ),
+        (
+            er(tasks=[{"name": "t", "limit": "0.5"}]),
+            "spec.tasks[0].limit",
+            "a valid integer or a valid number (got '0.5')",
+        ),
+        *(
+            (
+                er(modelArgs={key: "true"}),
+                "spec",
+                "use spec.prompt.enableThinking and spec.prompt.thinkEndToken",
+            )
+            for key in ("enable_thinking", "think_end_token")
+        ),
         (er(backend="tgi"), "spec.backend", "'hf', 'vllm' or 'vllm-server'"),
         (er(tasks=[{"name": "x", "numFewshot": -1}]), "spec.tasks[0].numFewshot", "greater"),
         (
@@ -307,7 +332,8 @@ def test_serving_rules_in_cel_and_python_agree():
             ok = cel(rule.cel, wire)
             assert ok == rule.check(obj), (rule.cel, wire)
             outcomes[rule.cel].add(ok)
-    serving_rules = [r.cel for r in SPEC_RULES if "serving" in r.cel]
+    # (the rule on maxModelLen against modelArgs max_length: tests/test_long_context.py)
+    serving_rules = [r.cel for r in SPEC_RULES if "serving" in r.cel and "max_length" not in r.cel]
     assert len(serving_rules) == 3
     assert all(outcomes[r] == {True, False} for r in serving_rules)
 

@@ -767,9 +767,21 @@ def test_the_recovery_dashboard_shows_primary_metrics_by_default() -> None:
         for target in panel.get("targets", [])
         for found in re.finditer(r"(qeval_(?:score|recovery_ratio)\w*)\{([^}]*)\}", target["expr"])
     ]
-    assert len(selectors) == 9
+    assert len(selectors) == 10
     for name, labels in selectors:
         assert 'primary=~"$primary"' in labels or 'scheme="baseline"' in labels, (name, labels)
+    # Scores where lower is better (perplexities) have a panel of their own, never a percent
+    # axis beside the accuracies.
+    units = {
+        (p["fieldConfig"]["defaults"].get("unit"), 'better="lower"' in t["expr"])
+        for p in board["panels"]
+        for t in p.get("targets", [])
+        if re.search(r"qeval_score\w*\{", t["expr"])
+    }
+    assert units == {("percentunit", False), ("none", True), (None, False)}, units
+    for name, labels in selectors:
+        if name.startswith("qeval_score"):
+            assert 'better="higher"' in labels or 'better="lower"' in labels, (name, labels)
     (change,) = [
         t["expr"]
         for p in board["panels"]

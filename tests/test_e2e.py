@@ -30,6 +30,8 @@ from typing import Any
 import pytest
 import yaml
 
+from qeval.api.evalrun_status import EvalRunStatus
+from qeval.results.summary import primary_table
 from tests.cluster.controlplane import ControlPlane
 from tests.cluster.kubelet import Kubelet, cpu_node, gpu_node
 from tests.conftest import EXAMPLES, ROOT
@@ -156,6 +158,12 @@ def test_the_demo_study_runs_to_succeeded_as_on_one_machine(
     cluster.seconds["the same study with qeval run"] = time.monotonic() - t0
     assert local.returncode == 0, local.stdout + local.stderr
     on_one_machine = json.loads((tmp_path / "runs" / "demo" / "status.json").read_text())
+    # qeval run's status holds every metric (detail: full), the EvalRun's each task's primary
+    # one (detail: primary, as etcd's object size asks): compare those.
+    assert on_one_machine["detail"] == "full" and status["detail"] == "primary"
+    table = primary_table(EvalRunStatus.model_validate(on_one_machine), "fp32")
+    for key, entries in zip(("scores", "recovery", "differences"), table, strict=True):
+        on_one_machine[key] = [e.dump() for e in entries]
     # Exactly, but for the floating point of four quantizations sharing one node's cores
     # (stages pin MKL's code path and threads; a one-in-a-thousand difference once seen on a
     # GPTQ score before that is allowed, none bigger): everything else is equal.

@@ -142,6 +142,32 @@ def test_server_scores_equal_hf_on_a_tokenizer_that_adds_bos(bos_model, server, 
     assert min(abs(x - y) for x, y in zip(a, c, strict=True)) > 1e-4
 
 
+def rolling(out: Path) -> list[tuple[float, int]]:
+    """Each document's (loglikelihood, words) of the perplexity task, in document order."""
+    path = out / "samples" / "qeval_demo_perplexity.jsonl"
+    rows = sorted((json.loads(line) for line in path.open()), key=lambda r: r["doc_id"])
+    return [tuple(r["word_perplexity"]) for r in rows]
+
+
+@pytest.mark.pipeline
+def test_perplexity_through_the_server_equals_hf(bos_model, server, tmp_path):
+    """loglikelihood_rolling through local-completions (echoed prompt logprobs): every
+    document's loglikelihood, and so the perplexity, as backend hf computes them."""
+    task = [Task(name="qeval_demo_perplexity", limit=16)]
+    hf_in = stage_input(bos_model, Backend.HF, tmp_path / "hf").model_copy(update={"tasks": task})
+    srv_in = stage_input(bos_model, Backend.VLLM_SERVER, tmp_path / "srv", server)
+    hf, srv = evaluate.run(hf_in), evaluate.run(srv_in.model_copy(update={"tasks": task}))
+    a, b = rolling(tmp_path / "hf"), rolling(tmp_path / "srv")
+    assert len(a) == len(b) == 16 and [w for _, w in a] == [w for _, w in b]
+    assert max(abs(x - y) for (x, _), (y, _) in zip(a, b, strict=True)) < 1e-3
+    for metric in ("bits_per_byte", "word_perplexity", "byte_perplexity"):
+        (h,) = [s for s in hf.scores if s.metric == metric]
+        (v,) = [s for s in srv.scores if s.metric == metric]
+        assert not h.higher_is_better and not v.higher_is_better
+        assert h.primary == v.primary == (metric == "bits_per_byte")  # the task's first
+        assert v.value == pytest.approx(h.value, rel=1e-4)
+
+
 # --- 8: the server's context reaches lm-eval as max_length --------------------------------
 
 

@@ -73,8 +73,8 @@ def test_requested_primary_metric():
     results = {"results": {"arc": {"acc,none": 0.5, "acc_norm,none": 0.55}}}
     chosen = primary_metrics(results, {"arc": "acc_norm"})
     assert chosen == {"arc": "acc_norm,none"}
-    (_, norm) = parse_scores(results, "m", chosen)
-    assert norm.primary and norm.metric == "acc_norm"
+    (norm, acc) = parse_scores(results, "m", chosen)  # the judged metric first
+    assert norm.primary and norm.metric == "acc_norm" and not acc.primary
     with pytest.raises(ValueError, match="reports no metric 'f1'"):
         primary_metrics(results, {"arc": "f1"})
 
@@ -178,3 +178,18 @@ def test_older_layouts_are_refused_not_read_as_nothing(doc, words):
 
 def test_version():
     assert harness_version(RESULTS) == "0.4.13"
+
+
+def test_a_tasks_scores_come_in_one_order_whatever_the_documents_key_order():
+    """The result cache stores documents with sorted keys: read back, a task's scores list
+    as they did fresh (judged metric first, then by name)."""
+    doc = {
+        "results": {"gsm8k": RESULTS["results"]["gsm8k"]},
+        "configs": {"gsm8k": GSM8K_CONFIG},
+    }
+    fresh = parse_scores(doc, "m")
+    assert [(s.filter, s.primary) for s in fresh] == [
+        ("strict-match", True),
+        ("flexible-extract", False),
+    ]
+    assert parse_scores(_sorted(doc), "m") == fresh

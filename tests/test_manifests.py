@@ -483,3 +483,59 @@ def test_an_evaluate_job_runs_where_and_with_what_the_spec_schedules() -> None:
         {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
     ]
     assert pod["affinity"] == affinity and pod["priorityClassName"] == "batch-high"
+
+
+def test_an_evaluate_job_gets_spec_env_by_reference_and_the_others_do_not() -> None:
+    """spec.env and spec.envFrom reach the evaluate containers as Kubernetes EnvVar and
+    EnvFromSource (a Secret's key by reference, a literal as written: the kubelet expands no
+    $(VAR)), after qeval's own variables; no other stage gets them, nor any document."""
+    from qeval.api.documents import parse
+    from qeval.api.evalrun import EvalRun
+    from qeval.plan import build_plan
+
+    env = [
+        {"name": "HTTPS_PROXY", "value": "http://proxy:3128/$(HOME)"},
+        {"name": "DATASETS_API_KEY", "valueFrom": {"secretKeyRef": {"name": "ds", "key": "api"}}},
+        {
+            "name": "REGION",
+            "valueFrom": {"configMapKeyRef": {"name": "c", "key": "r", "optional": True}},
+        },
+    ]
+    env_from = [{"secretRef": {"name": "extra"}}, {"prefix": "X_", "configMapRef": {"name": "m"}}]
+    doc = {
+        "apiVersion": "qeval.dev/v1alpha1",
+        "kind": "EvalRun",
+        "metadata": {"name": "r"},
+        "spec": {
+            "baseline": {"model": {"uri": "org/m"}},
+            "tasks": [{"name": "arc_easy"}],
+            "env": env,
+            "envFrom": env_from,
+        },
+    }
+    run = parse(doc, "f.yaml")
+    assert isinstance(run, EvalRun)
+    settings = OperatorSettings()
+    layout = m.cluster_layout(settings, "team-a", run.name)
+    jobs = {
+        s.kind: m.build_job(s, RUN_OWNER, layout, settings) for s in build_plan(run, {}, layout)
+    }
+    (container,) = jobs["evaluate"]["spec"]["template"]["spec"]["containers"]
+    assert container["env"][-3:] == [
+        {"name": "HTTPS_PROXY", "value": "http://proxy:3128/$$(HOME)"},
+        {"name": "DATASETS_API_KEY", "valueFrom": {"secretKeyRef": {"name": "ds", "key": "api"}}},
+        {
+            "name": "REGION",
+            "valueFrom": {"configMapKeyRef": {"name": "c", "key": "r", "optional": True}},
+        },
+    ]
+    assert [e["name"] for e in container["env"][:-3]][0] == m.INPUT_ENV  # qeval's come first
+    assert container["envFrom"] == env_from
+    stage_input = next(e["value"] for e in container["env"] if e["name"] == m.INPUT_ENV)
+    assert "HTTPS_PROXY" not in stage_input and "DATASETS_API_KEY" not in stage_input
+    (other,) = jobs["aggregate"]["spec"]["template"]["spec"]["containers"]
+    assert "envFrom" not in other and not {"HTTPS_PROXY", "REGION"} & {
+        e["name"] for e in other["env"]
+    }
+    for job in jobs.values():
+        kubernetes_validate.validate(job, "1.35.0", strict=True)

@@ -80,11 +80,19 @@ def test_a_finished_run_exports_scores_recovery_speed_and_similarity() -> None:
     strict = {**INT4, "filter": STRICT, "primary": "true"}
     flexible = {**INT4, "filter": FLEXIBLE, "primary": "false"}
     # Each filter its own series; the baseline's primary one (the verdict's) says so.
-    assert value("qeval_score", strict) == 0.78
-    assert value("qeval_score", flexible) == 0.7
-    assert value("qeval_score_stderr", flexible) == 0.01
-    assert value("qeval_score", {**strict, "model": "bf16", "scheme": "baseline"}) == 0.8
-    assert value("qeval_score", {**flexible, "model": "bf16", "scheme": "baseline"}) == 0.84
+    assert value("qeval_score", {**strict, "better": "higher"}) == 0.78
+    assert value("qeval_score", {**flexible, "better": "higher"}) == 0.7
+    assert value("qeval_score_stderr", {**flexible, "better": "higher"}) == 0.01
+    assert (
+        value("qeval_score", {**strict, "model": "bf16", "scheme": "baseline", "better": "higher"})
+        == 0.8
+    )
+    assert (
+        value(
+            "qeval_score", {**flexible, "model": "bf16", "scheme": "baseline", "better": "higher"}
+        )
+        == 0.84
+    )
     assert value("qeval_recovery_ratio", strict) == 0.975
     assert value("qeval_recovery_ratio_ci_low", strict) == 0.95
     assert value("qeval_recovery_ratio_ci_high", strict) == 1.0
@@ -151,8 +159,8 @@ def test_primary_is_the_baselines_choice() -> None:
     flexible = {**INT4, "filter": FLEXIBLE}
     assert value("qeval_recovery_ratio", {**flexible, "primary": "false"}) == 0.833
     # A score is shown as primary where either side judged it (primary_table's rule).
-    assert value("qeval_score", {**flexible, "primary": "true"}) == 0.7
-    assert value("qeval_score", {**strict, "primary": "true"}) == 0.78
+    assert value("qeval_score", {**flexible, "primary": "true", "better": "higher"}) == 0.7
+    assert value("qeval_score", {**strict, "primary": "true", "better": "higher"}) == 0.78
 
 
 def test_a_run_whose_primary_metric_changed_drops_the_old_series() -> None:
@@ -173,3 +181,22 @@ def test_a_run_whose_primary_metric_changed_drops_the_old_series() -> None:
     metrics.forget("EvalRun", "ml", "study")
     names = {m.name for m in metrics.registry.collect() for _ in m.samples}
     assert not names & {"qeval_score", "qeval_recovery_ratio", "qeval_recovery_ratio_ci_high"}
+
+
+def test_a_perplexity_says_lower_is_better() -> None:
+    """A score where lower is better is labelled so (a dashboard draws it on its own axis,
+    never as a percent beside accuracies); its recovery needs no label (1 = no loss)."""
+    run = status()
+    wikitext = {"task": "wikitext", "metric": "bits_per_byte"}
+    run.scores += [
+        Score(**wikitext, model="bf16", value=0.61, higher_is_better=False, primary=True),
+        Score(**wikitext, model="int4", value=0.64, higher_is_better=False, primary=True),
+    ]
+    metrics = Metrics()
+    metrics.evalrun_results("ml", "study", run)
+    value = metrics.registry.get_sample_value
+    labels = {**RUN, "model": "int4", "scheme": "W4A16", **wikitext, "filter": "none"}
+    assert value("qeval_score", {**labels, "primary": "true", "better": "lower"}) == 0.64
+    assert value("qeval_score", {**labels, "primary": "true", "better": "higher"}) is None
+    strict = {**INT4, "filter": STRICT, "primary": "true"}
+    assert value("qeval_score", {**strict, "better": "lower"}) is None

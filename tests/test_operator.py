@@ -404,8 +404,8 @@ def test_the_demo_study_runs_to_the_end_across_an_operator_restart(
             'primary="true",run="demo",scheme="W4A16",task="qeval_demo_facts"}' in text
         )
         assert (
-            f'qeval_score{{filter="none",metric="acc",model="fp32",namespace="{ns}",'
-            'primary="true",run="demo",' in text
+            f'qeval_score{{better="higher",filter="none",metric="acc",model="fp32",'
+            f'namespace="{ns}",primary="true",run="demo",' in text
         )
         assert f'qeval_resources{{kind="EvalRun",namespace="{ns}",phase="Succeeded"}} 1.0' in text
 

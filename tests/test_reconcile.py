@@ -452,6 +452,10 @@ def test_a_hub_model_is_named_only_at_an_explicit_revision() -> None:
     assert named_identity({"uri": "/mnt/volumes/models/x"}, {}) is None
 
 
+# The demo study's tasks, as status.reused lists them (sorted).
+DEMO_TASKS = ("qeval_demo_facts", "qeval_demo_perplexity", "qeval_demo_recall")
+
+
 def test_an_evaluation_another_run_did_is_taken_not_run_again() -> None:
     _, models = demo()
     run, _ = demo()
@@ -466,7 +470,7 @@ def test_an_evaluation_another_run_did_is_taken_not_run_again() -> None:
     d = run_decision(states(models, "Ready"), observed)
     assert "evaluate-fp32" not in {s.name for s in d.create}
     assert {"evaluate-fp8", "evaluate-w4a16"} <= {s.name for s in d.create}
-    assert d.status["reused"] == ["fp32/qeval_demo_facts", "fp32/qeval_demo_recall"]
+    assert d.status["reused"] == [f"fp32/{t}" for t in DEMO_TASKS]
     assert d.status["cached"] == []  # the stage-side result cache served nothing
     # Jobs carry their key, so their results can be found by the next run.
     created = {s.name for s in d.create}
@@ -485,7 +489,7 @@ def test_an_evaluation_another_run_did_is_taken_not_run_again() -> None:
         (aggregate,) = d.create
         assert aggregate.input["baseline"]["evaluate"] == source
         assert d.copies == ()  # copied once
-        assert d.status["reused"] == ["fp32/qeval_demo_facts", "fp32/qeval_demo_recall"]
+        assert d.status["reused"] == [f"fp32/{t}" for t in DEMO_TASKS]
 
     # The run's status says which level served each result: the operator's reuse (taken
     # from another run) or the stage's result cache (found by the weights' contents).
@@ -496,7 +500,7 @@ def test_an_evaluation_another_run_did_is_taken_not_run_again() -> None:
     seen = Observed(results=results, result_paths={"evaluate-fp32": source})
     d = run_decision(states(models, "Ready"), seen)
     assert d.status["phase"] == "Succeeded"
-    assert d.status["reused"] == ["fp32/qeval_demo_facts", "fp32/qeval_demo_recall"]
+    assert d.status["reused"] == [f"fp32/{t}" for t in DEMO_TASKS]
     assert d.status["cached"] == ["fp8/qeval_demo_facts"]
 
 

@@ -117,6 +117,12 @@ CASES: list[Case] = [
     bad("seed-negative", "spec.seed", {S + "seed": -1}),
     bad("batch-0", "spec.batchSize", {S + "batchSize": 0}),
     bad("batch-4097", "spec.batchSize", {S + "batchSize": 4097}),
+    bad("batch-auto-0", "spec.batchSize", {S + "batchSize": "auto:0"}),
+    bad("batch-fast", "spec.batchSize", {S + "batchSize": "fast"}),
+    bad("batch-auto-server", "spec.batchSize", {**VLLM, S + "batchSize": "auto"}),
+    bad("limit-1.5", "spec.tasks[0].limit", {S + "tasks.0.limit": 1.5}),
+    bad("limit-negative-fraction", "spec.tasks[0].limit", {S + "tasks.0.limit": -0.5}),
+    bad("limit-fraction-0", "spec.tasks[0].limit", {S + "tasks.0.limit": 0.0}),
     bad("threshold-0", "spec.recoveryThreshold", {S + "recoveryThreshold": 0}),
     bad("threshold-2.5", "spec.recoveryThreshold", {S + "recoveryThreshold": 2.5}),
     bad("shots-negative", "spec.tasks[0].numFewshot", {S + "tasks.0.numFewshot": -1}),
@@ -167,10 +173,61 @@ CASES: list[Case] = [
     bad("unknown-spec-field", "spec.seeds", {S + "seeds": 1}),
     bad("unknown-task-field", "spec.tasks[0].shots", {S + "tasks.0.shots": 5}),
     bad("unknown-qm-field", "spec.bits", qm={S + "bits": 4}),
+    bad("lm-eval-log-samples", "spec.logSamples", {S + "logSamples": True}),
+    bad("trustyai-gen-args", "spec.genArgs", {S + "genArgs": [{"name": "t", "value": "0"}]}),
+    # --- spec.env / spec.envFrom: Kubernetes' shapes, by reference ---------------------------
+    bad(
+        "env-reserved",
+        "spec.env[0].name",
+        {S + "env": [{"name": "QEVAL_STAGE_INPUT", "value": "{}"}]},
+    ),
+    bad("env-hf-token", "spec.env[0].name", {S + "env": [{"name": "HF_TOKEN", "value": "x"}]}),
+    bad("env-literal-key", "spec.env[0]", {S + "env": [{"name": "OPENAI_API_KEY", "value": "sk"}]}),
+    bad(
+        "env-value-and-ref",
+        "spec.env[0]",
+        {
+            S + "env": [
+                {
+                    "name": "A",
+                    "value": "1",
+                    "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}},
+                }
+            ]
+        },
+    ),
+    bad("env-neither", "spec.env[0]", {S + "env": [{"name": "A"}]}),
+    bad(
+        "env-two-sources",
+        "spec.env[0].valueFrom",
+        {
+            S + "env": [
+                {
+                    "name": "A",
+                    "valueFrom": {
+                        "secretKeyRef": {"name": "s", "key": "k"},
+                        "configMapKeyRef": {"name": "c", "key": "k"},
+                    },
+                }
+            ]
+        },
+    ),
+    bad("env-twice", "spec.env", {S + "env": [{"name": "A", "value": "1"}] * 2}),
+    bad("env-name-shell", "spec.env[0].name", {S + "env": [{"name": "A;id", "value": "1"}]}),
+    bad("env-from-neither", "spec.envFrom[0]", {S + "envFrom": [{"prefix": "X_"}]}),
+    bad(
+        "env-secret-name",
+        "spec.env[0].valueFrom.secretKeyRef.name",
+        {
+            S + "env": [
+                {"name": "A_KEY", "valueFrom": {"secretKeyRef": {"name": "Bad", "key": "k"}}}
+            ]
+        },
+    ),
     # --- cross-field rules (CEL twins) ---------------------------------------------------
     bad("no-tasks", "spec", {S + "tasks": []}),
     bad("task-twice", "spec", {S + "tasks": [{"name": "qeval_demo_facts"}] * 2}),
-    bad("no-candidates", "spec.candidates", {S + "candidates": []}),
+    good("no-candidates", {S + "candidates": []}),  # one model alone: its scores
     bad(
         "candidate-both",
         "spec.candidates[0]",
@@ -254,6 +311,8 @@ CASES: list[Case] = [
             ("base_url", "http://evil"),
             ("model", "other"),
             ("revision", "main"),
+            ("enable_thinking", "true"),
+            ("think_end_token", "</think>"),
         ]
     ],
     bad(
@@ -546,7 +605,12 @@ CASES: list[Case] = [
     bad("scheduling-a-list", "spec.scheduling", {S + "scheduling": [0]}),
     bad("recipe-a-number", "spec.recipe", qm={S + "scheme": None, S + "recipe": 7}),
     bad("no-baseline", "spec.baseline", {S + "baseline": None}),
-    bad("no-candidate-list", "spec.candidates", {S + "candidates": None}),
+    good("no-candidate-list", {S + "candidates": None}),
+    bad(
+        "similarity-without-candidates",
+        "spec.similarity",
+        {S + "candidates": None, S + "similarity": {}},
+    ),
     bad("no-model", "spec.model", qm={S + "model": None}),
     bad("task-without-name", "spec.tasks[0].name", {S + "tasks.0": {"limit": 5}}),
     bad("baseline-name-upper", "spec.baseline.name", {S + "baseline.name": "Base"}),
@@ -616,6 +680,30 @@ CASES: list[Case] = [
     good("seed-0", {S + "seed": 0}),
     good("batch-4096", {S + "batchSize": 4096}),
     good("limit-1", {S + "tasks.0.limit": 1}),
+    good("limit-fraction", {S + "tasks.0.limit": 0.25}),
+    good("limit-whole-float", {S + "tasks.0.limit": 10.0}),
+    good("batch-auto", {S + "batchSize": "auto"}),
+    good("batch-auto-8", {S + "batchSize": "auto:8"}),
+    good(
+        "env-by-reference",
+        {
+            S + "env": [
+                {"name": "HTTPS_PROXY", "value": "http://proxy:3128/" + KUBELET},
+                {
+                    "name": "DATASETS_API_KEY",
+                    "valueFrom": {"secretKeyRef": {"name": "ds", "key": "api", "optional": True}},
+                },
+                {
+                    "name": "REGION",
+                    "valueFrom": {"configMapKeyRef": {"name": "c", "key": "r", "optional": True}},
+                },
+            ],
+            S + "envFrom": [
+                {"secretRef": {"name": "extra"}},
+                {"prefix": "X_", "configMapRef": {"name": "m"}},
+            ],
+        },
+    ),
     good("shots-64", {S + "tasks.0.numFewshot": 64}),
     good("threshold-2", {S + "recoveryThreshold": 2}),
     good("threshold-int-1", {S + "recoveryThreshold": 1}),

@@ -14,7 +14,8 @@ from pathlib import PurePosixPath
 from typing import Any, Protocol
 
 from qeval.api.common import ApiModel, ModelSource, Scheduling, model_kind, volume_path
-from qeval.api.evalrun import Backend, EvalRun, Prompt, Serving
+from qeval.api.env import EnvFromSource, EnvVar
+from qeval.api.evalrun import Backend, Endpoint, EvalRun, Prompt, Serving
 from qeval.api.quantizedmodel import DEFAULT_DATASET, Calibration, QuantizedModel
 from qeval.recipes import build_recipe, needs_calibration, scheme_label
 from qeval.stages.aggregate import AggregateInput, ModelResults
@@ -111,6 +112,10 @@ class Stage:
     # Exists only for the stages that need it (as a server does; the demo model): not
     # started when every one of them ended without it (each reused, or skipped).
     for_users: bool = False
+    # More environment of the stage's process (spec.env, spec.envFrom: evaluate stages), not
+    # in its input: no Secret's value is ever in a document, nor in a cache key.
+    env: tuple[EnvVar, ...] = ()
+    env_from: tuple[EnvFromSource, ...] = ()
 
     @property
     def serves(self) -> bool:
@@ -168,7 +173,8 @@ def quantize_stage(qm: QuantizedModel, layout: Layout, reuse_cached: bool = True
     )
 
 
-Target = tuple[str, str | None, ModelSource, tuple[str, ...]]  # name, scheme, model, needs
+# name, scheme, model (None: an endpoint), needs
+Target = tuple[str, str | None, ModelSource | None, tuple[str, ...]]
 
 
 def build_plan(run: EvalRun, models: Mapping[str, QuantizedModel], layout: Layout) -> list[Stage]:
@@ -186,14 +192,22 @@ def build_plan(run: EvalRun, models: Mapping[str, QuantizedModel], layout: Layou
     quantizations: list[Stage] = []
     uses_demo = False
     targets: list[Target] = [(spec.baseline.name, None, spec.baseline.model, ())]
+    # Models behind an existing OpenAI-compatible API: evaluated there, by a light client
+    # stage; no server, no quantization, no size, no GPU.
+    endpoints: dict[str, Endpoint] = {}
+    if spec.baseline.endpoint is not None:
+        endpoints[spec.baseline.name] = spec.baseline.endpoint
     for c in spec.candidates:
-        if c.quantized_model:
+        if c.endpoint is not None:
+            endpoints[c.label] = c.endpoint
+            targets.append((c.label, c.scheme, None, ()))
+        elif c.quantized_model:
             qm = models[c.quantized_model]
             q = quantize_stage(qm, layout, spec.cache)
             quantizations.append(q)
             uses_demo |= DEMO_STAGE in q.needs
-            source = ModelSource(uri=str(quantized_model_dir(qm, layout)))
-            targets.append((c.label, c.scheme or scheme_label(qm.spec), source, (q.name,)))
+            made = ModelSource(uri=str(quantized_model_dir(qm, layout)))
+            targets.append((c.label, c.scheme or scheme_label(qm.spec), made, (q.name,)))
         else:
             assert c.model is not None
             targets.append((c.label, c.scheme, c.model, ()))
@@ -207,15 +221,20 @@ def build_plan(run: EvalRun, models: Mapping[str, QuantizedModel], layout: Layou
         if i == 1:  # the baseline's stages come first: its scores are the first result
             stages += quantizations  # a person sees, without waiting for every quantization
         stage = f"evaluate-{name}"
-        if model_kind(source.uri) == "demo":
+        endpoint = endpoints.get(name)
+        files = endpoint.tokenizer if endpoint is not None else source  # what it loads
+        if files is not None and model_kind(files.uri) == "demo":
             needs, uses_demo = (*needs, DEMO_STAGE), True
-        if servers:  # every stage of this model talks to its server instead
+        served = servers and endpoint is None
+        if served:  # every stage of this model talks to its server instead
+            assert source is not None
             stages.append(serve_stage(run, name, source, needs, layout))
             needs = (stages[-1].name,)
         targets[i] = (name, scheme, source, needs)
         inp = EvaluateInput(
             model_name=name,
             model=source,
+            endpoint=endpoint,
             tasks=tasks,
             task_paths=spec.task_paths,
             backend=spec.backend,
@@ -223,27 +242,45 @@ def build_plan(run: EvalRun, models: Mapping[str, QuantizedModel], layout: Layou
             seed=spec.seed,
             model_args=spec.model_args,
             prompt=spec.prompt if spec.prompt != Prompt() else None,
-            base_url=layout.endpoints.url(needs[0]) if servers else None,
-            serving=serving if servers else None,
+            task_metadata=spec.task_metadata or None,
+            base_url=layout.endpoints.url(needs[0]) if served else None,
+            serving=serving if served else None,
             allow_code_execution=spec.allow_code_execution,
             trust_remote_code=spec.trust_remote_code,
             cache_dir=layout.cache_dir(),
             reuse_cached=spec.cache,
             output_dir=str(layout.stage_dir(stage)),
         )
-        scheduling = None if servers else spec.scheduling  # a client: the server has the GPU
-        stages.append(Stage(stage, EVALUATE_KIND, _doc(inp), needs, scheduling))
+        # A client (the server has the GPU), or the model's own GPU work.
+        scheduling = None if servers or endpoint is not None else spec.scheduling
+        stages.append(
+            Stage(
+                stage,
+                EVALUATE_KIND,
+                _doc(inp),
+                needs,
+                scheduling,
+                env=tuple(spec.env),
+                env_from=tuple(spec.env_from),
+            )
+        )
         refs.append(ModelResults(name=name, scheme=scheme, evaluate=str(layout.read_path(stage))))
 
+    if endpoints and (spec.performance is not None or spec.similarity is not None):
+        raise PlanError(  # the API refuses it already (SPEC_RULES): never half a plan
+            f"EvalRun {run.name}: spec.performance and spec.similarity need every model served "
+            f"by qeval; {sorted(endpoints)} are endpoints"
+        )
     similarity = None
     if spec.similarity is not None:
         stages.append(similarity_stage(run, targets, layout))
         similarity = str(layout.result_path(SIMILARITY_STAGE))
     if spec.performance is not None:
-        for ref, (name, _, source, needs) in zip(refs, targets, strict=True):
+        for ref, (name, _, weights, needs) in zip(refs, targets, strict=True):
+            assert weights is not None  # no endpoints (above)
             if servers:  # alone on its server: after the evaluation and the similarity
                 needs = (*needs, f"evaluate-{name}", *([SIMILARITY_STAGE] if similarity else []))
-            stages.append(benchmark_stage(run, name, source, needs, layout))
+            stages.append(benchmark_stage(run, name, weights, needs, layout))
             ref.benchmark = str(layout.result_path(stages[-1].name))
 
     aggregate = AggregateInput(

@@ -97,6 +97,13 @@ def failures(docs: Iterable[StageResult]) -> list[StageFailure]:
     ]
 
 
+# The Succeeded message of a run that evaluated its baseline alone (spec.candidates empty).
+SCORES_ONLY = (
+    "all stages succeeded; no candidates: the baseline's absolute scores only, no recovery "
+    "and no verdict"
+)
+
+
 def finish_evalrun(
     aggregate: EvalRunStatus | None,
     docs: list[StageResult],
@@ -118,6 +125,8 @@ def finish_evalrun(
     status.started_at, status.completed_at = started, finished
     if ok:
         reason, message = ALL_STAGES_SUCCEEDED, "all stages succeeded"
+        if aggregate is not None and not aggregate.candidates:  # it has an entry per candidate
+            message = SCORES_ONLY
     elif status.failures:
         first = status.failures[0]
         reason, message = first.reason, f"{first.stage}: {first.message}"

@@ -128,12 +128,13 @@ URI_FORMS: dict[str, str] = {
 PATH_FORM = rf"^(/|\./)?{_PATH}$|{URI_FORMS['pvc']}"
 
 
-def _cel_string(value: str) -> str:
+def cel_string(value: str) -> str:
+    """``value`` as a CEL string literal."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 URI_RULE = Rule(
-    cel=" || ".join(f"self.matches({_cel_string(f)})" for f in URI_FORMS.values()),
+    cel=" || ".join(f"self.matches({cel_string(f)})" for f in URI_FORMS.values()),
     message="a model is a Hugging Face id (org/name or hf://org/name), a path (/... or ./...), "
     "pvc://<claim>/<path>, s3://<bucket>/<key> or demo://tiny-llama: letters, digits and "
     "-_.+=@~ only, no '.' or '..' segments and no '//'",
@@ -141,7 +142,7 @@ URI_RULE = Rule(
     check=lambda uri: any(re.fullmatch(f, uri) for f in URI_FORMS.values()),
 )
 PATH_RULE = Rule(
-    cel=f"self.matches({_cel_string(PATH_FORM)})",
+    cel=f"self.matches({cel_string(PATH_FORM)})",
     message="a path is absolute (/...), relative to the spec's folder (./...) or a volume path "
     "(pvc://<claim>/<path>): letters, digits and -_.+=@~ only, no '.' or '..' segments and "
     "no '//'",
@@ -171,7 +172,7 @@ def data_file_rule(suffixes: tuple[str, ...]) -> Rule:
     """A data file: a path (see PATH_RULE) whose name ends in one of ``suffixes``."""
     ends = "|".join(re.escape(x) for x in suffixes)
     return Rule(
-        cel=f"{PATH_RULE.cel} && self.matches({_cel_string(f'({ends})$')})",
+        cel=f"{PATH_RULE.cel} && self.matches({cel_string(f'({ends})$')})",
         message=f"{PATH_RULE.message}; the file's name ends in {' or '.join(suffixes)}",
         check=lambda path: PATH_RULE.check(path) and re.search(f"({ends})$", path) is not None,
     )
@@ -410,6 +411,14 @@ class SecretKeyRef(ApiModel):
         pattern=r"^[-._a-zA-Z0-9]+$",
         description="Key in it.",
     )
+
+
+def secret_env(ref: SecretKeyRef, prefix: str = "QEVAL_SECRET") -> str:
+    """The environment variable a stage reads the value of Secret key ``ref`` from: the
+    operator sets it from the Secret (``secretKeyRef``); under ``qeval run``, which has no
+    cluster to read Secrets from, the person running it exports it (``my-key``/``token`` is
+    ``QEVAL_SECRET_MY_KEY_TOKEN``)."""
+    return f"{prefix}_{re.sub(r'[^A-Z0-9]', '_', f'{ref.name}_{ref.key}'.upper())}"
 
 
 # --- status --------------------------------------------------------------------------

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-from difflib import get_close_matches
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from qeval.api.common import Resource, clip, shorten
 from qeval.api.evalrun import EvalRun
+from qeval.api.hints import Loc, locate, unknown_field
 from qeval.api.quantizedmodel import QuantizedModel
 from qeval.api.yamldocs import YamlError, load_all
 
@@ -28,40 +28,49 @@ def _where(loc: tuple[int | str, ...]) -> str:
     return out
 
 
-def _field_names(model: type[BaseModel], out: set[str] | None = None) -> set[str]:
-    """Every camelCase field name of a model and the models it contains."""
-    out = set() if out is None else out
-    for name, info in model.model_fields.items():
-        out.add(info.alias or name)
-        for arg in (info.annotation, *get_args(info.annotation)):
-            for inner in (arg, *get_args(arg)):
-                if isinstance(inner, type) and issubclass(inner, BaseModel) and inner is not model:
-                    _field_names(inner, out)
-    return out
-
-
-def _message(err: Any, kind: str) -> str:
+def _message(err: Any, kind: str, loc: Loc) -> str:
     # Errors raised inside model validators carry "Value error, " before our message.
     msg = err["msg"].removeprefix("Value error, ")
     got = err.get("input")
-    field = _where(err["loc"]).rsplit(".", 1)[-1]
     if err["type"] == "missing":
-        return f"required; add it (kubectl explain {kind.lower()}.{_where(err['loc'])})"
-    if err["type"] == "extra_forbidden":
-        close = get_close_matches(field, sorted(_field_names(KINDS[kind])), n=1)
-        return f"unknown field{f'; did you mean {close[0]!r}?' if close else '; remove it'}"
+        return f"required; add it (kubectl explain {kind.lower()}.{_where(loc)})"
+    if err["type"] == "extra_forbidden":  # hints from the fields valid at that place
+        return f"unknown field; {unknown_field(KINDS[kind], kind, loc)}"
     if err["type"] != "value_error" and not isinstance(got, dict | list):
         return f"{shorten(msg, 600)} (got {clip(got)})"
     return shorten(msg, 600)
 
 
+def _joined(messages: list[str]) -> str:
+    """One line for the errors of one field (a union's members): ``Input should be a valid
+    integer or a valid string (got True)``."""
+    got = messages[0].rsplit(" (got ", 1)
+    if len(got) == 2 and all(m.endswith(f" (got {got[1]}") for m in messages):
+        messages = [m.removesuffix(f" (got {got[1]}") for m in messages]
+        return _joined(messages) + f" (got {got[1]}"
+    lead = "Input should be "
+    if len(messages) > 1 and all(m.startswith(lead) for m in messages):
+        return lead + " or ".join(m.removeprefix(lead) for m in messages)
+    return "; ".join(messages)
+
+
 def explain(error: ValidationError, source: str, kind: str) -> str:
-    """Turn a pydantic error into one line per problem: ``source: field.path: message``."""
-    lines = []
+    """Turn a pydantic error into one line per problem: ``source: field.path: message``
+    (the errors of one field's union members on one line)."""
+    problems: dict[Loc, list[str]] = {}
     for err in error.errors():
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        lines.append(f"{source}: {_where(loc) or '(object)'}: {_message(err, kind)}")
-    return "\n".join(lines)
+        raw = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        if err["type"] == "extra_forbidden" and raw:  # the last segment is the unknown field
+            loc = (*locate(KINDS[kind], raw[:-1])[0], raw[-1])
+        else:
+            loc = locate(KINDS[kind], raw)[0]
+        message = _message(err, kind, loc)
+        if message not in problems.setdefault(loc, []):
+            problems[loc].append(message)
+    return "\n".join(
+        f"{source}: {_where(loc) or '(object)'}: {_joined(messages)}"
+        for loc, messages in problems.items()
+    )
 
 
 def parse(doc: Any, source: str) -> Resource:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, WithJsonSchema, field_validator, model_validator
 
 from qeval.api.common import (
     DNS_LABEL,
@@ -20,9 +20,13 @@ from qeval.api.common import (
     Scheduling,
     SecretKeyRef,
     cel_rules,
+    cel_string,
+    clip,
     enforce,
     immutable,
+    ruled,
 )
+from qeval.api.env import EnvFromSource, EnvVar
 from qeval.api.evalrun_status import EvalRunStatus
 from qeval.api.suites import CHAT_SUITES, CODE_SUITES, CODE_TASK_PATTERN, SuiteName
 
@@ -36,6 +40,82 @@ class Backend(StrEnum):
     VLLM_SERVER = "vllm-server"
 
 
+# An OpenAI-compatible API's base URL, as OpenAI's clients take it: http(s), a host name or
+# an [IPv6] address, an optional port and path; no credentials, query or fragment (the key
+# comes from a Secret). One regular expression for pydantic and for CEL (RE2).
+_LABEL = r"[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?"
+_HOST = rf"({_LABEL}(\.{_LABEL})*|\[[0-9A-Fa-f:.]+\])"
+BASE_URL_FORM = rf"^https?://{_HOST}(:[0-9]{{1,5}})?(/[-A-Za-z0-9._~%+]+)*/?$"
+BASE_URL_RULE = Rule(
+    cel=f"self.matches({cel_string(BASE_URL_FORM)})",
+    message="an endpoint's baseUrl is http:// or https://, a host, an optional port and "
+    "path, as OpenAI's clients take it (e.g. http://vllm.models.svc:8000/v1); no "
+    "user:password@, query or fragment (the key goes in apiKeySecret)",
+    check=lambda url: re.fullmatch(BASE_URL_FORM, url) is not None,
+)
+
+if TYPE_CHECKING:
+    BaseUrl: TypeAlias = str
+else:
+    BaseUrl = ruled(BASE_URL_RULE, 2048)
+
+
+class Endpoint(ApiModel):
+    """A model already served behind an OpenAI-compatible API (vLLM, SGLang, TGI, a
+    gateway): evaluated through lm-eval's local-completions (local-chat-completions with
+    spec.prompt.chatTemplate). qeval starts no server for it, quantizes and sizes nothing;
+    loglikelihood tasks run only where it returns prompt log-probabilities (checked before
+    any work) and it has a tokenizer."""
+
+    base_url: BaseUrl = Field(
+        description="The API's base URL as OpenAI's clients take it (requests go to "
+        "<baseUrl>/completions, /chat/completions and /models), e.g. "
+        "http://vllm.models.svc:8000/v1."
+    )
+    model: str = Field(
+        min_length=1,
+        max_length=256,
+        pattern=r"^[A-Za-z0-9][-A-Za-z0-9_.:/@+=]*$",
+        description="The name the endpoint serves the model under (the requests' model).",
+    )
+    api_key_secret: SecretKeyRef | None = Field(
+        default=None,
+        description="Secret key holding the API key, sent as a bearer token; the evaluation "
+        "pod gets it by reference only. Under qeval run (no cluster) it is read from the "
+        "environment variable QEVAL_SECRET_<NAME>_<KEY> (upper case, - and . as _).",
+    )
+    tokenizer: ModelSource | None = Field(
+        default=None,
+        description="The served model's tokenizer (a Hugging Face id, path, pvc:// volume or "
+        "demo://tiny-llama; only its tokenizer files are fetched). lm-eval needs it for "
+        "loglikelihood tasks (it splits context and continuation in tokens) and then sends "
+        "token ids; without it prompts go as text and only generative tasks run.",
+    )
+    num_concurrent: int = Field(
+        default=8,
+        ge=1,
+        le=1024,
+        description="Requests lm-eval keeps in flight against the endpoint (mind its rate limits).",
+    )
+    cache: bool = Field(
+        default=False,
+        description="Reuse this endpoint's results from the result cache (with spec.cache), "
+        "keyed by baseUrl, model, what GET <baseUrl>/models reports for it and the tokenizer. "
+        "Off by default: a cache for an endpoint is only as good as the endpoint's stability, "
+        "and other weights can answer behind the same URL and name.",
+    )
+
+
+BASELINE_RULES = (
+    Rule(
+        cel="has(self.model) != has(self.endpoint)",
+        message="the baseline sets exactly one of model (a model reference) or endpoint (a "
+        "model behind an OpenAI-compatible API)",
+        check=lambda b: (b.model is not None) != (b.endpoint is not None),
+    ),
+)
+
+
 class Baseline(ApiModel):
     """The reference model, usually the unquantized BF16 original."""
 
@@ -46,15 +126,34 @@ class Baseline(ApiModel):
         min_length=1,
         max_length=40,
     )
-    model: ModelSource = Field(description="The baseline model.")
+    model: ModelSource | None = Field(default=None, description="The baseline model.")
+    endpoint: Endpoint | None = Field(
+        default=None,
+        description="The baseline behind an existing OpenAI-compatible API, instead of model.",
+    )
+
+    model_config = ApiModel.model_config | {"json_schema_extra": cel_rules(*BASELINE_RULES)}
+
+    @model_validator(mode="after")
+    def _rules(self) -> Baseline:
+        enforce(self, BASELINE_RULES)
+        return self
+
+
+def _count(*fields: str) -> str:
+    return " + ".join(f"(has(self.{f}) ? 1 : 0)" for f in fields)
 
 
 CANDIDATE_RULES = (
     Rule(
-        cel="has(self.model) != has(self.quantizedModel)",
-        message="each candidate sets exactly one of model (a model reference) or quantizedModel "
-        "(the name of a QuantizedModel in the same namespace)",
-        check=lambda c: (c.model is not None) != (c.quantized_model is not None),
+        cel=f"{_count('model', 'quantizedModel', 'endpoint')} == 1",
+        message="each candidate sets exactly one of model (a model reference), quantizedModel "
+        "(the name of a QuantizedModel in the same namespace) or endpoint (a model behind an "
+        "OpenAI-compatible API)",
+        check=lambda c: (
+            [c.model is not None, c.quantized_model is not None, c.endpoint is not None].count(True)
+            == 1
+        ),
     ),
     Rule(
         cel="has(self.name) || has(self.quantizedModel)",
@@ -84,12 +183,17 @@ class Candidate(ApiModel):
     model: ModelSource | None = Field(
         default=None, description="A model reference, for a checkpoint quantized elsewhere."
     )
+    endpoint: Endpoint | None = Field(
+        default=None,
+        description="A model behind an existing OpenAI-compatible API (e.g. a quantized "
+        "deployment), evaluated there.",
+    )
     scheme: str | None = Field(
         default=None,
         max_length=64,
         pattern=r"^[A-Za-z0-9][-A-Za-z0-9_.+]*$",  # a label in tables and metrics: one word
-        description="Scheme label shown in results for a model reference (e.g. W4A16); taken "
-        "from the QuantizedModel otherwise.",
+        description="Scheme label shown in results for a model reference or endpoint (e.g. "
+        "W4A16); taken from the QuantizedModel otherwise.",
     )
 
     model_config = ApiModel.model_config | {"json_schema_extra": cel_rules(*CANDIDATE_RULES)}
@@ -106,6 +210,31 @@ class Candidate(ApiModel):
         return label
 
 
+LIMIT_MAX = 100_000_000
+
+
+def _limit_ok(value: object) -> bool:
+    if value is None:
+        return True
+    if type(value) is int:
+        return 1 <= value <= LIMIT_MAX
+    if type(value) is float:
+        return 0 < value < 1 or (1 <= value <= LIMIT_MAX and value.is_integer())
+    return False
+
+
+# On the field itself (CEL's self is the value, a double: the API server reads a number field's
+# 5 and 5.0 alike, so a whole number is a count however it is written).
+LIMIT_RULE = Rule(
+    cel=f"(self > 0.0 && self < 1.0) || (self >= 1.0 && self <= {LIMIT_MAX}.0 && "
+    "double(int(self)) == self)",
+    message=f"spec.tasks[].limit is a number of documents, a whole number from 1 to {LIMIT_MAX:,} "
+    "(e.g. 100: the first 100), or a fraction of them between 0 and 1 (e.g. 0.1: the first "
+    "tenth); leave it out for every document",
+    check=_limit_ok,
+)
+
+
 class Task(ApiModel):
     """One lm-eval task (or group) with its settings."""
 
@@ -118,11 +247,13 @@ class Task(ApiModel):
     num_fewshot: int | None = Field(
         default=None, ge=0, le=64, description="Few-shot examples; default: the task's own."
     )
-    limit: int | None = Field(
+    limit: Annotated[int | float, WithJsonSchema({"type": "number"})] | None = Field(
         default=None,
-        ge=1,
-        le=100_000_000,
-        description="Evaluate only the first N documents (for smoke runs; scores become noisier).",
+        description="Evaluate only the first N documents (a whole number, e.g. 100) or the "
+        "first fraction of them (a number between 0 and 1, e.g. 0.1), as lm-eval's --limit "
+        "reads it: for smoke runs, scores become noisier. Part of the cache key as given (0.1 "
+        "and 10 are different results).",
+        json_schema_extra=cel_rules(LIMIT_RULE),
     )
     metric: str | None = Field(
         default=None,
@@ -132,6 +263,14 @@ class Task(ApiModel):
         "exact_match,strict-match to pick lm-eval's filter too); default: the task's first "
         "metric.",
     )
+
+    @field_validator("limit")
+    @classmethod
+    def _limit(cls, value: int | float | None) -> int | float | None:
+        if not _limit_ok(value):
+            raise ValueError(f"{LIMIT_RULE.message} (got {clip(value)})")
+        # A whole number is a count (lm-eval's int(limit)): 5.0 is the same result as 5.
+        return int(value) if isinstance(value, float) and value >= 1 else value
 
 
 _CODE_SUITES_CEL = "[" + ", ".join(f"'{s}'" for s in CODE_SUITES) + "]"
@@ -149,6 +288,8 @@ RESERVED_MODEL_ARGS = (
 )
 # ... and with backend vllm-server also these (the client of the run's own server).
 RESERVED_SERVER_MODEL_ARGS = ("tokenizer", "num_concurrent")
+# ... and the reasoning-mode arguments spec.prompt sets (and puts into the cache key with it).
+RESERVED_PROMPT_MODEL_ARGS = ("enable_thinking", "think_end_token")
 
 
 def _cel_list(items: tuple[str, ...]) -> str:
@@ -179,6 +320,16 @@ MODEL_ARGS_RULES = (
         ),
         field="modelArgs",
     ),
+    Rule(
+        cel="!has(self.modelArgs) || !self.modelArgs.exists(k, k in "
+        f"{_cel_list(RESERVED_PROMPT_MODEL_ARGS)})",
+        message="spec.modelArgs must not set "
+        + " or ".join(RESERVED_PROMPT_MODEL_ARGS)
+        + ": use spec.prompt.enableThinking and spec.prompt.thinkEndToken (with "
+        "spec.prompt.chatTemplate: true), which every backend passes on and the cache key holds",
+        check=lambda s: not any(k in RESERVED_PROMPT_MODEL_ARGS for k in s.model_args),
+        field="modelArgs",
+    ),
 )
 
 
@@ -193,14 +344,48 @@ def _cel_label(c: str) -> str:
     return f"(has({c}.name) ? {c}.name : has({c}.quantizedModel) ? {c}.quantizedModel : '')"
 
 
+def context_length(spec: EvalRunSpec) -> int | None:
+    """The model's context as the spec fixes it (spec.serving.maxModelLen, else
+    spec.modelArgs max_length), or None where the model or its server decides."""
+    if spec.serving is not None and isinstance(spec.serving.max_model_len, int):
+        return spec.serving.max_model_len
+    length = spec.model_args.get("max_length", "")
+    return int(length) if length.isdigit() else None
+
+
+def long_context_problem(spec: EvalRunSpec) -> str | None:
+    """Why spec.taskMetadata's max_seq_lengths (RULER's) cannot be run, or None. Checked
+    by qeval (qeval run, the operator before any work), not in CEL: the metadata is
+    free-form, so the API server cannot bound the cost of a rule over it."""
+    lengths = spec.task_metadata.get("max_seq_lengths")
+    if lengths is None:
+        return None
+    if not isinstance(lengths, list) or not all(
+        isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in lengths
+    ):
+        return (
+            "spec.taskMetadata.max_seq_lengths is a list of positive token counts, e.g. "
+            f"[4096, 8192] (got {clip(lengths)})"
+        )
+    context = context_length(spec)
+    if context is not None and (too_long := [n for n in lengths if n > context]):
+        return (
+            f"spec.taskMetadata.max_seq_lengths {too_long} exceed the model's context of "
+            f"{context} tokens (spec.serving.maxModelLen or spec.modelArgs max_length): the "
+            "task would build prompts the model cannot take; lower them or raise the context"
+        )
+    return None
+
+
 SPEC_RULES = (
     Rule(
-        cel=f"self.candidates.all(c, {_cel_label('c')} != self.baseline.name)",
+        cel=f"!has(self.candidates) || self.candidates.all(c, {_cel_label('c')} != "
+        "self.baseline.name)",
         message="a candidate has the same name as the baseline; rename one of them",
         check=lambda s: all(c.label != s.baseline.name for c in s.candidates),
     ),
     Rule(
-        cel=f"self.candidates.all(c, {_cel_label('c')} == '' || "
+        cel=f"!has(self.candidates) || self.candidates.all(c, {_cel_label('c')} == '' || "
         f"self.candidates.exists_one(d, {_cel_label('d')} == {_cel_label('c')}))",
         message="two candidates have the same name; give each a distinct name",
         check=lambda s: len({c.label for c in s.candidates}) == len(s.candidates),
@@ -245,6 +430,35 @@ SPEC_RULES = (
     ),
     *MODEL_ARGS_RULES,
     Rule(
+        cel="!has(self.serving) || !has(self.serving.maxModelLen) || "
+        "type(self.serving.maxModelLen) != int || !has(self.modelArgs) || "
+        "!('max_length' in self.modelArgs) || "
+        "self.modelArgs['max_length'] == string(self.serving.maxModelLen)",
+        message="spec.modelArgs max_length differs from spec.serving.maxModelLen: lm-eval "
+        "would cut prompts at one length and the server refuse them at the other; remove "
+        "max_length (qeval passes the server's context to lm-eval) or make the two equal",
+        check=lambda s: (
+            s.serving is None
+            or not isinstance(s.serving.max_model_len, int)
+            or "max_length" not in s.model_args
+            or s.model_args["max_length"] == str(s.serving.max_model_len)
+        ),
+        field="modelArgs",
+    ),
+    Rule(
+        cel="(!has(self.performance) && !has(self.similarity)) || "
+        "(!has(self.baseline.endpoint) && "
+        "(!has(self.candidates) || self.candidates.all(c, !has(c.endpoint))))",
+        message="spec.performance and spec.similarity measure models qeval serves itself: an "
+        "endpoint's speed is that of hardware the run does not control, and its generations "
+        "are not fetched for similarity; remove them, or give every model as model or "
+        "quantizedModel",
+        check=lambda s: (
+            (s.performance is None and s.similarity is None)
+            or (s.baseline.endpoint is None and all(c.endpoint is None for c in s.candidates))
+        ),
+    ),
+    Rule(
         cel="!has(self.serving) || (has(self.backend) && self.backend != 'hf')",
         message="spec.serving configures vLLM servers: it needs backend vllm-server (or vllm); "
         "remove it for backend hf",
@@ -271,6 +485,51 @@ SPEC_RULES = (
         "the server pod gets); raise gpus or lower tensorParallelSize",
         check=lambda s: s.serving is None or s.serving.tensor_parallel_size <= s.scheduling.gpus,
     ),
+    Rule(
+        cel="!has(self.similarity) || (has(self.candidates) && size(self.candidates) > 0)",
+        message="spec.similarity scores the candidates' generations against the baseline's: it "
+        "needs at least one candidate; add one, or remove spec.similarity",
+        check=lambda s: s.similarity is None or bool(s.candidates),
+        field="similarity",
+    ),
+    Rule(
+        cel="!has(self.batchSize) || type(self.batchSize) != string || !has(self.backend) || "
+        "self.backend != 'vllm-server'",
+        message="spec.batchSize auto is for backends hf and vllm: lm-eval's server client "
+        "takes no auto (it would send one request at a time); give a number, and the requests "
+        "in flight as spec.serving.numConcurrent",
+        check=lambda s: not isinstance(s.batch_size, str) or s.backend != Backend.VLLM_SERVER,
+        field="batchSize",
+    ),
+    Rule(
+        cel="!has(self.env) || self.env.all(e, self.env.exists_one(f, f.name == e.name))",
+        message="spec.env sets a variable twice; list each name once",
+        check=lambda s: len({e.name for e in s.env}) == len(s.env),
+        field="env",
+    ),
+)
+
+# lm-eval's batch_size: a number, auto (the largest batch the GPU memory holds, found once) or
+# auto:N (found anew N times as the requests get shorter).
+BATCH_SIZE_RANGE = (1, 4096)
+BATCH_SIZE_AUTO = r"^auto(:[1-9][0-9]{0,2})?$"
+
+
+def _batch_size_ok(value: object) -> bool:
+    if isinstance(value, str):
+        return re.fullmatch(BATCH_SIZE_AUTO, value) is not None
+    low, high = BATCH_SIZE_RANGE
+    return type(value) is int and low <= value <= high
+
+
+# On the field itself (CEL's self is the value), so both refusals name spec.batchSize.
+BATCH_SIZE_RULE = Rule(
+    cel=f"type(self) == string ? self.matches('{BATCH_SIZE_AUTO}') : "
+    f"(self >= {BATCH_SIZE_RANGE[0]} && self <= {BATCH_SIZE_RANGE[1]})",
+    message=f"spec.batchSize is a number from {BATCH_SIZE_RANGE[0]} to {BATCH_SIZE_RANGE[1]} "
+    "(e.g. 16), auto (lm-eval finds the largest batch the GPU memory holds) or auto:N (found "
+    "anew N times, N from 1 to 999)",
+    check=_batch_size_ok,
 )
 
 
@@ -635,9 +894,11 @@ class EvalRunSpec(ApiModel):
         description="The reference model.", json_schema_extra=immutable("spec.baseline")
     )
     candidates: list[Candidate] = Field(
-        min_length=1,
+        default_factory=list,
         max_length=32,
-        description="Models compared with the baseline.",
+        description="Models compared with the baseline. Empty or left out: the baseline alone "
+        "is evaluated, its absolute scores without recovery or verdict (as a plain lm-eval "
+        "run, or TrustyAI's LMEvalJob, evaluates one model).",
         json_schema_extra=immutable("spec.candidates"),
     )
     suites: list[SuiteName] = Field(
@@ -681,12 +942,19 @@ class EvalRunSpec(ApiModel):
         description="hf, vllm or vllm-server; the same backend runs every model.",
         json_schema_extra=immutable("spec.backend"),
     )
-    batch_size: int = Field(
+    batch_size: int | Annotated[str, Field(max_length=16)] = Field(
         default=16,
-        ge=1,
-        le=4096,
-        description="lm-eval batch size (scores can shift with it, so it is the same for all).",
-        json_schema_extra=immutable("spec.batchSize"),
+        description="lm-eval batch size: a number, auto (the largest batch the GPU memory "
+        "holds, found once; the upper bound is lm-eval's max_batch_size model argument, 64) or "
+        "auto:N (found anew N times); auto not with backend vllm-server. Scores can shift with "
+        "it, so it is the same for all models and part of the cache key as written (auto, not "
+        "the size it found).",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                *immutable("spec.batchSize")["x-kubernetes-validations"],
+                *cel_rules(BATCH_SIZE_RULE)["x-kubernetes-validations"],
+            ]
+        },
     )
     seed: int = Field(
         default=1234,
@@ -719,6 +987,16 @@ class EvalRunSpec(ApiModel):
         "settings, reasoning mode: how every model's prompts are built (lm-eval's defaults: "
         "plain text). Part of every result's cache key.",
         json_schema_extra=immutable("spec.prompt"),
+    )
+    task_metadata: dict[str, Any] = Field(
+        default_factory=dict,
+        max_length=32,
+        description="lm-eval's --metadata: passed into every task's config, over the "
+        "model's arguments (pretrained, tokenizer) as lm-eval's CLI does, e.g. RULER's "
+        "max_seq_lengths: [4096, 8192]. Each of max_seq_lengths must fit the model's "
+        "context (spec.serving.maxModelLen, or spec.modelArgs max_length, where given). "
+        "Part of every result's cache key when set.",
+        json_schema_extra=immutable("spec.taskMetadata"),
     )
     recovery_threshold: float = Field(
         default=0.95,
@@ -758,13 +1036,46 @@ class EvalRunSpec(ApiModel):
         description="Resources and placement of the GPU work: evaluation Jobs, or with backend "
         "vllm-server the vLLM servers (their evaluation clients then run as small CPU pods).",
     )
+    env: list[EnvVar] = Field(
+        default_factory=list,
+        max_length=64,
+        description="More environment variables of the evaluate stages' containers (where "
+        "lm-eval runs), as in a Kubernetes container: {name, value} or {name, valueFrom: "
+        "{secretKeyRef | configMapKeyRef: {name, key, optional}}} from the EvalRun's namespace, "
+        "e.g. a dataset host's token or a proxy. Values are passed as written (no $(VAR) "
+        "expansion). Not part of the result cache key (a variable is for access, not for "
+        "scores: set cache: false where one changes them). Refused: qeval's own variables "
+        "(QEVAL_*, HF_HOME, HF_TOKEN: use hfTokenSecret, ...) and literal values of names that "
+        "say credential (..._TOKEN, ..._KEY, ..._SECRET, ..._PASSWORD: use secretKeyRef). qeval "
+        "run sets the values and reads a valueFrom variable from its own environment (export "
+        "it; refused where it is unset and not optional).",
+        json_schema_extra=immutable("spec.env"),
+    )
+    env_from: list[EnvFromSource] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Every key of a Secret or ConfigMap as environment variables of the "
+        "evaluate stages' containers (Kubernetes envFrom: {secretRef | configMapRef: {name, "
+        "optional}, prefix}); qeval's own variables and spec.env win over them. Not part of the "
+        "result cache key. qeval run reads no Secrets: its stages get its own environment.",
+        json_schema_extra=immutable("spec.envFrom"),
+    )
 
     model_config = ApiModel.model_config | {"json_schema_extra": cel_rules(*SPEC_RULES)}
 
     @model_validator(mode="after")
     def _rules(self) -> EvalRunSpec:
         enforce(self, SPEC_RULES)
+        if (problem := long_context_problem(self)) is not None:
+            raise ValueError(problem)
         return self
+
+    @field_validator("batch_size")
+    @classmethod
+    def _batch_size(cls, value: int | str) -> int | str:
+        if not _batch_size_ok(value):
+            raise ValueError(f"{BATCH_SIZE_RULE.message} (got {clip(value)})")
+        return value
 
     def all_tasks(self) -> list[Task]:
         """The concrete tasks to evaluate: the suites' tasks, then those listed."""
@@ -774,7 +1085,7 @@ class EvalRunSpec(ApiModel):
 
 
 class EvalRun(Resource):
-    """A comparison of a baseline with quantized candidates."""
+    """A comparison of a baseline with quantized candidates (or one model's evaluation)."""
 
     kind: Literal["EvalRun"] = "EvalRun"
     spec: EvalRunSpec

@@ -21,7 +21,11 @@ class Score(ApiModel):
     metric: str = Field(description="Metric name, e.g. acc or exact_match.")
     filter: str = Field(default="none", description="lm-eval filter, e.g. strict-match.")
     value: float = Field(description="The score.")
-    stderr: float | None = Field(default=None, description="Standard error, when lm-eval has one.")
+    stderr: float | None = Field(
+        default=None,
+        description="Standard error: lm-eval's; for a perplexity, which lm-eval reports "
+        "without one, the delta-method estimate over its documents.",
+    )
     samples: int | None = Field(default=None, description="Documents evaluated.")
     num_fewshot: int | None = Field(default=None, description="Shots used.")
     higher_is_better: bool = Field(default=True, description="Direction of the metric.")
@@ -46,10 +50,11 @@ class Recovery(ApiModel):
     )
     ci_low: float | None = Field(default=None, description="95 % confidence interval, low end.")
     ci_high: float | None = Field(default=None, description="95 % confidence interval, high end.")
-    test: Literal["mcnemar", "bootstrap"] | None = Field(
+    test: Literal["mcnemar", "bootstrap", "paired-z"] | None = Field(
         default=None,
         description="Paired test of candidate vs baseline on the same items (primary metric): "
-        "McNemar for 0/1 metrics, a paired bootstrap otherwise.",
+        "McNemar for 0/1 metrics, a paired z-test of the per-document loglikelihoods for "
+        "perplexities, a paired bootstrap otherwise.",
     )
     p_value: float | None = Field(default=None, description="Two-sided p-value of that test.")
     significant: bool | None = Field(

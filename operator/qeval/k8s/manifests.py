@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
-from qeval.api.common import API_VERSION, VOLUMES_ROOT, ApiModel, SecretKeyRef
+from qeval.api.common import API_VERSION, VOLUMES_ROOT, ApiModel, SecretKeyRef, secret_env
 from qeval.k8s.settings import OperatorSettings
 from qeval.plan import Layout, PodEndpoints, Stage
 from qeval.stages.accelerators import GPUS_ENV
@@ -266,7 +266,20 @@ def _env(
             "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
         },
     ]
-    return env + _device_env(stage, token)
+    return env + _device_env(stage, token) + endpoint_env(stage)
+
+
+def endpoint_env(stage: Stage) -> list[dict[str, Any]]:
+    """An evaluation of an endpoint (a model behind an OpenAI-compatible API): its API key
+    from the Secret, by reference, in the variable the stage reads it from (``secret_env``);
+    the input holds the Secret's name and key only."""
+    endpoint = stage.input.get("endpoint") if stage.kind == "evaluate" else None
+    ref = endpoint.get("apiKeySecret") if isinstance(endpoint, dict) else None
+    if not ref:
+        return []
+    secret = SecretKeyRef.model_validate(ref)
+    key_ref = {"name": secret.name, "key": secret.key}
+    return [{"name": secret_env(secret), "valueFrom": {"secretKeyRef": key_ref}}]
 
 
 def _device_env(stage: Stage, token: SecretKeyRef | None) -> list[dict[str, Any]]:
@@ -282,6 +295,20 @@ def _device_env(stage: Stage, token: SecretKeyRef | None) -> list[dict[str, Any]
     if token is not None and stage.kind in DOWNLOADING_KINDS:
         ref = {"name": token.name, "key": token.key}
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": ref}})
+    return env
+
+
+def spec_env(stage: Stage) -> list[dict[str, Any]]:
+    """The stage's own variables (spec.env), after qeval's: literal values as written (the
+    kubelet expands no ``$(VAR)`` in them), the rest by reference to their Secret or ConfigMap
+    keys. The API refuses the names qeval sets, so none replaces one of qeval's."""
+    env: list[dict[str, Any]] = []
+    for var in stage.env:
+        if var.value_from is None:
+            env.append({"name": var.name, "value": literal(var.value or "")})
+        else:
+            source = "secretKeyRef" if var.value_from.secret_key_ref else "configMapKeyRef"
+            env.append({"name": var.name, "valueFrom": {source: var.value_from.ref.dump()}})
     return env
 
 
@@ -391,7 +418,9 @@ def build_job(
     pod_labels = labels(owner, stage) | dict(extra_labels or {})
     container = _container(stage, settings, [], volumes)
     container["command"] = stage.argv(f"env:{INPUT_ENV}", str(layout.result_path(stage.name)))
-    container["env"] = _env(stage, owner, name, settings, token, pod_labels)
+    container["env"] = _env(stage, owner, name, settings, token, pod_labels) + spec_env(stage)
+    if stage.env_from:  # below every env entry: Kubernetes gives env the precedence
+        container["envFrom"] = [source.dump() for source in stage.env_from]
     pod = {"restartPolicy": "Never", **_pod(stage, settings, container, volumes)}
     deadline = stage.scheduling.active_deadline_seconds if stage.scheduling else None
     spec: dict[str, Any] = {

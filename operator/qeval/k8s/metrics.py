@@ -29,6 +29,10 @@ from qeval.api.quantizedmodel import QuantizedModelStatus
 # A task metric as lm-eval names it ("exact_match,strict-match": metric and filter), and
 # whether it is the one the verdict judges (the baseline's primary metric): "true"/"false".
 RESULT_LABELS = ("namespace", "run", "model", "scheme", "task", "metric", "filter", "primary")
+# A score also says which way is better: "higher" (accuracy) or "lower" (a perplexity), so a
+# dashboard never draws a perplexity on an accuracy's percent axis. (Recovery needs no such
+# label: it is baseline / candidate where lower is better, 1 = no loss either way.)
+SCORE_LABELS = (*RESULT_LABELS, "better")
 CANDIDATE_LABELS = ("namespace", "run", "model", "scheme")
 MODEL_LABELS = ("namespace", "quantizedmodel", "scheme")
 PHASES = {
@@ -90,10 +94,10 @@ class Metrics:
             registry=r,
         )
         self.score = Gauge(
-            "qeval_score", "A model's score on a task metric", RESULT_LABELS, registry=r
+            "qeval_score", "A model's score on a task metric", SCORE_LABELS, registry=r
         )
         self.score_stderr = Gauge(
-            "qeval_score_stderr", "Standard error of qeval_score", RESULT_LABELS, registry=r
+            "qeval_score_stderr", "Standard error of qeval_score", SCORE_LABELS, registry=r
         )
         self.recovery = Gauge(
             "qeval_recovery_ratio",
@@ -217,18 +221,20 @@ class Metrics:
         for s in status.scores:
             key = _key(s)
             scheme = schemes.get(s.model, "baseline")
-            labels = (namespace, run, s.model, scheme, *key[1:], _flag(key in primary_scores))
+            better = "higher" if s.higher_is_better else "lower"
+            primary = _flag(key in primary_scores)
+            labels = (namespace, run, s.model, scheme, *key[1:], primary, better)
             series.append((self.score, labels, s.value))
             if s.stderr is not None:
                 series.append((self.score_stderr, labels, s.stderr))
         for r in status.recovery:
             key = _key(r)
             scheme = schemes.get(r.model, "")
-            labels = (namespace, run, r.model, scheme, *key[1:], _flag(key in primary_recovery))
-            series.append((self.recovery, labels, r.value))
+            rec = (namespace, run, r.model, scheme, *key[1:], _flag(key in primary_recovery))
+            series.append((self.recovery, rec, r.value))
             for end, value in (("low", r.ci_low), ("high", r.ci_high)):
                 if value is not None:
-                    series.append((self.recovery_ci[end], labels, value))
+                    series.append((self.recovery_ci[end], rec, value))
         for c in status.candidates:
             candidate = (namespace, run, c.name, c.scheme or "")
             if c.mean_recovery is not None:

@@ -81,8 +81,8 @@ def reuse_keys(stages: list[Stage], salt: str) -> dict[str, str]:
     quantized = {str(s.input["outputDir"]): s for s in stages if s.kind == "quantize"}
     keys = {}
     for s in stages:
-        if s.kind != EVALUATE_KIND:
-            continue
+        if s.kind != EVALUATE_KIND or s.input.get("endpoint"):
+            continue  # an endpoint is named by no spec: what answers there can change
         identity = named_identity(s.input.get("model", {}), quantized)
         if identity is None:
             continue

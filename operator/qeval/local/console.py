@@ -10,7 +10,13 @@ from rich.table import Table
 
 from qeval.api.evalrun import EvalRun
 from qeval.api.evalrun_status import EvalRunStatus
-from qeval.report.text import difference, difference_notes, primary_columns, shown_differences
+from qeval.report.text import (
+    column_metric,
+    difference,
+    difference_notes,
+    primary_columns,
+    shown_differences,
+)
 
 
 def _pm(value: float | None, stderr: float | None, percent: bool = False) -> str:
@@ -27,18 +33,28 @@ def _size(size: int | None, ratio: float | None = None) -> str:
     return f"{size / 2**20:.1f} MiB" + (f" ({ratio:.1f}x)" if ratio else "")
 
 
+NO_CANDIDATES = (
+    "no candidates: the baseline's absolute scores only (no recovery, no verdict); add "
+    "spec.candidates to compare models with it"
+)
+
+
 def summary_table(run: EvalRun, status: EvalRunStatus) -> Table:
     """Rows: baseline then candidates; per task, the primary metric's score and recovery
-    (or, where a ratio is undefined, the difference from the baseline)."""
+    (or, where a ratio is undefined, the difference from the baseline). Without candidates,
+    the scores alone."""
     tasks = primary_columns(status)
+    compared = bool(run.spec.candidates)
     table = Table(title=f"EvalRun {run.name}: {status.phase}", title_justify="left")
     for header in ("model", "scheme", "size"):
         table.add_column(header)
-    for task, metric, _ in tasks:
-        table.add_column(f"{task}\n{metric}", justify="right")
-        table.add_column("recovery", justify="right")
-    table.add_column("mean recovery", justify="right")
-    table.add_column("verdict")
+    for task, metric, filt in tasks:
+        table.add_column(f"{task}\n{column_metric(status, task, metric, filt)}", justify="right")
+        if compared:
+            table.add_column("recovery", justify="right")
+    if compared:
+        table.add_column("mean recovery", justify="right")
+        table.add_column("verdict")
 
     score = {(s.model, s.task, s.metric, s.filter): s for s in status.scores}
     recovery = {(r.model, r.task, r.metric, r.filter): r for r in status.recovery}
@@ -61,14 +77,17 @@ def summary_table(run: EvalRun, status: EvalRunStatus) -> Table:
             s, r = score.get((name, *key)), recovery.get((name, *key))
             d = differences.get((name, *key))
             cells.append(_pm(s.value, s.stderr) if s else "-")
+            if not compared:
+                continue
             if name == baseline:
                 cells.append("")
             elif r or not d:
                 cells.append(_pm(r.value, r.stderr, True) if r else "-")
             else:
                 cells.append(escape(difference(d)))
-        cells.append("" if name == baseline else _pm(mean, mean_se, True))
-        cells.append(verdict)
+        if compared:
+            cells.append("" if name == baseline else _pm(mean, mean_se, True))
+            cells.append(verdict)
         table.add_row(*cells)
     return table
 
@@ -76,6 +95,8 @@ def summary_table(run: EvalRun, status: EvalRunStatus) -> Table:
 def print_summary(console: Console, run: EvalRun, status: EvalRunStatus, run_dir: Path) -> None:
     console.print()
     console.print(summary_table(run, status))
+    if not run.spec.candidates:
+        console.print(NO_CANDIDATES)
     for note in difference_notes(shown_differences(status)):
         console.print(escape(note))
     for f in status.failures:

@@ -31,7 +31,13 @@ from qeval.api.evalrun_status import EvalRunStatus, Score
 from qeval.api.quantizedmodel import QuantizedModel
 from qeval.engine import SATISFIED, Decided, StageState, decide
 from qeval.local.console import print_summary
-from qeval.local.preflight import localize_evalrun, localize_quantized_model, preflight
+from qeval.local.preflight import (
+    env_notes,
+    local_env,
+    localize_evalrun,
+    localize_quantized_model,
+    preflight,
+)
 from qeval.local.process import tail, write_input
 from qeval.local.servers import LocalEndpoints, Servers, sigterm_as_exit
 from qeval.local.worker import Workers
@@ -202,6 +208,8 @@ def execute_run(
     if not use_cache:
         run = run.model_copy(update={"spec": run.spec.model_copy(update={"cache": False})})
     layout, stages = prepare(run, models, workdir)
+    for note in env_notes(run):
+        console.print(escape(note))
     run_dir = Path(layout.run_root)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "plan.json").write_text(
@@ -249,7 +257,7 @@ def run_stages(stages: list[Stage], layout: Layout, console: Console) -> dict[st
     docs: dict[str, StageResult] = {}
     labels = {s.name: f"[{i}/{len(stages)}]" for i, s in enumerate(stages, 1)}
     servers = Servers(stages, layout)
-    workers = Workers(Path(layout.run_root) / "workers")
+    workers = Workers(Path(layout.run_root) / "workers", local_env(stages))
     timeline: list[dict[str, object]] = []
     t_run = time.monotonic()
 

@@ -9,13 +9,15 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TypeVar
 
-from qeval.api.common import ModelSource, model_kind
+from qeval.api.common import ModelSource, model_kind, secret_env
 from qeval.api.documents import SpecError
-from qeval.api.evalrun import Backend, EvalRun
+from qeval.api.evalrun import Backend, Baseline, Candidate, EvalRun
 from qeval.api.quantizedmodel import QuantizedModel
+from qeval.plan import Stage
 from qeval.stages.envelope import StageError
 from qeval.stages.models import check_model_dir
 
@@ -29,20 +31,29 @@ def _absolute(path: str, base: Path) -> str:
     return str(p if p.is_absolute() else (base / p).resolve())
 
 
-def _local_source(source: ModelSource, base: Path) -> ModelSource:
-    if model_kind(source.uri) != "local":
+def _local_source(source: ModelSource | None, base: Path) -> ModelSource | None:
+    if source is None or model_kind(source.uri) != "local":
         return source
     return source.model_copy(update={"uri": _absolute(source.uri, base)})
+
+
+_M = TypeVar("_M", Baseline, Candidate)
+
+
+def _local_model(target: _M, base: Path) -> _M:
+    """A baseline's or candidate's model, or its endpoint's tokenizer, as an absolute path."""
+    update: dict[str, object] = {"model": _local_source(target.model, base)}
+    if target.endpoint is not None:
+        tokenizer = _local_source(target.endpoint.tokenizer, base)
+        update["endpoint"] = target.endpoint.model_copy(update={"tokenizer": tokenizer})
+    return target.model_copy(update=update)
 
 
 def localize_evalrun(run: EvalRun, base: Path) -> EvalRun:
     """Relative paths in the spec, made absolute against the spec file's folder."""
     spec = run.spec
-    baseline = spec.baseline.model_copy(update={"model": _local_source(spec.baseline.model, base)})
-    candidates = [
-        c.model_copy(update={"model": _local_source(c.model, base)}) if c.model else c
-        for c in spec.candidates
-    ]
+    baseline = _local_model(spec.baseline, base)
+    candidates = [_local_model(c, base) for c in spec.candidates]
     update: dict[str, object] = {
         "baseline": baseline,
         "candidates": candidates,
@@ -105,10 +116,14 @@ def problems(run: EvalRun, models: dict[str, QuantizedModel], local: bool = True
     """
     where = f"EvalRun {run.name}"
     spec = run.spec
-    sources = [("spec.baseline.model.uri", spec.baseline.model)] + [
-        (f"spec.candidates[{i}].model.uri", c.model)
-        for i, c in enumerate(spec.candidates)
-        if c.model
+    sources = [
+        (f"{field}.model.uri", target.model)
+        for field, target in _targets(run)
+        if target.model is not None
+    ] + [
+        (f"{field}.endpoint.tokenizer.uri", target.endpoint.tokenizer)
+        for field, target in _targets(run)
+        if target.endpoint is not None and target.endpoint.tokenizer is not None
     ]
     for field, source in sources:
         if problem := _model_problem(source, local):
@@ -144,7 +159,47 @@ def problems(run: EvalRun, models: dict[str, QuantizedModel], local: bool = True
         )
     if local and spec.backend == Backend.VLLM and importlib.util.find_spec("vllm") is None:
         yield f"{where}: spec.backend: vllm is not installed here; use backend hf"
+    if local:
+        yield from env_problems(run)
     yield from task_problems(run, local)
+
+
+def env_problems(run: EvalRun) -> Iterator[str]:
+    """spec.env entries qeval run cannot satisfy. With no cluster there is no Secret or
+    ConfigMap to read: a valueFrom variable is taken from qeval run's own environment, which
+    its stages inherit, and refused where it is not set there (unless optional)."""
+    for i, var in enumerate(run.spec.env):
+        source = var.value_from
+        if source is None or var.name in os.environ or source.ref.optional:
+            continue
+        yield (
+            f"EvalRun {run.name}: spec.env[{i}]: {var.name} takes its value from "
+            f"{source.kind} {source.ref.name} (key {source.ref.key}), which qeval run cannot "
+            f"read (there is no cluster): export {var.name} before qeval run (its stages get "
+            "its environment), or mark the reference optional: true"
+        )
+
+
+def env_notes(run: EvalRun) -> list[str]:
+    """What qeval run says about spec.envFrom, which it cannot read (no refusal: the stages
+    get its own environment, where a person exports what the objects hold)."""
+    return [
+        f"EvalRun {run.name}: spec.envFrom[{i}]: qeval run cannot read {source.kind} "
+        f"{source.ref.name}; the evaluate stages get qeval run's own environment instead "
+        "(export the variables it holds)"
+        for i, source in enumerate(run.spec.env_from)
+    ]
+
+
+def local_env(stages: Sequence[Stage]) -> dict[str, dict[str, str]]:
+    """By stage kind, the literal spec.env values its stages get under qeval run (the
+    valueFrom ones come from qeval run's own environment: see ``env_problems``)."""
+    out: dict[str, dict[str, str]] = {}
+    for stage in stages:
+        for var in stage.env:
+            if var.value is not None:
+                out.setdefault(stage.kind, {})[var.name] = var.value
+    return out
 
 
 def task_problems(run: EvalRun, local: bool = True) -> Iterator[str]:
@@ -157,7 +212,7 @@ def task_problems(run: EvalRun, local: bool = True) -> Iterator[str]:
         return
     from qeval.api.evalrun import Backend
     from qeval.demo.model import default_cache_root
-    from qeval.stages.taskindex import name_problems, prompt_problems, task_index
+    from qeval.stages.taskindex import name_problems, prompt_problems, scoring_tasks, task_index
 
     paths = [
         p
@@ -167,7 +222,9 @@ def task_problems(run: EvalRun, local: bool = True) -> Iterator[str]:
     listed = [t.name for t in run.spec.tasks]
     index = task_index(paths, default_cache_root(), tuple(t.name for t in run.spec.all_tasks()))
     offline = os.environ.get("HF_DATASETS_OFFLINE") == "1"
-    chat = run.spec.backend == Backend.VLLM_SERVER and run.spec.prompt.chat_template
+    endpoints = [(f, t.endpoint) for f, t in _targets(run) if t.endpoint is not None]
+    served = run.spec.backend == Backend.VLLM_SERVER or bool(endpoints)
+    chat = served and run.spec.prompt.chat_template
     thinking = bool(run.spec.prompt.enable_thinking)
     for task in run.spec.all_tasks():
         i = listed.index(task.name) if task.name in listed else None
@@ -182,6 +239,52 @@ def task_problems(run: EvalRun, local: bool = True) -> Iterator[str]:
                 else (f"{where}.name" if i is not None else where)
             )
             yield f"EvalRun {run.name}: {field}: {problem}"
+    if endpoints:
+        known = [t.name for t in run.spec.all_tasks() if t.name in index]
+        scored = sorted({x for name in known for x in scoring_tasks(index, name)})
+        yield from endpoint_problems(run, scored, local)
+
+
+def _targets(run: EvalRun) -> list[tuple[str, Baseline | Candidate]]:
+    """The baseline and the candidates, each with its field in the spec."""
+    spec = run.spec
+    return [("spec.baseline", spec.baseline)] + [
+        (f"spec.candidates[{i}]", c) for i, c in enumerate(spec.candidates)
+    ]
+
+
+def endpoint_problems(run: EvalRun, scored: list[str], local: bool = True) -> Iterator[str]:
+    """What the run's endpoints cannot do, asked of them before any work (``local``: not
+    under ``qeval validate``, which is not the machine that runs the study), with the
+    evaluate stage's own checks (``qeval.serving.endpoint``). ``scored``: the run's tasks
+    that score log-likelihoods (through chat completions ``task_problems`` refuses them)."""
+    from qeval.serving.endpoint import Connection, check_scoring, connect
+
+    chat = run.spec.prompt.chat_template
+    envs: dict[str, tuple[str, str]] = {}
+    for field, target in _targets(run):
+        endpoint = target.endpoint
+        if endpoint is None:
+            continue
+        where = f"EvalRun {run.name}: {field}.endpoint"
+        ref = endpoint.api_key_secret
+        if ref is not None:
+            name = secret_env(ref)
+            if envs.setdefault(name, (ref.name, ref.key)) != (ref.name, ref.key):
+                other = envs[name]
+                yield (
+                    f"{where}.apiKeySecret: Secret {ref.name} key {ref.key} and Secret "
+                    f"{other[0]} key {other[1]} are read from the same variable {name}; "
+                    "rename one"
+                )
+        try:
+            if not local:
+                check_scoring(Connection(endpoint), [] if chat else scored, False, probe=False)
+                continue
+            conn = connect(endpoint)
+            check_scoring(conn, [] if chat else scored, False)
+        except StageError as e:
+            yield f"{where}: {e}"
 
 
 def preflight(run: EvalRun, models: dict[str, QuantizedModel]) -> None:

@@ -30,7 +30,7 @@ import os
 import selectors
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from importlib import import_module
@@ -158,7 +158,9 @@ class Worker:
     log: Path
 
     @classmethod
-    def start(cls, kind: str, log: Path) -> Worker:
+    def start(cls, kind: str, log: Path, env: Mapping[str, str] | None = None) -> Worker:
+        """A worker for ``kind``'s stages, with ``env`` (spec.env) in its environment from
+        its start, as in a stage's container: libraries read some variables at import."""
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("ab") as err:
             proc = subprocess.Popen(
@@ -166,7 +168,7 @@ class Worker:
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=err,
-                env=stage_env(),
+                env=stage_env() | dict(env or {}),
             )
         assert proc.stdout is not None
         return cls(kind, proc, proc.stdout, log)
@@ -217,8 +219,9 @@ class Worker:
 class Workers:
     """One warm worker per stage kind, started on demand and ended with the run."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, env: Mapping[str, Mapping[str, str]] | None = None):
         self.folder = folder
+        self.env = dict(env or {})  # by kind: the variables its stages get (spec.env)
         self.live: dict[str, Worker] = {}
 
     def warm_up(self, kinds: Any) -> None:
@@ -226,7 +229,9 @@ class Workers:
         in the background, while the current stage runs."""
         for kind in kinds:
             if kind not in self.live:
-                self.live[kind] = Worker.start(kind, self.folder / f"{kind}.log")
+                self.live[kind] = Worker.start(
+                    kind, self.folder / f"{kind}.log", self.env.get(kind)
+                )
 
     def pid(self, kind: str) -> int:
         """The process id of the kind's worker (started if there is none)."""

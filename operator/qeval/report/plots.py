@@ -103,8 +103,11 @@ def recovery_chart(run: Run, path: Path) -> Path | None:
 
 
 def mean_score(run: Run, model: str) -> float | None:
-    """A model's plain mean of its primary scores over the tasks."""
-    values = [s.value for s in run.status.scores if s.model == model and s.primary]
+    """A model's plain mean of its primary scores over the tasks where higher is better
+    (a perplexity is on another scale: averaged with accuracies it would mean nothing)."""
+    values = [
+        s.value for s in run.status.scores if s.model == model and s.primary and s.higher_is_better
+    ]
     return sum(values) / len(values) if values else None
 
 
@@ -141,7 +144,7 @@ def size_chart(run: Run, path: Path) -> Path | None:
     _plain_log_ticks(ax, "x")
     ax.margins(x=0.25, y=0.1)
     ax.set_xlabel("size on disk, MiB (log scale)")
-    ax.set_ylabel("mean score over tasks (primary metrics)")
+    ax.set_ylabel("mean score over tasks (primary metrics, higher is better)")
     ax.set_title(f"{run.name}: score against model size")
     ax.grid(True, which="both", alpha=0.3)
     return _save(fig, path)

@@ -10,7 +10,7 @@ from pathlib import Path
 from qeval.report.model import Run
 from qeval.report.plots import primary_tasks
 from qeval.report.recommend import pct, recommend
-from qeval.report.text import difference, difference_notes, shown_differences
+from qeval.report.text import column_metric, difference, difference_notes, shown_differences
 
 CACHED_MARK = "†"
 SIGNIFICANT_MARK = "*"
@@ -58,23 +58,26 @@ def _size(size: int | None, ratio: float | None = None) -> str:
 
 
 def results_table(run: Run) -> Table:
-    """Per model: scheme, size, per task the primary score and recovery, mean, verdict."""
+    """Per model: scheme, size, per task the primary score and recovery, mean, verdict
+    (without candidates: the baseline's scores alone)."""
     status = run.status
     tasks = primary_tasks(run)
     cached = {*status.cached, *status.reused}
     score = {(s.model, s.task, s.metric, s.filter): s for s in status.scores}
     recovery = {(r.model, r.task, r.metric, r.filter): r for r in status.recovery}
     differences = {(d.model, d.task, d.metric, d.filter): d for d in status.differences}
+    compared = bool(status.candidates)
     headers = ["model", "scheme", "size"]
-    for task, metric, _ in tasks:
-        headers += [f"{task} ({metric})", "recovery [95 % CI]"]
-    headers += ["mean recovery [95 % CI]", "verdict"]
+    for task, metric, filt in tasks:
+        name = column_metric(status, task, metric, filt)
+        headers += [f"{task} ({name})", *(["recovery [95 % CI]"] if compared else [])]
+    headers += ["mean recovery [95 % CI]", "verdict"] if compared else []
     rows = [[run.baseline, run.scheme(run.baseline), _size(status.baseline_size_bytes)]]
     for task, metric, filt in tasks:
         s = score.get((run.baseline, task, metric, filt))
         mark = CACHED_MARK if f"{run.baseline}/{task}" in cached else ""
-        rows[0] += [(_pm(s.value, s.stderr) if s else "-") + mark, ""]
-    rows[0] += ["", ""]
+        rows[0] += [(_pm(s.value, s.stderr) if s else "-") + mark, *([""] if compared else [])]
+    rows[0] += ["", ""] if compared else []
     for c in status.candidates:
         row = [c.name, c.scheme or "-", _size(c.size_bytes, c.compression_ratio)]
         for task, metric, filt in tasks:
@@ -158,16 +161,25 @@ def outline(run: Run, figures: dict[str, Path | None]) -> tuple[str, list[Sectio
     status = run.status
     title = f"EvalRun {run.name}" + (f": {status.phase}" if status.phase else "")
     n_results = len({(s.model, s.task) for s in status.scores if s.primary})
+    compared = bool(status.candidates)
     intro = (
         f"Baseline {run.baseline}; {len(status.candidates)} candidates; recovery threshold "
         f"{pct(run.threshold)}. Verdicts: Pass when the mean recovery's 95 % interval lies "
         "at or above the threshold (and no task's below it), Degraded when the mean's or a "
         "task's interval lies wholly below it, else Inconclusive."
+        if compared
+        else f"{run.baseline} evaluated alone (no candidates): its absolute scores with their "
+        "standard errors; no recovery and no verdict."
     )
-    notes = [
-        f"{SIGNIFICANT_MARK} the paired test on the same items (McNemar for 0/1 metrics, "
-        "paired bootstrap otherwise) finds the candidate significantly worse (p < 0.05)."
-    ]
+    notes = (
+        [
+            f"{SIGNIFICANT_MARK} the paired test on the same items (McNemar for 0/1 metrics, "
+            "a z-test of the per-document loglikelihoods for perplexities, a paired bootstrap "
+            "otherwise) finds the candidate significantly worse (p < 0.05)."
+        ]
+        if compared
+        else []
+    )
     if status.cached:
         notes.append(
             f"{CACHED_MARK} reused from the result cache ({len(status.cached)} of {n_results} "
@@ -183,7 +195,11 @@ def outline(run: Run, figures: dict[str, Path | None]) -> tuple[str, list[Sectio
     if (suites := suite_table(run)) is not None:
         sections.append(Section("Suite scores", [suites]))
     for key, heading, missing in (
-        ("recovery", "Recovery per task and scheme", "No recovery to plot."),
+        (
+            "recovery",
+            "Recovery per task and scheme",
+            "No recovery to plot." if compared else "No candidates: no recovery.",
+        ),
         ("size", "Score against model size", "No sizes to plot."),
         (
             "performance",
@@ -207,7 +223,15 @@ def outline(run: Run, figures: dict[str, Path | None]) -> tuple[str, list[Sectio
             "sentence embeddings)."
         )
         sections.append(Section("Similarity to the baseline", [similar, note]))
-    sections.append(Section("Recommendation", [recommend(run)]))
+    advice = (
+        recommend(run)
+        if compared
+        else [
+            "No candidates were evaluated: nothing to recommend. Add spec.candidates to "
+            f"compare quantized models with {run.baseline}."
+        ]
+    )
+    sections.append(Section("Recommendation", [advice]))
     if status.failures:
         sections.append(
             Section("Failures", [[f"{f.stage}: {f.reason}: {f.message}" for f in status.failures]])

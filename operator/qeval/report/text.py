@@ -15,6 +15,17 @@ def primary_columns(status: EvalRunStatus) -> list[tuple[str, str, str]]:
     return list(dict.fromkeys((s.task, s.metric, s.filter) for s in status.scores if s.primary))
 
 
+def column_metric(status: EvalRunStatus, task: str, metric: str, filt: str) -> str:
+    """A task column's metric as the tables name it: ``bits_per_byte, lower is better``
+    where lower is better (a perplexity), else the metric alone."""
+    lower = any(
+        not s.higher_is_better
+        for s in status.scores
+        if (s.task, s.metric, s.filter) == (task, metric, filt)
+    )
+    return f"{metric}, lower is better" if lower else metric
+
+
 def shown_differences(status: EvalRunStatus) -> list[Difference]:
     """The differences the tables show: those on a task's primary metric (the column where
     a recovery would be)."""

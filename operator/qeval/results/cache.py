@@ -72,18 +72,21 @@ def evaluation_fields(
     model: str,
     task: str,
     num_fewshot: int | None,
-    limit: int | None,
+    limit: int | float | None,  # a count, or a fraction of the documents (0.1 is not 1)
     task_config: str | None,
     harness_version: str | None,
     backend: str,
     backend_config: Mapping[str, Any],
     seed: int,
     prompt: Mapping[str, Any] | None = None,
+    task_metadata: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What determines one model's result on one task (what its cache key hashes). The
-    prompt settings count where they are set (lm-eval's defaults leave the key as it was)."""
+    prompt settings and the tasks' metadata count where they are set (lm-eval's defaults
+    leave the key as it was)."""
     return {
         **({"prompt": dict(prompt)} if prompt else {}),
+        **({"taskMetadata": dict(task_metadata)} if task_metadata else {}),
         "format": CACHE_FORMAT,
         "kind": "evaluate",
         "model": model,

@@ -142,7 +142,9 @@ def parse_scores(
 
     ``primary`` maps each judged task to its ``metric,filter`` (see ``primary_metrics``);
     without it, every top-level task is judged on its default metric. The document's
-    layout is checked first (``check_layout``).
+    layout is checked first (``check_layout``). A task's scores come in one order (its
+    judged metric first, then by name), whatever order its keys have in the document: a
+    result read back from the cache (keys sorted) lists them as the fresh one did.
     """
     check_layout(results)
     if primary is None:
@@ -152,7 +154,7 @@ def parse_scores(
         shots = results.get("n-shot", {}).get(task)
         n = results.get("n-samples", {}).get(task, {}).get("effective")
         better = results.get("higher_is_better", {}).get(task, {})
-        for key in _metric_keys(entries):
+        for key in sorted(_metric_keys(entries), key=lambda k: (primary.get(task) != k, k)):
             metric, filt = key.split(",", 1)
             scores.append(
                 Score(

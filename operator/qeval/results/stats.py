@@ -11,6 +11,13 @@ Pure functions on numbers and numpy arrays; distributions come from scipy.
 * Paired tests on the same items: McNemar for 0/1 metrics (exact binomial while the
   discordant pairs are few, the continuity-corrected chi-square beyond), a paired
   bootstrap of the mean difference otherwise.
+* Perplexities (``word_perplexity``, ``byte_perplexity``, ``bits_per_byte`` of
+  ``loglikelihood_rolling`` tasks) are corpus-level: ``exp(-sum ll / sum weight)`` over
+  the documents, for which lm-eval reports no standard error. They are ratio estimators,
+  so the delta method over documents gives their standard error, and, paired over the
+  same documents (whose weights, their words or bytes, are the same for both models), the
+  interval of recovery (baseline / candidate: lower is better) and a paired z-test of the
+  per-document loglikelihood differences.
 * The verdict puts the intervals against a recovery threshold (llm-compressor's own
   accuracy gate is recovery >= 0.95 per metric).
 """
@@ -194,6 +201,58 @@ def mean_interval(intervals: Sequence[Interval], level: float = LEVEL) -> Interv
     return Interval(mean, se, mean - z * se, mean + z * se)
 
 
+# --- corpus-level perplexity metrics -------------------------------------------------
+
+# lm-eval's metrics of loglikelihood_rolling tasks: per document (loglikelihood, weight),
+# aggregated over the corpus; "exp": exp(-sum ll / sum w), "bits": -sum ll / sum w / ln 2.
+CORPUS_METRICS = {
+    "word_perplexity": "exp",
+    "byte_perplexity": "exp",
+    "bits_per_byte": "bits",
+}
+
+
+def _ratio_estimate(a: np.ndarray, w: np.ndarray) -> tuple[float, float]:
+    """sum(a) / sum(w) and its delta-method standard error over the n documents."""
+    n = len(a)
+    r = float(a.sum() / w.sum())
+    resid = a - r * w
+    se = float(np.sqrt(np.sum(resid**2) / (n * (n - 1))) / w.mean()) if n > 1 else math.nan
+    return r, se
+
+
+def corpus_interval(metric: str, pairs: np.ndarray, level: float = LEVEL) -> Interval:
+    """A perplexity metric's value over documents ``pairs[i] = (loglikelihood, weight)``,
+    with its standard error and interval (delta method)."""
+    a, w = -np.asarray(pairs[:, 0], dtype=float), np.asarray(pairs[:, 1], dtype=float)
+    r, se = _ratio_estimate(a, w)
+    z = z_value(level)
+    if CORPUS_METRICS[metric] == "bits":
+        value, se = r / math.log(2), se / math.log(2)
+        return Interval(value, se, value - z * se, value + z * se)
+    value = math.exp(r)
+    return Interval(value, value * se, math.exp(r - z * se), math.exp(r + z * se))
+
+
+def paired_corpus_recovery_interval(
+    metric: str, baseline: np.ndarray, candidate: np.ndarray, level: float = LEVEL
+) -> Interval:
+    """Recovery (baseline / candidate: lower is better) of a perplexity metric, paired
+    over the same documents (rows ``(loglikelihood, weight)``, same order and weights)."""
+    if baseline.shape != candidate.shape or len(baseline) < 2:
+        raise ValueError("paired perplexities need the same documents, at least 2")
+    if not np.array_equal(baseline[:, 1], candidate[:, 1]):
+        raise ValueError("the two models' documents have different weights")
+    if CORPUS_METRICS[metric] == "bits":  # (sum ll_b / W) / (sum ll_c / W)
+        return paired_recovery_interval(-baseline[:, 0], -candidate[:, 0], higher_is_better=False)
+    # exp(-L_b/W) / exp(-L_c/W) = exp((L_c - L_b) / W)
+    d, w = candidate[:, 0] - baseline[:, 0], baseline[:, 1]
+    r, se = _ratio_estimate(d, w)
+    z = z_value(level)
+    value = math.exp(r)
+    return Interval(value, value * se, math.exp(r - z * se), math.exp(r + z * se))
+
+
 # --- paired tests ----------------------------------------------------------------------
 
 
@@ -201,7 +260,7 @@ def mean_interval(intervals: Sequence[Interval], level: float = LEVEL) -> Interv
 class PairedTest:
     """A paired test of candidate against baseline on the same items."""
 
-    test: Literal["mcnemar", "bootstrap"]
+    test: Literal["mcnemar", "bootstrap", "paired-z"]
     p_value: float
     difference: float  # mean(candidate) - mean(baseline), in the metric's own direction
     items: int
@@ -250,6 +309,18 @@ def paired_bootstrap(
         means = centred[rng.integers(0, n, size=(size, n))].mean(axis=1)
         extreme += int(np.sum(np.abs(means) >= abs(observed) - 1e-12))
     return PairedTest("bootstrap", (extreme + 1) / (iterations + 1), observed, n)
+
+
+def loglikelihood_test(baseline: np.ndarray, candidate: np.ndarray, metric: str) -> PairedTest:
+    """Paired z-test of the per-document loglikelihood differences of a perplexity metric
+    (rows ``(loglikelihood, weight)``): the two perplexities are equal exactly when the
+    summed loglikelihoods are. ``difference`` is candidate - baseline on the metric."""
+    d = candidate[:, 0] - baseline[:, 0]
+    n, se = len(d), float(d.std(ddof=1) / math.sqrt(len(d)))
+    p = 1.0 if se == 0 else float(2 * stats.norm.sf(abs(float(d.mean())) / se))
+    c = corpus_interval(metric, candidate).value
+    b = corpus_interval(metric, baseline).value
+    return PairedTest("paired-z", min(p, 1.0), c - b, n)
 
 
 def is_binary(values: np.ndarray) -> bool:

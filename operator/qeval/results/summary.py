@@ -8,6 +8,7 @@ with its interval and a verdict against the recovery threshold. Per model: suite
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -38,7 +39,8 @@ class ModelOutcome:
     """What one model of the run produced: its scores and size, or why it has none.
 
     ``items`` holds per-item values of (some of) its scores, keyed like the scores, for
-    paired statistics; ``cached`` the tasks whose results came from the result cache.
+    paired statistics, and ``pairs`` each document's (loglikelihood, weight) of its
+    perplexity scores; ``cached`` the tasks whose results came from the result cache.
     """
 
     name: str
@@ -47,6 +49,7 @@ class ModelOutcome:
     size_bytes: int | None = None
     failure: StageFailure | None = None
     items: Mapping[ScoreKey, Mapping[ItemKey, float]] = field(default_factory=dict)
+    pairs: Mapping[ScoreKey, Mapping[ItemKey, tuple[float, float]]] = field(default_factory=dict)
     cached: tuple[str, ...] = ()
 
 
@@ -66,18 +69,41 @@ def _paired(
     return pair
 
 
+def _paired_documents(
+    baseline: ModelOutcome, candidate: ModelOutcome, b: Score, c: Score
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The two models' (loglikelihood, weight) rows of a perplexity score, document by
+    document, if they pair up (same documents and weights) and give the reported values."""
+    key = score_key(b)
+    base, cand = baseline.pairs.get(key), candidate.pairs.get(key)
+    if c.metric not in stats.CORPUS_METRICS or base is None or cand is None:
+        return None
+    pair = paired_vectors(base, cand)
+    if pair is None or len(pair[0]) < 2 or not np.array_equal(pair[0][:, 1], pair[1][:, 1]):
+        return None
+    for rows, score in zip(pair, (b, c), strict=True):
+        value = stats.corpus_interval(c.metric, rows).value
+        if not math.isclose(value, score.value, rel_tol=1e-6):
+            return None
+    return pair
+
+
 def recovery_of(baseline: ModelOutcome, candidate: ModelOutcome, b: Score, c: Score) -> Recovery:
-    """One task metric's recovery, its interval and (with per-item data) the paired test."""
-    pair = _paired(baseline, candidate, b, c) if b.primary else None
+    """One task metric's recovery and its interval, paired over the same items where the
+    per-sample logs allow it; on the primary metric, the paired test too."""
     rec = Recovery(model=c.model, task=c.task, metric=c.metric, filter=c.filter, value=0.0)
-    if pair is not None:
-        base, cand = pair
-        interval = stats.paired_recovery_interval(base, cand, c.higher_is_better)
-        test = stats.paired_test(base, cand)
-        rec.test, rec.p_value = test.test, test.p_value
-        rec.significant = stats.significantly_worse(test, c.higher_is_better)
+    test = None
+    if (docs := _paired_documents(baseline, candidate, b, c)) is not None:
+        interval = stats.paired_corpus_recovery_interval(c.metric, *docs)
+        test = stats.loglikelihood_test(*docs, c.metric) if b.primary else None
+    elif (pair := _paired(baseline, candidate, b, c)) is not None:
+        interval = stats.paired_recovery_interval(*pair, c.higher_is_better)
+        test = stats.paired_test(*pair) if b.primary else None
     else:
         interval = stats.recovery_interval(c.value, b.value, c.stderr, b.stderr, c.higher_is_better)
+    if test is not None:
+        rec.test, rec.p_value = test.test, test.p_value
+        rec.significant = stats.significantly_worse(test, c.higher_is_better)
     rec.value, rec.stderr, rec.ci_low, rec.ci_high = (
         interval.value,
         interval.stderr,
@@ -91,7 +117,7 @@ def difference_of(
     baseline: ModelOutcome, candidate: ModelOutcome, b: Score, c: Score, reason: str
 ) -> Difference:
     """candidate - baseline on one task metric, paired over the same items when it can be."""
-    pair = _paired(baseline, candidate, b, c) if b.primary else None
+    pair = _paired(baseline, candidate, b, c)
     if pair is not None:
         interval = stats.paired_difference_interval(*pair)
     else:

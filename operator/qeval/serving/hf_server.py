@@ -20,7 +20,9 @@ and (greedy, one answer, through the tokenizer's chat template) ``POST
   ``echo``, ``logprobs: 1``, ``max_tokens: 1``;
 * ``stream`` (one prompt; server-sent events, one chunk per token, text that may be the
   start of a stop string held back) with ``stream_options.include_usage``;
-* ``model`` must be the served name (``--served-model-name``), or the answer is 404.
+* ``model`` must be the served name (``--served-model-name``), or the answer is 404;
+* with ``--api-key`` (as vLLM's), every ``/v1`` route needs ``Authorization: Bearer
+  <key>``, or the answer is 401 (``/health`` needs none).
 
 The prompt's logprobs come from the same forward pass that starts generation, under a
 lock around the model: requests are served one at a time (transformers does no
@@ -347,7 +349,7 @@ def _logprobs(model: HfModel, before: list[int], steps: list[Step], n: int) -> d
     }
 
 
-def make_handler(model: HfModel) -> type[BaseHTTPRequestHandler]:
+def make_handler(model: HfModel, api_key: str | None = None) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -368,7 +370,19 @@ def make_handler(model: HfModel) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(data)
 
+        def _refused(self) -> bool:
+            """Whether the request lacks the server's key (answered 401, as vLLM does)."""
+            if api_key is None or not self.path.startswith("/v1"):
+                return False
+            if self.headers.get("Authorization") == f"Bearer {api_key}":
+                return False
+            self.close_connection = True  # its body, if any, is left unread
+            self._json(401, {"error": "Unauthorized"})
+            return True
+
         def do_GET(self) -> None:
+            if self._refused():
+                return
             if self.path == "/health":
                 self._json(200, {"status": "ok"})
             elif self.path == "/v1/models":
@@ -383,6 +397,8 @@ def make_handler(model: HfModel) -> type[BaseHTTPRequestHandler]:
                 self._json(404, {"error": {"message": f"no route {self.path}"}})
 
         def do_POST(self) -> None:
+            if self._refused():
+                return
             chat = self.path == "/v1/chat/completions"
             if self.path != "/v1/completions" and not chat:
                 self._json(404, {"error": {"message": f"no route {self.path}"}})
@@ -521,8 +537,10 @@ class Server(ThreadingHTTPServer):
     request_queue_size = 4096
 
 
-def make_server(model: HfModel, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
-    return Server((host, port), make_handler(model))
+def make_server(
+    model: HfModel, host: str = "127.0.0.1", port: int = 0, api_key: str | None = None
+) -> ThreadingHTTPServer:
+    return Server((host, port), make_handler(model, api_key))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -534,11 +552,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--max-model-len", type=int, default=None, help="context taken; default: the model's"
     )
+    p.add_argument(
+        "--api-key",
+        default=None,
+        help="a key every /v1 request must send as a bearer token (as vLLM's --api-key)",
+    )
     args = p.parse_args(argv)
     model = HfModel(args.model, args.served_model_name)
     if args.max_model_len is not None:
         model.max_length = args.max_model_len
-    server = make_server(model, args.host, args.port)
+    server = make_server(model, args.host, args.port, args.api_key)
     print(f"hf backend (transformers, not vLLM) serving {model.name} on {args.host}:{args.port}")
     server.serve_forever()
 

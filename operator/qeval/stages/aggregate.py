@@ -14,7 +14,9 @@ stage documents (``FULL_RESULTS``), named by ``status.fullResults``.
 from __future__ import annotations
 
 import json
+import math
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -59,25 +61,52 @@ class AggregateInput(Document):
     )
 
 
-def item_values(
-    result: EvaluateResult, scores: list[Score]
-) -> dict[ScoreKey, dict[ItemKey, float]]:
-    """Per-item values of the primary scores, from the per-sample logs (those usable)."""
-    from qeval.results.samples import item_values as values_of
-    from qeval.results.samples import leaf_tasks
+@dataclass
+class PerItem:
+    """A model's per-item values (plain means) and per-document (loglikelihood, weight)
+    rows (perplexities), keyed like its scores, from its per-sample logs."""
 
+    values: dict[ScoreKey, dict[ItemKey, float]] = field(default_factory=dict)
+    pairs: dict[ScoreKey, dict[ItemKey, tuple[float, float]]] = field(default_factory=dict)
+
+
+def per_item(result: EvaluateResult, scores: list[Score]) -> PerItem:
+    """Per-item values of every score (a group's over its subtasks' samples, a subtask's
+    over its own), for paired statistics; what a log cannot give is left out."""
+    from qeval.results.samples import item_pairs, item_values, leaf_tasks
+    from qeval.results.stats import CORPUS_METRICS
+
+    out = PerItem()
     try:
         results = json.loads(Path(result.results_path).read_text())
     except (OSError, ValueError):
-        return {}
-    out = {}
+        return out
+    samples = Path(result.samples_dir)
     for s in scores:
-        if not s.primary:
-            continue
-        tasks = leaf_tasks(results, s.task)
-        values = values_of(Path(result.samples_dir), tasks, s.metric, s.filter)
-        if values is not None:
-            out[(s.task, s.metric, s.filter)] = values
+        key, tasks = (s.task, s.metric, s.filter), leaf_tasks(results, s.task)
+        if s.metric in CORPUS_METRICS:
+            if (pairs := item_pairs(samples, tasks, s.metric, s.filter)) is not None:
+                out.pairs[key] = pairs
+        elif (values := item_values(samples, tasks, s.metric, s.filter)) is not None:
+            out.values[key] = values
+    return out
+
+
+def with_corpus_stderr(scores: list[Score], pairs: PerItem) -> list[Score]:
+    """Perplexity scores with the standard error lm-eval does not report (the delta
+    method over their documents, when their logs give the reported value)."""
+    import numpy as np
+
+    from qeval.results.stats import corpus_interval
+
+    out = []
+    for s in scores:
+        rows = pairs.pairs.get((s.task, s.metric, s.filter))
+        if s.stderr is None and rows is not None and len(rows) > 1:
+            interval = corpus_interval(s.metric, np.array([rows[k] for k in sorted(rows)]))
+            if math.isclose(interval.value, s.value, rel_tol=1e-6):
+                s = s.model_copy(update={"stderr": interval.stderr})
+        out.append(s)
     return out
 
 
@@ -99,12 +128,14 @@ def model_outcome(ref: ModelResults) -> ModelOutcome:
     result = read_part(EvaluateResult, doc.result)
     # Named as this run names the model (a result reused from another run may say otherwise).
     scores = [s.model_copy(update={"model": ref.name}) for s in result.scores]
+    items = per_item(result, scores)
     return ModelOutcome(
         ref.name,
         ref.scheme,
-        tuple(scores),
+        tuple(with_corpus_stderr(scores, items)),
         result.model_size_bytes,
-        items=item_values(result, scores),
+        items=items.values,
+        pairs=items.pairs,
         cached=tuple(result.cached_tasks),
     )
 

@@ -17,7 +17,7 @@ import os
 import shutil
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from contextlib import suppress
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import import_module, resources
@@ -27,7 +27,7 @@ from typing import Any
 from pydantic import Field
 
 from qeval.api.common import ApiModel, ModelSource
-from qeval.api.evalrun import Backend, Prompt, Serving, Task
+from qeval.api.evalrun import Backend, Endpoint, Prompt, Serving, Task
 from qeval.api.evalrun_status import Score
 from qeval.reasons import SERVER_FAILED
 from qeval.results.cache import (
@@ -48,6 +48,7 @@ from qeval.results.lmeval import (
     primary_metrics,
 )
 from qeval.results.samples import leaf_tasks
+from qeval.serving.endpoint import Connection, check_scoring, connect, keyed
 from qeval.stages.envelope import Document, Phase, StageError, phase
 from qeval.stages.models import resolve, size_on_disk
 
@@ -55,6 +56,8 @@ from qeval.stages.models import resolve, size_on_disk
 LM_EVAL_MODEL = {Backend.HF: "hf", Backend.VLLM: "vllm", Backend.VLLM_SERVER: "local-completions"}
 # With spec.prompt.chatTemplate a server applies its own chat template: chat completions.
 CHAT_SERVER_MODEL = "local-chat-completions"
+# An endpoint (a model behind an existing OpenAI-compatible API), whatever the backend.
+ENDPOINT_MODEL = "local-completions"
 # What ``evaluate`` imports: once per process (a warm worker imports them before its first
 # stage: ``qeval.local.worker``). vLLM is imported by its backend only.
 WARM = ("torch", "transformers", "lm_eval", "lm_eval.models.huggingface", "lm_eval.evaluator")
@@ -75,11 +78,19 @@ class EvaluateInput(Document):
     """One model, every task, identical settings for every model of the run."""
 
     model_name: str = Field(description="Baseline or candidate name.")
-    model: ModelSource
+    model: ModelSource | None = Field(default=None, description="The weights (or endpoint).")
+    endpoint: Endpoint | None = Field(
+        default=None,
+        description="A model behind an existing OpenAI-compatible API: evaluated there with "
+        "lm-eval's local-completions (local-chat-completions with the chat template), whatever "
+        "the backend; its API key from the environment (``secret_env``), never here.",
+    )
     tasks: list[Task]
     task_paths: list[str] = Field(default_factory=list)
     backend: Backend = Backend.HF
-    batch_size: int = 16
+    batch_size: int | str = Field(
+        default=16, description="A number, auto or auto:N (lm-eval's batch_size, as given)."
+    )
     seed: int = 1234
     model_args: dict[str, str] = Field(default_factory=dict)
     base_url: str | None = Field(
@@ -93,6 +104,12 @@ class EvaluateInput(Document):
         default=None,
         description="Chat template, few-shot turns, system instruction, generation settings "
         "(None: lm-eval's defaults, plain text). Part of the cache key when set.",
+    )
+    task_metadata: dict[str, Any] | None = Field(
+        default=None,
+        description="lm-eval's --metadata for every task (e.g. RULER's max_seq_lengths), "
+        "over the model's arguments as lm-eval's CLI merges them. Part of the cache key "
+        "when set.",
     )
     allow_code_execution: bool = Field(
         default=False, description="Let lm-eval run tasks that execute model-written code."
@@ -128,37 +145,45 @@ class EvaluateResult(ApiModel):
     )
 
 
-def task_manager(task_paths: Sequence[str], needs: Sequence[str] = ()) -> Any:
+def task_manager(
+    task_paths: Sequence[str], needs: Sequence[str] = (), metadata: Mapping[str, Any] | None = None
+) -> Any:
     """lm-eval's TaskManager with qeval's tasks and ``task_paths`` on its include path.
 
     With ``needs`` (the names a stage runs), one that indexes only those folders when every
     name, with a group's members, is defined there: milliseconds instead of the ~15 s lm-eval
     takes to index its ~14,000 built-in tasks, and the same configs, since lm-eval lets its
     include path override its built-ins. Otherwise (a built-in task) the full index. Each is
-    built once per process and folder contents (a warm worker keeps it between stages).
+    built once per process, folder contents and ``metadata`` (a warm worker keeps it
+    between stages). ``metadata`` goes into every task's config as lm-eval's --metadata
+    does (simple_evaluate ignores its own ``metadata`` once it is given a TaskManager).
     """
     from qeval.stages.taskindex import complete, summary
 
+    meta = json.dumps(dict(metadata), sort_keys=True) if metadata else ""
     if needs:
         focused = include_task_manager(task_paths)
         index = summary(focused)
         if all(complete(index, name) for name in needs):
-            return focused
+            return include_task_manager(task_paths, meta) if meta else focused
     paths = (str(builtin_task_dir()), *task_paths)
-    return _task_manager(paths, True, _stamp(paths))
+    return _task_manager(paths, True, _stamp(paths), meta)
 
 
-def include_task_manager(task_paths: Sequence[str]) -> Any:
+def include_task_manager(task_paths: Sequence[str], metadata: str = "") -> Any:
     """lm-eval's TaskManager of qeval's tasks and ``task_paths`` alone (no built-ins)."""
     paths = (str(builtin_task_dir()), *task_paths)
-    return _task_manager(paths, False, _stamp(paths))
+    return _task_manager(paths, False, _stamp(paths), metadata)
 
 
 @cache
-def _task_manager(paths: tuple[str, ...], defaults: bool, stamp: tuple[Any, ...]) -> Any:
+def _task_manager(
+    paths: tuple[str, ...], defaults: bool, stamp: tuple[Any, ...], metadata: str = ""
+) -> Any:
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=list(paths), include_defaults=defaults)
+    meta = json.loads(metadata) if metadata else None
+    return TaskManager(include_path=list(paths), include_defaults=defaults, metadata=meta)
 
 
 def _stamp(paths: Sequence[str]) -> tuple[Any, ...]:
@@ -173,9 +198,12 @@ def _stamp(paths: Sequence[str]) -> tuple[Any, ...]:
     return tuple(out)
 
 
-def group_by_settings(tasks: list[Task]) -> dict[tuple[int | None, int | None], list[str]]:
-    """lm-eval takes one num_fewshot and one limit per call: group tasks that share them."""
-    groups: dict[tuple[int | None, int | None], list[str]] = defaultdict(list)
+def group_by_settings(
+    tasks: list[Task],
+) -> dict[tuple[int | None, int | float | None], list[str]]:
+    """lm-eval takes one num_fewshot and one limit per call: group tasks that share them (a
+    limit of 0.5, half the documents, is not one of 1)."""
+    groups: dict[tuple[int | None, int | float | None], list[str]] = defaultdict(list)
     for t in tasks:
         groups[(t.num_fewshot, t.limit)].append(t.name)
     return dict(groups)
@@ -261,8 +289,42 @@ SERVER_CLIENT = {
 
 
 def chat_server(inp: EvaluateInput) -> bool:
-    """Whether lm-eval talks to the run's server through chat completions."""
-    return inp.backend == Backend.VLLM_SERVER and bool(inp.prompt and inp.prompt.chat_template)
+    """Whether lm-eval talks to the model's server (the run's own, or an endpoint) through
+    chat completions."""
+    served = inp.backend == Backend.VLLM_SERVER or inp.endpoint is not None
+    return served and bool(inp.prompt and inp.prompt.chat_template)
+
+
+def _endpoint_model_args(
+    inp: EvaluateInput, tokenizer: Path | None, conn: Connection
+) -> dict[str, Any]:
+    """An endpoint's model_args: its model at its base URL, with the model's tokenizer where
+    endpoint.tokenizer names one (token ids are sent, the BOS as the tokenizer adds it, as
+    for vllm-server), else prompts as text (generative tasks only). max_length (unless
+    spec.modelArgs sets it): the context GET /models reports, else lm-eval's default."""
+    endpoint = conn.endpoint
+    user = parse_model_args(inp.model_args)
+    args: dict[str, Any] = {
+        "model": endpoint.model,
+        "num_concurrent": endpoint.num_concurrent,
+        "tokenizer": None,
+        "tokenizer_backend": None,
+    }
+    prompt = inp.prompt.model_args() if inp.prompt else {}
+    if chat_server(inp):
+        assert inp.prompt is not None
+        end = inp.prompt.think_end_token
+        url = conn.url("chat/completions")
+        return user | {**args, "base_url": url, **({"think_end_token": end} if end else {})}
+    derived: dict[str, Any] = {}
+    if (length := conn.max_model_len()) is not None:
+        derived["max_length"] = length
+    if tokenizer is not None:
+        args |= {"tokenizer": str(tokenizer), "tokenizer_backend": "huggingface"}
+        if "add_bos_token" not in user:
+            derived["add_bos_token"] = adds_special_tokens(tokenizer, inp.trust_remote_code)
+    args["base_url"] = conn.url("completions")
+    return derived | user | prompt | args | {"trust_remote_code": inp.trust_remote_code}
 
 
 def _model_args(inp: EvaluateInput, path: Path) -> dict[str, Any]:
@@ -306,12 +368,17 @@ def _model_args(inp: EvaluateInput, path: Path) -> dict[str, Any]:
     return derived | user | prompt | args | {"trust_remote_code": inp.trust_remote_code}
 
 
-def lm_eval_model(inp: EvaluateInput, path: Path) -> Any:
+def lm_eval_model(inp: EvaluateInput, path: Path | None, conn: Connection | None = None) -> Any:
     """The lm-eval model object every task of the stage runs on (``qeval run`` and the
-    operator's Job both build it here)."""
+    operator's Job both build it here). ``path``: the model's weights, or an endpoint's
+    tokenizer (``conn``: the endpoint, connected)."""
     from lm_eval.api.registry import get_model
 
     extra: dict[str, Any] = {"batch_size": inp.batch_size}
+    if conn is not None:
+        name = CHAT_SERVER_MODEL if chat_server(inp) else ENDPOINT_MODEL
+        return get_model(name).create_from_arg_obj(_endpoint_model_args(inp, path, conn), extra)
+    assert path is not None
     if inp.backend == Backend.HF:
         extra["device"] = "cuda" if _has_gpu() else "cpu"
     name = CHAT_SERVER_MODEL if chat_server(inp) else LM_EVAL_MODEL[Backend(inp.backend)]
@@ -331,8 +398,19 @@ class CacheLookup:
     hits: dict[str, CachedTask] = field(default_factory=dict)
 
 
+# How an endpoint is evaluated (its results' cache key): the backend does not matter.
+ENDPOINT_BACKEND = "endpoint"
+
+
 def backend_config(inp: EvaluateInput) -> dict[str, Any]:
     """The backend settings that can change scores (part of every task's cache key)."""
+    if inp.endpoint is not None:
+        return {
+            "batchSize": inp.batch_size,
+            "modelArgs": dict(inp.model_args),
+            "trustRemoteCode": inp.trust_remote_code,
+            "client": {"model": ENDPOINT_MODEL, "specialTokens": "tokenizer"},
+        }
     backend = Backend(inp.backend)
     config: dict[str, Any] = {
         "batchSize": inp.batch_size,
@@ -348,12 +426,28 @@ def backend_config(inp: EvaluateInput) -> dict[str, Any]:
     return config
 
 
-def lookup(inp: EvaluateInput, path: Path) -> CacheLookup:
-    """Keys for every task of ``inp`` on the model at ``path``, and the cached ones."""
+def identity_of(
+    inp: EvaluateInput, path: Path | None, conn: Connection | None, memo: Path | None
+) -> str:
+    """What names the model in a cache key: its weights' identity; for an endpoint what it
+    says it serves (``Connection.identity``) and the tokenizer's identity."""
+    source = inp.endpoint.tokenizer if inp.endpoint is not None else inp.model
+    weights = None
+    if source is not None and path is not None:
+        weights = weights_identity(source.uri, source.revision, path, memo)
+    if conn is None:
+        assert weights is not None
+        return weights
+    return f"endpoint:{key_of({**conn.identity(), 'tokenizer': weights})}"
+
+
+def lookup(inp: EvaluateInput, path: Path | None, conn: Connection | None = None) -> CacheLookup:
+    """Keys for every task of ``inp`` on the model at ``path`` (or the endpoint ``conn``),
+    and the cached ones (an endpoint's only where endpoint.cache allows it)."""
     if inp.cache_dir is None:
         return CacheLookup()
     cache = ResultCache(Path(inp.cache_dir))
-    identity = weights_identity(inp.model.uri, inp.model.revision, path, cache.digests)
+    identity = identity_of(inp, path, conn, cache.digests)
     folders = [builtin_task_dir(), *map(Path, inp.task_paths)]
     config = task_config_digest(folders, cache.digests)
     harness, settings = installed_version("lm_eval"), backend_config(inp)
@@ -365,30 +459,38 @@ def lookup(inp: EvaluateInput, path: Path) -> CacheLookup:
             limit=t.limit,
             task_config=config,
             harness_version=harness,
-            backend=str(inp.backend),
+            backend=ENDPOINT_BACKEND if inp.endpoint is not None else str(inp.backend),
             backend_config=settings,
             seed=inp.seed,
             prompt=inp.prompt.dump() if inp.prompt else None,
+            task_metadata=inp.task_metadata,
         )
         for t in inp.tasks
     }
     keys = {name: key_of(f) for name, f in fields.items()}
     hits = {}
-    if inp.reuse_cached:
+    if reuses(inp):
         hits = {name: hit for name, key in keys.items() if (hit := cache.get_task(key))}
     return CacheLookup(cache, fields, keys, hits)
+
+
+def reuses(inp: EvaluateInput) -> bool:
+    """Whether cached results are taken: with spec.cache, and for an endpoint only with
+    endpoint.cache too (what answers behind a URL can change without a trace)."""
+    return inp.reuse_cached and (inp.endpoint is None or inp.endpoint.cache)
 
 
 def reuse(inp: EvaluateInput) -> EvaluateResult | None:
     """The stage's result when every task is in the cache (without loading lm-eval or the
     model; a model that is not on this machine yet counts as not cached), else None."""
-    if inp.cache_dir is None or not inp.reuse_cached:
+    if inp.cache_dir is None or not reuses(inp):
         return None
     try:
-        path = resolve(inp.model, local_only=True)
+        conn = connect(inp.endpoint) if inp.endpoint is not None else None
+        path = weights_path(inp, local_only=True)
     except StageError:
         return None
-    found = lookup(inp, path)
+    found = lookup(inp, path, conn)
     if len(found.hits) != len(inp.tasks):
         return None
     try:
@@ -459,7 +561,7 @@ def choose_primary(
 
 def finish(
     inp: EvaluateInput,
-    path: Path,
+    path: Path | None,
     found: CacheLookup,
     fresh: dict[str, Any],
     fresh_samples: dict[str, list[Any]],
@@ -485,10 +587,11 @@ def finish(
     store(inp, found, todo, fresh, samples_dir, primary)
     return EvaluateResult(
         model_name=inp.model_name,
-        backend=str(inp.backend),
+        backend=ENDPOINT_BACKEND if inp.endpoint is not None else str(inp.backend),
         harness_version=harness_version(results),
         scores=parse_scores(results, inp.model_name, primary),
-        model_size_bytes=size_on_disk(path),
+        # An endpoint's weights are not here (its tokenizer's folder may hold some).
+        model_size_bytes=size_on_disk(path) if path and inp.endpoint is None else None,
         results_path=str(results_path),
         samples_dir=str(samples_dir),
         cached_tasks=[t.name for t in inp.tasks if t.name in found.hits],
@@ -500,17 +603,28 @@ def finish(
 # --- lm-eval ---------------------------------------------------------------------------
 
 
+def task_metadata(inp: EvaluateInput, path: Path | None) -> dict[str, Any] | None:
+    """What every task's config gets as metadata: spec.taskMetadata over the model's
+    arguments, merged as lm-eval's CLI merges --metadata over --model_args (RULER, say,
+    finds the tokenizer there); None without spec.taskMetadata (lm-eval's defaults)."""
+    if not inp.task_metadata:
+        return None
+    model = {"pretrained": str(path), "tokenizer": str(path)} if path is not None else {}
+    return model | parse_model_args(inp.model_args) | inp.task_metadata
+
+
 def evaluate(
-    inp: EvaluateInput, path: Path, tasks: list[Task]
+    inp: EvaluateInput, path: Path | None, tasks: list[Task], conn: Connection | None = None
 ) -> tuple[dict[str, Any], dict[str, list[Any]]]:
-    """Run lm-eval on ``tasks``: its results document (without samples) and the samples."""
+    """Run lm-eval on ``tasks``: its results document (without samples) and the samples.
+    An endpoint (``conn``) is first checked for what the tasks need (``check_scoring``)."""
     with phase(Phase.IMPORTS):
         for module in WARM:
             import_module(module)
         import lm_eval
         from lm_eval.utils import handle_non_serializable
     with phase(Phase.TASK_INDEX):
-        tm = task_manager(inp.task_paths, [t.name for t in tasks])
+        tm = task_manager(inp.task_paths, [t.name for t in tasks], task_metadata(inp, path))
     missing = [t.name for t in tasks if t.name not in set(tm.all_tasks)]
     if missing:
         raise StageError(
@@ -518,11 +632,17 @@ def evaluate(
             f"lm-eval does not know {missing}; check spec.tasks "
             "names (lm-eval --tasks list) or add their folder to spec.taskPaths",
         )
+    if conn is not None:  # before any request lm-eval sends
+        from qeval.stages.taskindex import scoring_tasks, summary
+
+        index = summary(tm)
+        scored = sorted({x for t in tasks for x in scoring_tasks(index, t.name)})
+        check_scoring(conn, scored, chat_server(inp))
     if inp.allow_code_execution:
         os.environ["HF_ALLOW_CODE_EVAL"] = "1"  # HF evaluate's code_eval asks for it too
 
     with phase(Phase.MODEL_LOAD):
-        lm = lm_eval_model(inp, path)
+        lm = lm_eval_model(inp, path, conn)
     parts = []
     for (shots, limit), names in group_by_settings(tasks).items():
         with phase(Phase.MODEL_WORK):
@@ -548,11 +668,24 @@ def evaluate(
     return results, results.pop("samples", {})
 
 
+def weights_path(inp: EvaluateInput, local_only: bool = False) -> Path | None:
+    """The model's directory; for an endpoint its tokenizer's (None without one)."""
+    if inp.endpoint is not None:
+        source = inp.endpoint.tokenizer
+        return resolve(source, local_only, weights=False) if source is not None else None
+    if inp.model is None:
+        raise StageError("InvalidInput", "an evaluation needs a model or an endpoint")
+    return resolve(inp.model, local_only)
+
+
 def run(inp: EvaluateInput) -> EvaluateResult:
-    path = resolve(inp.model)
-    found = lookup(inp, path)
+    # An endpoint is reached (key, GET /models) before anything is fetched or loaded.
+    conn = connect(inp.endpoint) if inp.endpoint is not None else None
+    path = weights_path(inp)
+    found = lookup(inp, path, conn)
     todo = [t for t in inp.tasks if t.name not in found.hits]
-    fresh, samples = evaluate(inp, path, todo) if todo else ({}, {})
+    with keyed(conn) if conn is not None else nullcontext():
+        fresh, samples = evaluate(inp, path, todo, conn) if todo else ({}, {})
     with phase(Phase.RESULT_WRITING):
         return finish(inp, path, found, fresh, samples)
 

@@ -60,10 +60,11 @@ def download_patterns(files: Iterable[str]) -> list[str]:
     )
 
 
-def resolve(source: ModelSource, local_only: bool = False) -> Path:
+def resolve(source: ModelSource, local_only: bool = False, weights: bool = True) -> Path:
     """A local directory holding the model, or StageError(ModelNotFound) saying why not.
 
     ``local_only``: never download or build; a model not already here is not found.
+    ``weights=False``: a hub model's files without its weights (its tokenizer and config).
     """
     kind = model_kind(source.uri)
     if kind == "demo":
@@ -85,8 +86,11 @@ def resolve(source: ModelSource, local_only: bool = False) -> Path:
         try:
             patterns = None  # offline: the snapshot already in the cache, as it is
             if not (local_only or constants.HF_HUB_OFFLINE):
-                files = HfApi().list_repo_files(repo, revision=source.revision)
-                patterns = download_patterns(files)
+                if weights:
+                    files = HfApi().list_repo_files(repo, revision=source.revision)
+                    patterns = download_patterns(files)
+                else:
+                    patterns = list(MODEL_FILES)
             return Path(
                 snapshot_download(
                     repo,

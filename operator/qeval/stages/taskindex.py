@@ -187,23 +187,29 @@ def hub_dataset_cached(dataset: str) -> bool:
 GENERATIVE = frozenset({"generate_until"})
 
 
+def scoring_tasks(index: Mapping[str, TaskInfo], name: str) -> list[str]:
+    """The tasks ``name`` stands for that score log-likelihoods (loglikelihood,
+    multiple_choice, loglikelihood_rolling: any output type but generation)."""
+    kinds = {t: index[t].output_type for t in leaves(index, name)}
+    return sorted(t for t, kind in kinds.items() if kind and kind not in GENERATIVE)
+
+
 def prompt_problems(
     index: Mapping[str, TaskInfo], name: str, chat_server: bool, thinking: bool
 ) -> Iterator[str]:
     """What the prompt settings cannot do with one task, each as "what; the fix": a chat
     completions endpoint returns no prompt log-probabilities, and lm-eval runs a reasoning
     model's thinking mode on generative tasks only."""
-    kinds = {t: index[t].output_type for t in leaves(index, name)}
-    scored = sorted(t for t, kind in kinds.items() if kind and kind not in GENERATIVE)
+    scored = scoring_tasks(index, name)
     if not scored:
         return
     what = f"{', '.join(scored[:4])}{' ...' if len(scored) > 4 else ''}"
     if chat_server:
         yield (
             f"{what} score log-likelihoods, which a chat completions endpoint cannot return: "
-            "with backend vllm-server and spec.prompt.chatTemplate the server's chat "
-            "template is applied through /v1/chat/completions; use backend hf or vllm (lm-eval "
-            "applies the template itself), or drop the task"
+            "with spec.prompt.chatTemplate a model's server (backend vllm-server, or an "
+            "endpoint) applies its chat template through /v1/chat/completions; use backend hf "
+            "or vllm (lm-eval applies the template itself) and no endpoint, or drop the task"
         )
     if thinking:
         yield (
