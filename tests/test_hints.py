@@ -68,8 +68,14 @@ def refusal(doc: dict) -> str:
             {"numFewshot": 5},
             "spec.numFewshot: unknown field; did you mean spec.tasks[].numFewshot?",
         ),
-        ({"limit": 0.1}, "spec.limit: unknown field; did you mean spec.tasks[].limit?"),
-        ({"prompt": {"temperature": 0}}, "did you mean spec.prompt.genKwargs.temperature?"),
+        (
+            {"limit": 0.1},
+            "spec.limit: unknown field; did you mean spec.tasks[].limit or spec.judged[].limit?",
+        ),
+        (
+            {"prompt": {"temperature": 0}},
+            "did you mean spec.prompt.genKwargs.temperature or spec.judged[].judge.temperature?",
+        ),
         ({"scheduling": {"env": []}}, "spec.scheduling.env: unknown field; did you mean spec.env?"),
         ({"prompt": {"logSamples": True}}, "spec.prompt.logSamples: unknown field; remove it"),
     ],

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from prometheus_client import generate_latest
+
 from qeval.api.evalrun_status import (
     CandidateSummary,
     EvalRunStatus,
+    JudgedResult,
+    JudgedScore,
     Percentiles,
     PerformancePoint,
     Recovery,
@@ -200,3 +204,131 @@ def test_a_perplexity_says_lower_is_better() -> None:
     assert value("qeval_score", {**labels, "primary": "true", "better": "higher"}) is None
     strict = {**INT4, "filter": STRICT, "primary": "true"}
     assert value("qeval_score", {**strict, "better": "lower"}) is None
+
+
+def judged() -> list[JudgedResult]:
+    """A pairwise set judged in both orders and a single-answer one, on the one candidate."""
+    return [
+        JudgedResult(
+            name="mt-bench",
+            kind="pairwise",
+            judge="Qwen/Qwen2.5-72B-Instruct",
+            prompts=80,
+            prompt_set="mt-bench",
+            template="3f9a0c1d2e4b",
+            swapped=True,
+            judge_requests=164,
+            judge_prompt_tokens=310_402,
+            judge_completion_tokens=24_388,
+            judge_seconds=191.5,
+            scores=[
+                JudgedScore(
+                    model="int4",
+                    prompts=80,
+                    judgements=157,
+                    unparseable=3,
+                    wins=57,
+                    ties=31,
+                    losses=69,
+                    win_rate=0.459,
+                    win_rate_ci_low=0.401,
+                    win_rate_ci_high=0.517,
+                    recovery=0.918,
+                    recovery_ci_low=0.802,
+                    recovery_ci_high=1.034,
+                    position_bias=0.138,
+                    verdict="Inconclusive",
+                )
+            ],
+        ),
+        JudgedResult(
+            name="helpfulness",
+            kind="single",
+            judge="judge at http://judge.ml:8000/v1",
+            prompts=40,
+            prompt_set="prompts/helpfulness.jsonl",
+            template="a1b2c3d4e5f6",
+            judge_requests=80,
+            judge_prompt_tokens=52_000,
+            judge_completion_tokens=6_400,
+            judge_seconds=48.0,
+            scores=[
+                JudgedScore(
+                    model="int4",
+                    prompts=40,
+                    judgements=80,
+                    score=7.12,
+                    baseline_score=7.74,
+                    recovery=0.92,
+                    recovery_ci_low=0.871,
+                    recovery_ci_high=0.969,
+                    verdict="Inconclusive",
+                )
+            ],
+        ),
+    ]
+
+
+def test_a_judged_run_exports_judged_recovery_and_the_judges_cost() -> None:
+    run = status()
+    run.judged = judged()
+    metrics = Metrics()
+    metrics.evalrun_results("ml", "study", run)
+    value = metrics.registry.get_sample_value
+    mt_bench = {**RUN, "model": "int4", "judged": "mt-bench"}
+    assert value("qeval_judged_recovery_ratio", mt_bench) == 0.918
+    assert value("qeval_judged_recovery_ratio_ci_low", mt_bench) == 0.802
+    assert value("qeval_judged_recovery_ratio_ci_high", mt_bench) == 1.034
+    assert value("qeval_judged_win_rate", mt_bench) == 0.459
+    assert value("qeval_judged_position_bias", mt_bench) == 0.138
+    assert value("qeval_judged_unparseable", mt_bench) == 3
+    # A single-answer set has no win rate and no position bias; none unparseable is a 0.
+    helpful = {**RUN, "model": "int4", "judged": "helpfulness"}
+    assert value("qeval_judged_recovery_ratio", helpful) == 0.92
+    assert value("qeval_judged_recovery_ratio_ci_high", helpful) == 0.969
+    assert value("qeval_judged_win_rate", helpful) is None
+    assert value("qeval_judged_position_bias", helpful) is None
+    assert value("qeval_judged_unparseable", helpful) == 0
+    # The judge's cost, per set (not per candidate).
+    assert value("qeval_judge_tokens", {**RUN, "judged": "mt-bench", "kind": "prompt"}) == 310402
+    assert value("qeval_judge_tokens", {**RUN, "judged": "mt-bench", "kind": "completion"}) == (
+        24388
+    )
+    assert value("qeval_judge_tokens", {**RUN, "judged": "helpfulness", "kind": "prompt"}) == (
+        52000
+    )
+    assert value("qeval_judge_seconds", {**RUN, "judged": "mt-bench"}) == 191.5
+    assert value("qeval_judge_seconds", {**RUN, "judged": "helpfulness"}) == 48.0
+    exposition = generate_latest(metrics.registry).decode()
+    assert "# TYPE qeval_judged_recovery_ratio gauge" in exposition
+    assert (
+        'qeval_judge_tokens{judged="mt-bench",kind="completion",namespace="ml",run="study"} '
+        "24388.0" in exposition
+    )
+
+
+def test_a_judged_set_gone_or_its_run_deleted_takes_its_series_along() -> None:
+    run = status()
+    run.judged = judged()
+    metrics = Metrics()
+    metrics.evalrun_results("ml", "study", run)
+    metrics.evalrun_results("ml", "other", run)
+    run.judged = run.judged[:1]  # helpfulness no longer judged
+    metrics.evalrun_results("ml", "study", run)
+    value = metrics.registry.get_sample_value
+    helpful = {**RUN, "model": "int4", "judged": "helpfulness"}
+    assert value("qeval_judged_recovery_ratio", helpful) is None
+    assert value("qeval_judge_seconds", {**RUN, "judged": "helpfulness"}) is None
+    assert value("qeval_judged_recovery_ratio", {**helpful, "judged": "mt-bench"}) == 0.918
+    metrics.forget("EvalRun", "ml", "study")
+    study = [
+        s.labels
+        for m in metrics.registry.collect()
+        if m.name.startswith(("qeval_judged_", "qeval_judge_"))
+        for s in m.samples
+        if s.labels.get("run") == "study"
+    ]
+    assert not study
+    other = {"namespace": "ml", "run": "other", "judged": "helpfulness"}
+    assert value("qeval_judge_tokens", {**other, "kind": "completion"}) == 6400
+    assert value("qeval_judged_unparseable", {**other, "model": "int4"}) == 0

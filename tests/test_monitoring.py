@@ -50,7 +50,7 @@ from typing import Any
 import pytest
 import yaml
 
-from qeval.api.evalrun_status import Score
+from qeval.api.evalrun_status import JudgedResult, JudgedScore, Score
 from qeval.k8s import manifests as m
 from qeval.k8s.publish import publish
 from qeval.plan import SERVE_KIND, Stage
@@ -170,6 +170,10 @@ spec:
     - {name: synchronous, kind: synchronous, requests: 16}
     - {name: concurrent-8, kind: concurrent, concurrency: 8, requests: 64}
   similarity: {prompts: 16}
+  judged:
+  - name: arena
+    limit: 80
+    judge: {endpoint: {baseUrl: "http://judge.models.svc:8000/v1", model: judge}}
 """
 SERVED_RUN = "served"
 
@@ -315,6 +319,8 @@ class Study:
             result = benchmark(stage_input)
         elif kind == "similarity":
             result = similarity(stage_input)
+        elif kind == "judge":
+            result = judged(stage_input)
         elif kind == "aggregate":
             # The real aggregate stage, over the result documents on the claim.
             doc = json.loads(json.dumps(stage_input))
@@ -324,6 +330,7 @@ class Study:
                     ref["benchmark"] = str(self.local(ref["benchmark"]))
             if doc.get("similarity"):
                 doc["similarity"] = str(self.local(doc["similarity"]))
+            doc["judged"] = [str(self.local(path)) for path in doc.get("judged", [])]
             doc["resultsLocation"] = str(self.local(doc["resultsLocation"]))
             status = aggregate(AggregateInput.model_validate(doc))
             status.results_location = stage_input["resultsLocation"]
@@ -424,6 +431,44 @@ def similarity(stage_input: dict[str, Any]) -> dict[str, Any]:
         "scores": scores,
         "generationsPath": f"{stage_input['outputDir']}/generations.jsonl",
     }
+
+
+def judged(stage_input: dict[str, Any]) -> dict[str, Any]:
+    """A judge stage's result: the candidate against the baseline on 80 prompts, both orders."""
+    j = stage_input["judged"]
+    scores = [
+        JudgedScore(
+            model=c["name"],
+            prompts=80,
+            judgements=160,
+            wins=62,
+            ties=30,
+            losses=68,
+            win_rate=0.4625,
+            win_rate_ci_low=0.42,
+            win_rate_ci_high=0.505,
+            recovery=0.925,
+            recovery_ci_low=0.84,
+            recovery_ci_high=1.01,
+            position_bias=0.1,
+        )
+        for c in stage_input["candidates"]
+    ]
+    result = JudgedResult(
+        name=j["name"],
+        kind="pairwise",
+        judge="judge at http://judge.models.svc:8000/v1",
+        prompts=80,
+        prompt_set="demo",
+        template="0123456789ab",
+        swapped=True,
+        judge_requests=160,
+        judge_prompt_tokens=96_000,
+        judge_completion_tokens=48_000,
+        judge_seconds=420.0,
+        scores=scores,
+    )
+    return {"judged": result.dump()}
 
 
 # --- serving stand-in ----------------------------------------------------------------------------

@@ -7,16 +7,25 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 from rich.console import Console
 
 from qeval.api.evalrun import EvalRun
-from qeval.api.evalrun_status import CandidateSummary, EvalRunStatus, Recovery, Score
+from qeval.api.evalrun_status import (
+    CandidateSummary,
+    EvalRunStatus,
+    JudgedResult,
+    JudgedScore,
+    Recovery,
+    Score,
+)
 from qeval.cli import main
-from qeval.local.console import print_summary
+from qeval.local.console import judged_lines, print_summary
 from qeval.report import PerfPoint, Run, load_run, write_report
+from qeval.report.plots import judged_chart
 from qeval.report.recommend import latency_pick, recommend, throughput_pick
 from qeval.results.summary import ModelOutcome, summarize
 from qeval.stages import aggregate
@@ -301,3 +310,244 @@ def test_the_console_table_shows_a_difference_where_a_ratio_is_undefined(tmp_pat
     # model, scheme, size, then per task its score and the recovery column; cola first
     assert _numbers(cells[4]) == pytest.approx([diff.value, diff.ci_low, diff.ci_high], abs=5e-4)
     assert diff.reason in out.replace("\n", " ")
+
+
+# --- judged evaluations: an LLM judge against the baseline --------------------------------
+
+
+def judged() -> list[JudgedResult]:
+    """A pairwise set judged in both orders (80 prompts, 160 judgements per candidate) and a
+    single-answer set, with what each cost."""
+
+    def pairwise(
+        model: str, wlt: tuple[int, int, int], *numbers: float, **rest: Any
+    ) -> JudgedScore:
+        win, win_lo, win_hi, rec, rec_lo, rec_hi, bias = numbers
+        wins, ties, losses = wlt
+        return JudgedScore(
+            model=model,
+            judgements=wins + ties + losses,
+            wins=wins,
+            ties=ties,
+            losses=losses,
+            win_rate=win,
+            win_rate_ci_low=win_lo,
+            win_rate_ci_high=win_hi,
+            recovery=rec,
+            recovery_ci_low=rec_lo,
+            recovery_ci_high=rec_hi,
+            position_bias=bias,
+            **rest,
+        )
+
+    mt_bench = JudgedResult(
+        name="mt-bench",
+        kind="pairwise",
+        judge="Qwen/Qwen2.5-72B-Instruct",
+        prompts=80,
+        prompt_set="mt-bench",
+        template="3f9a0c1d2e4b",
+        swapped=True,
+        judge_requests=648,
+        judge_prompt_tokens=1_234_567,
+        judge_completion_tokens=98_765,
+        judge_seconds=754.2,
+        answer_tokens=81_920,
+        answer_seconds=185.0,
+        reused_answers=80,
+        scores=[
+            pairwise(
+                "fp8",
+                (70, 26, 63),
+                0.519,
+                0.476,
+                0.562,
+                1.038,
+                0.952,
+                1.124,
+                0.113,
+                prompts=80,
+                unparseable=1,
+                verdict="Pass",
+            ),
+            pairwise(
+                "w4a16",
+                (57, 31, 70),
+                0.459,
+                0.401,
+                0.517,
+                0.918,
+                0.802,
+                1.034,
+                0.138,
+                prompts=80,
+                unparseable=2,
+                verdict="Inconclusive",
+            ),
+            pairwise(
+                "w2a16",
+                (21, 11, 121),
+                0.166,
+                0.124,
+                0.211,
+                0.332,
+                0.248,
+                0.422,
+                0.2,
+                prompts=79,
+                unparseable=5,
+                unjudged=1,
+                verdict="Degraded",
+            ),
+        ],
+    )
+    helpful = JudgedResult(
+        name="helpfulness",
+        kind="single",
+        judge="judge at http://judge.ml:8000/v1",
+        prompts=80,
+        prompt_set="prompts/helpfulness.jsonl",
+        template="a1b2c3d4e5f6",
+        judge_requests=400,
+        judge_prompt_tokens=456_789,
+        judge_completion_tokens=23_456,
+        judge_seconds=212.5,
+        answer_tokens=40_960,
+        answer_seconds=95.0,
+        scores=[
+            JudgedScore(
+                model="fp8",
+                prompts=80,
+                judgements=160,
+                score=7.71,
+                baseline_score=7.74,
+                recovery=0.996,
+                recovery_ci_low=0.962,
+                recovery_ci_high=1.031,
+                verdict="Pass",
+                cached=True,
+            ),
+            JudgedScore(
+                model="w4a16",
+                prompts=80,
+                judgements=157,
+                unparseable=3,
+                score=7.12,
+                baseline_score=7.74,
+                recovery=0.920,
+                recovery_ci_low=0.871,
+                recovery_ci_high=0.969,
+                verdict="Inconclusive",
+            ),
+        ],
+    )
+    return [mt_bench, helpful]
+
+
+def _section(md: str, title: str) -> str:
+    return md.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def _tables(text: str) -> list[list[list[str]]]:
+    """The Markdown tables in ``text``: rows of cells (the header row first)."""
+    tables: list[list[list[str]]] = []
+    previous = ""
+    for line in text.splitlines():
+        if line.startswith("|") and not line.startswith("|---"):
+            if not previous.startswith("|"):
+                tables.append([])
+            tables[-1].append([c.strip() for c in line.strip("|").split(" | ")])
+        previous = line
+    return tables
+
+
+def test_the_report_shows_judged_evaluations_their_figure_and_cost(tmp_path):
+    judged_status = status().model_copy(update={"judged": judged()})
+    paths = write_report(Run(name="study", baseline="bf16", status=judged_status), tmp_path)
+    assert tmp_path / "judged.png" in paths
+    assert (tmp_path / "judged.png").read_bytes().startswith(PNG)
+    md = (tmp_path / "report.md").read_text()
+    section = _section(md, "Judged evaluations")
+    assert "recovery threshold 95.0 %" in section
+    assert "![Judged recovery per set](judged.png)" in section
+    assert "mt-bench: pairwise, judge Qwen/Qwen2.5-72B-Instruct, 80 prompts of mt-bench; " in (
+        section
+    )
+    assert "helpfulness: single, judge judge at http://judge.ml:8000/v1, 80 prompts of " in (
+        section
+    )
+    pairwise, single, cost = _tables(section)
+    assert pairwise == [
+        ["model", "prompts", "wins / ties / losses", "win rate [95 % CI]", "recovery [95 % CI]"]
+        + ["position bias", "unparseable", "unjudged", "verdict"],
+        ["fp8", "80", "70 / 26 / 63", "51.9 % [47.6, 56.2]", "103.8 % [95.2, 112.4]"]
+        + ["11.3 %", "1", "0", "Pass"],
+        ["w4a16", "80", "57 / 31 / 70", "45.9 % [40.1, 51.7]", "91.8 % [80.2, 103.4]"]
+        + ["13.8 %", "2", "0", "Inconclusive"],
+        ["w2a16", "79", "21 / 11 / 121", "16.6 % [12.4, 21.1]", "33.2 % [24.8, 42.2]"]
+        + ["20.0 %", "5", "1", "Degraded"],
+    ]
+    assert single == [
+        ["model", "prompts", "score / baseline (1-10)", "recovery [95 % CI]", "unparseable"]
+        + ["unjudged", "verdict"],
+        ["fp8†", "80", "7.71 / 7.74", "99.6 % [96.2, 103.1]", "0", "0", "Pass"],
+        ["w4a16", "80", "7.12 / 7.74", "92.0 % [87.1, 96.9]", "3", "0", "Inconclusive"],
+    ]
+    assert cost[1:] == [
+        ["mt-bench", "648", "1,234,567 + 98,765", "12 min 34 s", "81,920", "3 min 05 s", "80"],
+        ["helpfulness", "400", "456,789 + 23,456", "3 min 32 s", "40,960", "1 min 35 s", "0"],
+    ]
+    # Summed over both sets: 754.2 + 212.5 s of judging, 185 + 95 s of answering.
+    assert (
+        "Cost: 1,048 judge requests (retries included) reading 1,691,356 prompt tokens and "
+        "writing 122,221 completion tokens in 16 min 07 s of judging; the models wrote "
+        "122,880 answer tokens in 4 min 40 s, and 80 answers were reused from the similarity "
+        "stage's generations." in section
+    )
+    assert "† judgements taken from the result cache" in section
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 3 and "<h2>Judged evaluations</h2>" in page
+    assert "<td>91.8 % [80.2, 103.4]</td>" in page
+
+
+def test_no_judged_evaluations_no_section_and_no_figure(tmp_path):
+    run = Run(
+        name="study", baseline="bf16", status=status().model_copy(update={"judged": judged()})
+    )
+    write_report(run, tmp_path)
+    assert (tmp_path / "judged.png").is_file()
+    paths = write_report(Run(name="study", baseline="bf16", status=status()), tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert "Judged" not in md and "judged" not in md
+    assert not (tmp_path / "judged.png").exists()  # the earlier report's, gone
+    assert tmp_path / "judged.png" not in paths
+
+
+def test_the_judged_figure_needs_a_recovery(tmp_path):
+    (mt_bench, _) = judged()
+    unscored = mt_bench.model_copy(
+        update={"scores": [s.model_copy(update={"recovery": None}) for s in mt_bench.scores]}
+    )
+    run = Run(name="s", baseline="bf16", status=status().model_copy(update={"judged": [unscored]}))
+    assert judged_chart(run, tmp_path / "judged.png") is None
+    assert not (tmp_path / "judged.png").exists()
+
+
+def test_the_console_prints_each_candidates_judged_recovery(tmp_path):
+    run, signed = _signed_metric_run()
+    signed.judged = judged()
+    assert judged_lines(signed)[1:3] == [
+        "judged mt-bench (pairwise, judge Qwen/Qwen2.5-72B-Instruct): w4a16 recovery 91.8 % "
+        "[80.2, 103.4], Inconclusive",
+        "judged mt-bench (pairwise, judge Qwen/Qwen2.5-72B-Instruct): w2a16 recovery 33.2 % "
+        "[24.8, 42.2], Degraded",
+    ]
+    assert len(judged_lines(signed)) == 5
+    console = Console(record=True, width=250)
+    print_summary(console, run, signed, tmp_path)
+    out = console.export_text()
+    assert (
+        "judged helpfulness (single, judge judge at http://judge.ml:8000/v1): fp8 recovery "
+        "99.6 % [96.2, 103.1], Pass" in out
+    )
+    assert not judged_lines(status())

@@ -178,6 +178,7 @@ def parser() -> argparse.ArgumentParser:
         ("evaluate", "evaluate a model with lm-eval"),
         ("benchmark", "measure latency and throughput behind an OpenAI-compatible server"),
         ("similarity", "score candidates' greedy text against the baseline's"),
+        ("judge", "have a judge model rate candidates' answers against the baseline's"),
         ("aggregate", "compute recovery from evaluate results"),
     ):
         stage = sub.add_parser(kind, help=f"stage: {text}")

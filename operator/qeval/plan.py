@@ -15,13 +15,14 @@ from typing import Any, Protocol
 
 from qeval.api.common import ApiModel, ModelSource, Scheduling, model_kind, volume_path
 from qeval.api.env import EnvFromSource, EnvVar
-from qeval.api.evalrun import Backend, Endpoint, EvalRun, Prompt, Serving
+from qeval.api.evalrun import Backend, Endpoint, EvalRun, Judged, Prompt, Serving
 from qeval.api.quantizedmodel import DEFAULT_DATASET, Calibration, QuantizedModel
 from qeval.recipes import build_recipe, needs_calibration, scheme_label
 from qeval.stages.aggregate import AggregateInput, ModelResults
 from qeval.stages.benchmark import BenchmarkInput
 from qeval.stages.demo_model import DemoModelInput
 from qeval.stages.evaluate import EvaluateInput
+from qeval.stages.judge import JudgedModel, JudgeInput, SimilarityAnswers
 from qeval.stages.quantize import QuantizeInput
 from qeval.stages.serve import PORT, ServeInput
 from qeval.stages.similarity import SimilarityInput, SimilarityModel
@@ -30,6 +31,7 @@ DEMO_STAGE = "demo-model"
 AGGREGATE_STAGE = "aggregate"
 SIMILARITY_STAGE = "similarity"
 EVALUATE_KIND = "evaluate"  # lm-eval on one model: its scores
+JUDGE_KIND = "judge"  # a judge model rates every candidate's answers against the baseline's
 SERVE_KIND = "serve"  # a long-running stage: a model's server, up while its consumers run
 
 
@@ -275,11 +277,18 @@ def build_plan(run: EvalRun, models: Mapping[str, QuantizedModel], layout: Layou
     if spec.similarity is not None:
         stages.append(similarity_stage(run, targets, layout))
         similarity = str(layout.result_path(SIMILARITY_STAGE))
+    judged = []
+    for j in spec.judged:
+        judge = judge_stages(run, j, targets, endpoints, layout)
+        uses_demo |= any(DEMO_STAGE in st.needs for st in judge)
+        stages += judge
+        judged.append(judge[-1].name)
     if spec.performance is not None:
         for ref, (name, _, weights, needs) in zip(refs, targets, strict=True):
             assert weights is not None  # no endpoints (above)
-            if servers:  # alone on its server: after the evaluation and the similarity
-                needs = (*needs, f"evaluate-{name}", *([SIMILARITY_STAGE] if similarity else []))
+            if servers:  # alone on its server: after the evaluation, similarity and judging
+                others = [*([SIMILARITY_STAGE] if similarity else []), *judged]
+                needs = (*needs, f"evaluate-{name}", *others)
             stages.append(benchmark_stage(run, name, weights, needs, layout))
             ref.benchmark = str(layout.result_path(stages[-1].name))
 
@@ -292,8 +301,10 @@ def build_plan(run: EvalRun, models: Mapping[str, QuantizedModel], layout: Layou
         recovery_threshold=spec.recovery_threshold,
         report_dir=str(layout.report_dir()),
         similarity=similarity,
+        judged=[str(layout.read_path(j)) for j in judged],
     )
-    results = tuple(s.name for s in stages if s.kind in (EVALUATE_KIND, "benchmark", "similarity"))
+    result_kinds = (EVALUATE_KIND, "benchmark", "similarity", JUDGE_KIND)
+    results = tuple(s.name for s in stages if s.kind in result_kinds)
     stages.append(Stage(AGGREGATE_STAGE, "aggregate", _doc(aggregate), results, always=True))
     if uses_demo:  # on the run's nodes, asking what its stages ask (one build at a time),
         # but no GPU: the demo model trains on the CPU (given GPUs it would fail NoGPU on a
@@ -307,18 +318,106 @@ def build_plan(run: EvalRun, models: Mapping[str, QuantizedModel], layout: Layou
 
 
 def serve_stage(
-    run: EvalRun, name: str, source: ModelSource, needs: tuple[str, ...], layout: Layout
+    run: EvalRun,
+    name: str,
+    source: ModelSource,
+    needs: tuple[str, ...],
+    layout: Layout,
+    stage: str | None = None,
+    serving: Serving | None = None,
+    scheduling: Scheduling | None = None,
 ) -> Stage:
-    """One model's vLLM server (backend vllm-server), on the GPUs of spec.scheduling."""
-    stage = f"serve-{name}"
+    """One model's vLLM server (backend vllm-server), on the GPUs of spec.scheduling (a
+    judge's: on its own, where it has them)."""
+    stage = stage or f"serve-{name}"
     inp = ServeInput(
         model_name=name,
         model=source,
-        serving=run.spec.serving or Serving(),
+        serving=serving or run.spec.serving or Serving(),
         host=layout.endpoints.bind,
         port=layout.endpoints.port(stage),
     )
-    return Stage(stage, SERVE_KIND, _doc(inp), needs, run.spec.scheduling)
+    return Stage(stage, SERVE_KIND, _doc(inp), needs, scheduling or run.spec.scheduling)
+
+
+JUDGE_MODEL = "judge"  # the name a judge's server serves it under
+
+
+def judge_stages(
+    run: EvalRun,
+    judged: Judged,
+    targets: list[Target],
+    endpoints: Mapping[str, Endpoint],
+    layout: Layout,
+) -> list[Stage]:
+    """A judged evaluation: its judge's server where qeval serves one (backend
+    vllm-server), then the stage that has every model answer and the judge rate them."""
+    spec = run.spec
+    out: list[Stage] = []
+    judge = judged.judge
+    judge_url = None
+    needs = tuple(dict.fromkeys(n for *_, ns in targets for n in ns))
+    if judge.model is not None:
+        demo = (DEMO_STAGE,) if model_kind(judge.model.uri) == "demo" else ()
+        if spec.backend == Backend.VLLM_SERVER:
+            server = serve_stage(
+                run,
+                JUDGE_MODEL,
+                judge.model,
+                demo,
+                layout,
+                stage=f"judge-server-{judged.name}",
+                serving=judge.serving,
+                scheduling=judge.scheduling,
+            )
+            out.append(server)
+            judge_url = layout.endpoints.url(server.name)
+            needs = (*needs, server.name)
+        else:
+            needs = (*needs, *demo)
+    models = [
+        JudgedModel(
+            name=name,
+            model=source,
+            endpoint=endpoints.get(name),
+            base_url=layout.endpoints.url(url) if (url := _server(name, ns)) else None,
+        )
+        for name, _, source, ns in targets
+    ]
+    if any(m.model and not m.base_url and model_kind(m.model.uri) == "demo" for m in models):
+        needs = (*needs, DEMO_STAGE)
+    similarity = None
+    reusable = (
+        spec.similarity is not None
+        and not judged.chat_template
+        and (judged.max_new_tokens == spec.similarity.max_new_tokens)
+    )
+    if reusable:  # the same prompts, generated the same way: taken where they match
+        similarity = SimilarityAnswers(
+            generations=str(layout.stage_dir(SIMILARITY_STAGE) / "generations.jsonl")
+        )
+        needs = (*needs, SIMILARITY_STAGE)
+    stage = f"judge-{judged.name}"
+    inp = JudgeInput(
+        judged=judged,
+        baseline=models[0],
+        candidates=models[1:],
+        backend=spec.backend,
+        serving=spec.serving,
+        judge_url=judge_url,
+        similarity=similarity,
+        seed=spec.seed,
+        cache_dir=layout.cache_dir(),
+        reuse_cached=spec.cache,
+        output_dir=str(layout.stage_dir(stage)),
+    )
+    # A client where every model and the judge answer over HTTP; else the GPUs it starts
+    # servers on in its own pod.
+    answered = all(m.base_url or m.endpoint for m in models)
+    clients = answered and (judge.endpoint is not None or judge_url is not None)
+    scheduling = None if clients else spec.scheduling
+    out.append(Stage(stage, JUDGE_KIND, _doc(inp), tuple(dict.fromkeys(needs)), scheduling))
+    return out
 
 
 def _server(name: str, needs: tuple[str, ...]) -> str | None:

@@ -502,6 +502,55 @@ SPEC_RULES = (
         field="batchSize",
     ),
     Rule(
+        cel="!has(self.judged) || size(self.judged) == 0 || "
+        "(has(self.candidates) && size(self.candidates) > 0)",
+        message="spec.judged rates the candidates' answers against the baseline's: it needs "
+        "at least one candidate; add one, or remove spec.judged",
+        check=lambda s: not s.judged or bool(s.candidates),
+        field="judged",
+    ),
+    Rule(
+        cel="!has(self.judged) || self.judged.all(j, self.judged.exists_one(k, k.name == j.name))",
+        message="two judged evaluations have the same name; give each a distinct name",
+        check=lambda s: len({j.name for j in s.judged}) == len(s.judged),
+        field="judged",
+    ),
+    Rule(
+        cel="!has(self.judged) || (has(self.backend) && self.backend != 'hf') || "
+        "self.judged.all(j, !has(j.judge.serving))",
+        message="spec.judged[].judge.serving configures a vLLM server: it needs backend "
+        "vllm-server (or vllm); remove it for backend hf",
+        check=lambda s: s.backend != Backend.HF or all(j.judge.serving is None for j in s.judged),
+        field="judged",
+    ),
+    Rule(
+        cel="!has(self.judged) || (has(self.backend) && self.backend == 'vllm-server') || "
+        "self.judged.all(j, !has(j.judge.scheduling))",
+        message="spec.judged[].judge.scheduling places the judge's own server: it needs backend "
+        "vllm-server (with hf and vllm the judge runs inside the judge stage's pod, on "
+        "spec.scheduling); remove it, or use vllm-server",
+        check=lambda s: (
+            s.backend == Backend.VLLM_SERVER or all(j.judge.scheduling is None for j in s.judged)
+        ),
+        field="judged",
+    ),
+    Rule(
+        cel="!has(self.judged) || self.judged.all(j, !has(j.judge.serving) || "
+        "!has(j.judge.serving.tensorParallelSize) || j.judge.serving.tensorParallelSize <= "
+        "(has(j.judge.scheduling) ? (has(j.judge.scheduling.gpus) ? j.judge.scheduling.gpus "
+        ": 1) : (has(self.scheduling) && has(self.scheduling.gpus) ? self.scheduling.gpus "
+        ": 1)))",
+        message="spec.judged[].judge.serving.tensorParallelSize is larger than the GPUs of "
+        "the judge's server (judge.scheduling.gpus, else spec.scheduling.gpus); raise gpus "
+        "or lower tensorParallelSize",
+        check=lambda s: all(
+            j.judge.serving is None
+            or j.judge.serving.tensor_parallel_size <= (j.judge.scheduling or s.scheduling).gpus
+            for j in s.judged
+        ),
+        field="judged",
+    ),
+    Rule(
         cel="!has(self.env) || self.env.all(e, self.env.exists_one(f, f.name == e.name))",
         message="spec.env sets a variable twice; list each name once",
         check=lambda s: len({e.name for e in s.env}) == len(s.env),
@@ -772,6 +821,237 @@ class Serving(ApiModel):
         return value
 
 
+class JudgedKind(StrEnum):
+    """How the judge rates: ``pairwise`` compares the candidate's answer with the
+    baseline's on each prompt (Arena-Hard-Auto's way: a verdict [[A>>B]] ... [[B>>A]]);
+    ``single`` scores each answer alone from 1 to 10 (MT-Bench's single-answer grading)."""
+
+    PAIRWISE = "pairwise"
+    SINGLE = "single"
+
+
+# The named prompt sets: qeval's offline demo set (shipped in the package), and the two
+# published ones, read from the hub (or, where the cluster has no hub, from a JSONL file on
+# a volume given as promptsPath).
+JUDGED_PROMPT_SETS = ("demo", "mt-bench", "arena-hard-v0.1")
+# What a template must carry, by kind; {reference} is optional in both.
+JUDGE_PLACEHOLDERS = {
+    JudgedKind.PAIRWISE: ("{question}", "{answer_a}", "{answer_b}"),
+    JudgedKind.SINGLE: ("{question}", "{answer}"),
+}
+
+
+def _cel_contains_all(items: tuple[str, ...]) -> str:
+    return " && ".join(f"self.template.contains('{p}')" for p in items)
+
+
+JUDGE_RULES = (
+    Rule(
+        cel="has(self.model) != has(self.endpoint)",
+        message="a judge sets exactly one of model (a model qeval serves, e.g. a hub id or "
+        "pvc:// path) or endpoint (an OpenAI-compatible API, its key in apiKeySecret)",
+        check=lambda j: (j.model is not None) != (j.endpoint is not None),
+    ),
+    Rule(
+        cel="!has(self.endpoint) || (!has(self.serving) && !has(self.scheduling))",
+        message="judge.serving and judge.scheduling configure the judge's server: they need "
+        "judge.model (an endpoint is served elsewhere); remove them",
+        check=lambda j: j.endpoint is None or (j.serving is None and j.scheduling is None),
+    ),
+)
+
+
+class Judge(ApiModel):
+    """The model that judges: one qeval serves itself (as it serves the candidates) or an
+    external OpenAI-compatible endpoint. Asked through chat completions."""
+
+    model: ModelSource | None = Field(
+        default=None,
+        description="A model qeval serves as judge (hub id, path, pvc:// volume): with "
+        "backend vllm-server a server of its own, on judge.scheduling; otherwise started "
+        "inside the judge stage's pod.",
+    )
+    endpoint: Endpoint | None = Field(
+        default=None,
+        description="An external OpenAI-compatible API as judge (baseUrl, model, "
+        "apiKeySecret; never the key itself). Its results are cached only with cache: true.",
+    )
+    serving: Serving | None = Field(
+        default=None,
+        description="The judge's vLLM server (backend vllm-server or vllm); default: spec.serving.",
+    )
+    scheduling: Scheduling | None = Field(
+        default=None,
+        description="Resources and placement of the judge's server (backend vllm-server; a "
+        "large judge needs more GPUs than the candidates); default: spec.scheduling.",
+    )
+    temperature: float = Field(
+        default=0.0, ge=0, le=2, description="The judge's sampling temperature (0: greedy)."
+    )
+    max_new_tokens: int = Field(
+        default=1024, ge=1, le=32768, description="The longest judgement (its reasoning too)."
+    )
+    retries: int = Field(
+        default=2,
+        ge=0,
+        le=10,
+        description="An unparseable judgement is asked again up to this many times; what "
+        "stays unparseable is counted and reported, never dropped silently.",
+    )
+    concurrency: int = Field(
+        default=8, ge=1, le=256, description="Judge requests in flight (mind rate limits)."
+    )
+
+    model_config = ApiModel.model_config | {"json_schema_extra": cel_rules(*JUDGE_RULES)}
+
+    @model_validator(mode="after")
+    def _rules(self) -> Judge:
+        enforce(self, JUDGE_RULES)
+        return self
+
+    def label(self) -> str:
+        """What judged, as results name it."""
+        if self.endpoint is not None:
+            return f"{self.endpoint.model} at {self.endpoint.base_url}"
+        assert self.model is not None
+        return self.model.uri
+
+
+JUDGED_RULES = (
+    Rule(
+        cel="!has(self.prompts) || !has(self.promptsPath)",
+        message="a judged evaluation takes its prompts from a named set (prompts) or a JSONL "
+        "file (promptsPath), not both; remove one",
+        check=lambda j: j.prompts is None or j.prompts_path is None,
+    ),
+    Rule(
+        cel="!has(self.swapPositions) || !self.swapPositions || !has(self.kind) || "
+        "self.kind != 'single'",
+        message="swapPositions asks each pairwise judgement in both orders (position bias); "
+        "kind single scores one answer at a time: remove swapPositions or use kind pairwise",
+        check=lambda j: not j.swap_positions or j.kind != JudgedKind.SINGLE,
+        field="swapPositions",
+    ),
+    Rule(
+        cel="!has(self.chatTemplate) || self.chatTemplate || !has(self.turns) || self.turns == 1",
+        message="chatTemplate: false sends each prompt as plain text (a base model): one turn "
+        "only; set turns: 1, or chatTemplate: true for multi-turn conversations",
+        check=lambda j: j.chat_template or j.turns == 1,
+        field="turns",
+    ),
+    Rule(
+        cel="!has(self.template) || ((has(self.kind) && self.kind == 'single') ? "
+        f"({_cel_contains_all(JUDGE_PLACEHOLDERS[JudgedKind.SINGLE])}) : "
+        f"({_cel_contains_all(JUDGE_PLACEHOLDERS[JudgedKind.PAIRWISE])}))",
+        message="a judge template carries {question}, {answer_a} and {answer_b} (kind "
+        "pairwise) or {question} and {answer} (kind single); {reference} is optional",
+        check=lambda j: (
+            j.template is None
+            or all(p in j.template for p in JUDGE_PLACEHOLDERS[JudgedKind(j.kind)])
+        ),
+        field="template",
+    ),
+)
+
+
+class Judged(ApiModel):
+    """A judged evaluation: every model answers the same prompts, a judge model rates the
+    candidates' answers against the baseline's (pairwise) or each on its own (single), and
+    each candidate gets a recovery with a paired bootstrap interval over prompts."""
+
+    name: str = Field(
+        pattern=DNS_LABEL,
+        min_length=1,
+        max_length=24,
+        description="Label in results, metrics and stage names (e.g. arena, mt-bench).",
+    )
+    kind: JudgedKind = Field(
+        default=JudgedKind.PAIRWISE,
+        description="pairwise: the candidate's answer against the baseline's, verdicts "
+        "[[A>>B]], [[A>B]], [[A=B]], [[B>A]], [[B>>A]]; recovery = win rate (ties half) / 0.5, "
+        "the baseline's own win rate against itself. single: each answer scored 1-10 "
+        "([[rating]]); recovery = candidate's mean score / baseline's.",
+    )
+    prompts: Literal["demo", "mt-bench", "arena-hard-v0.1"] | None = Field(
+        default=None,
+        description="A named prompt set: demo (offline, shipped with qeval), mt-bench "
+        "(HuggingFaceH4/mt_bench_prompts: 80 two-turn questions, references for math and "
+        "reasoning) or arena-hard-v0.1 (lmarena-ai/arena-hard-auto-v0.1: 500 prompts), read "
+        "from the hub; default demo unless promptsPath is given.",
+    )
+    prompts_path: JsonlPath | None = Field(
+        default=None,
+        description="A JSONL file (path or pvc:// volume), one prompt per line: turns (a "
+        "list of user messages) or prompt / question (one), and optionally reference (the "
+        "reference answer, or one per turn), id and category.",
+    )
+    limit: int | None = Field(
+        default=None, ge=1, le=100000, description="Only the first N prompts of the set."
+    )
+    judge: Judge = Field(description="The judge model.")
+    turns: int = Field(
+        default=1,
+        ge=1,
+        le=8,
+        description="User turns answered per prompt (MT-Bench: 2); a prompt with fewer has "
+        "its own. The judge sees the whole conversation.",
+    )
+    chat_template: bool = Field(
+        default=True,
+        description="Answers through the chat completions API (the model's chat template, "
+        "as chat quality is measured); false: each prompt as plain text completed, for base "
+        "models (one turn).",
+    )
+    max_new_tokens: int = Field(
+        default=512, ge=1, le=32768, description="The longest answer per turn (greedy)."
+    )
+    repeats: int = Field(
+        default=1,
+        ge=1,
+        le=8,
+        description="Judgements asked per comparison and order (with judge.temperature > 0 "
+        "they differ; the prompt's outcome is their mean).",
+    )
+    swap_positions: bool | None = Field(
+        default=None,
+        description="Pairwise: judge each prompt in both orders (candidate first, then "
+        "baseline first), which cancels the judge's position bias and measures it, as "
+        "Arena-Hard-Auto judges twice. Default true for pairwise.",
+    )
+    template: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=16384,
+        description="The judge's user message, with {question}, {answer_a}, {answer_b} "
+        "(pairwise) or {question}, {answer} (single) and optionally {reference}; default: "
+        "qeval's wording of the Arena-Hard / MT-Bench judge prompts' structure.",
+    )
+    system: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=16384,
+        description="The judge's system message, which states the verdict format; default: "
+        "qeval's, by kind.",
+    )
+
+    model_config = ApiModel.model_config | {"json_schema_extra": cel_rules(*JUDGED_RULES)}
+
+    @model_validator(mode="after")
+    def _rules(self) -> Judged:
+        enforce(self, JUDGED_RULES)
+        return self
+
+    @property
+    def swapped(self) -> bool:
+        """Whether each pairwise judgement is asked in both orders."""
+        return self.kind == JudgedKind.PAIRWISE and self.swap_positions is not False
+
+    @property
+    def prompt_set(self) -> str | None:
+        """The named set the prompts come from (None: promptsPath)."""
+        return None if self.prompts_path else (self.prompts or "demo")
+
+
 class GenKwargs(ApiModel):
     """Generation settings for lm-eval's generative tasks (its --gen_kwargs), for every model:
     they override each task's own ``generation_kwargs``."""
@@ -1024,6 +1304,13 @@ class EvalRunSpec(ApiModel):
     similarity: Similarity | None = Field(
         default=None,
         description="Text similarity of candidates' generations to the baseline's; off unless set.",
+    )
+    judged: list[Judged] = Field(
+        default_factory=list,
+        max_length=8,
+        description="Judged evaluations (Arena-Hard-style pairwise, MT-Bench-style single "
+        "scores): a judge model rates every candidate's answers against the baseline's; each "
+        "set's verdict joins the candidate's. Off unless set.",
     )
     hf_token_secret: SecretKeyRef | None = Field(
         default=None,

@@ -97,9 +97,10 @@ class CandidateSummary(ApiModel):
     verdict: Verdict | None = Field(
         default=None,
         description="Against spec.recoveryThreshold: Pass (mean recovery's interval above it, "
-        "no task's interval below it, every task scored), Degraded (the mean's or a task's "
-        "interval wholly below it), else Inconclusive (more items needed to tell, a task "
-        "without a score, or a difference wholly below 0).",
+        "no task's interval below it, every task scored, every judged set passed), Degraded "
+        "(the mean's, a task's or a judged set's interval wholly below it), else Inconclusive "
+        "(more items needed to tell, a task without a score, a difference wholly below 0, a "
+        "judged set inconclusive or not run).",
     )
     degraded_tasks: list[str] = Field(
         default_factory=list,
@@ -167,6 +168,83 @@ class SimilarityScore(ApiModel):
     bertscore_f1: float | None = Field(default=None, description="BERTScore F1 (unrescaled).")
     sts: float | None = Field(default=None, description="Cosine similarity of sentence embeddings.")
     identical: float = Field(description="Fraction of prompts with identical text.")
+
+
+class JudgedScore(ApiModel):
+    """One candidate on one judged evaluation: the judge's verdicts against the baseline
+    (pairwise) or its scores of both (single), the recovery with a paired bootstrap interval
+    over prompts, and the verdict against spec.recoveryThreshold."""
+
+    model: str = Field(description="Candidate name.")
+    prompts: int = Field(description="Prompts with at least one parseable judgement.")
+    unjudged: int = Field(
+        default=0, description="Prompts left without any parseable judgement (not scored)."
+    )
+    judgements: int = Field(description="Parseable judgements.")
+    unparseable: int = Field(
+        default=0,
+        description="Judgements that stayed unparseable after judge.retries new asks.",
+    )
+    retried: int = Field(default=0, description="Judgements asked again (unparseable at first).")
+    wins: int | None = Field(default=None, description="Pairwise: judgements for the candidate.")
+    ties: int | None = Field(default=None, description="Pairwise: ties.")
+    losses: int | None = Field(default=None, description="Pairwise: judgements for the baseline.")
+    win_rate: float | None = Field(
+        default=None, description="Pairwise: mean over prompts of wins + ties / 2 (0-1)."
+    )
+    win_rate_ci_low: float | None = Field(default=None, description="95 % interval, low.")
+    win_rate_ci_high: float | None = Field(default=None, description="95 % interval, high.")
+    score: float | None = Field(default=None, description="Single: the candidate's mean 1-10.")
+    baseline_score: float | None = Field(
+        default=None, description="Single: the baseline's mean 1-10 on the same prompts."
+    )
+    recovery: float | None = Field(
+        default=None,
+        description="Pairwise: win rate / 0.5; single: score / baseline score.",
+    )
+    recovery_ci_low: float | None = Field(
+        default=None, description="Paired bootstrap 95 % interval over prompts, low."
+    )
+    recovery_ci_high: float | None = Field(default=None, description="Its high end.")
+    position_bias: float | None = Field(
+        default=None,
+        description="Pairwise with swapPositions: the share of judgements asked in both "
+        "orders (a prompt, each repeat) whose outcome changed when the two answers swapped "
+        "places (0: none).",
+    )
+    verdict: Verdict | None = Field(
+        default=None,
+        description="Against spec.recoveryThreshold: Pass (interval at or above it), Degraded "
+        "(wholly below), else Inconclusive (also when over a tenth of the prompts went "
+        "unjudged).",
+    )
+    cached: bool = Field(default=False, description="Judgements taken from the result cache.")
+
+
+class JudgedResult(ApiModel):
+    """One judged evaluation of the run: what judged, on which prompts, what it cost, and
+    each candidate's outcome."""
+
+    name: str = Field(description="spec.judged[].name.")
+    kind: str = Field(description="pairwise or single.")
+    judge: str = Field(description="The judge: model reference, or endpoint model at URL.")
+    prompts: int = Field(description="Prompts in the set (after limit).")
+    prompt_set: str = Field(description="The named set, or the JSONL file.")
+    template: str = Field(description="sha256 (12 hex digits) of the judge's messages' form.")
+    swapped: bool = Field(default=False, description="Both orders judged.")
+    judge_requests: int = Field(default=0, description="Requests sent to the judge (retries too).")
+    judge_prompt_tokens: int = Field(default=0, description="Tokens the judge read.")
+    judge_completion_tokens: int = Field(default=0, description="Tokens the judge wrote.")
+    judge_seconds: float = Field(default=0.0, description="Wall time of the judging.")
+    answer_tokens: int = Field(default=0, description="Tokens the models wrote as answers.")
+    answer_seconds: float = Field(default=0.0, description="Wall time of the answering.")
+    reused_answers: int = Field(
+        default=0, description="Answers taken from the similarity stage's generations."
+    )
+    scores: list[JudgedScore] = Field(default_factory=list, description="Per candidate.")
+    judgements_path: str | None = Field(
+        default=None, description="Every judgement (prompt, order, judge output, verdict) as JSONL."
+    )
 
 
 class StageFailure(ApiModel):
@@ -257,7 +335,8 @@ class EvalRunStatus(ApiModel):
     reused: list[str] = Field(
         default_factory=list,
         description="Results the operator took from another run's evaluation of the same model "
-        "and settings (its reuse key) instead of creating a Job, as model/task.",
+        "and settings (its reuse key) instead of creating a Job, as model/task (judged/<name> "
+        "for a judged evaluation).",
     )
     mean_recovery: float | None = Field(
         default=None, description="The lowest mean recovery among the candidates."
@@ -270,6 +349,10 @@ class EvalRunStatus(ApiModel):
     )
     similarity: list[SimilarityScore] = Field(
         default_factory=list, description="Per candidate: text similarity to the baseline."
+    )
+    judged: list[JudgedResult] = Field(
+        default_factory=list,
+        description="Per judged evaluation: its cost and each candidate's judged recovery.",
     )
     failures: list[StageFailure] = Field(
         default_factory=list, description="Stages that failed, with the reason."

@@ -216,6 +216,31 @@ def recall_docs() -> list[dict]:
     return [{"id": i, "question": f["prompt"], "answer": f["answer"]} for i, f in enumerate(items)]
 
 
+def judged_docs(per_task: int = 24) -> list[dict]:
+    """The demo judged set: the first recall and facts questions, alternating, each with
+    its reference answer (a judge test double rates answers against it)."""
+    recall, facts_ = recall_docs()[:per_task], facts_docs()[:per_task]
+    rows = []
+    for r, f in zip(recall, facts_, strict=True):
+        rows.append(
+            {
+                "id": f"recall-{r['id']}",
+                "prompt": r["question"],
+                "reference": r["answer"],
+                "category": "recall",
+            }
+        )
+        rows.append(
+            {
+                "id": f"facts-{f['id']}",
+                "prompt": f["question"],
+                "reference": f["answer"],
+                "category": "facts",
+            }
+        )
+    return rows
+
+
 def perplexity_docs() -> list[dict]:
     """Held-out text: one sentence of the training sentences' form per document, about a
     person the model never saw (their city, or their job, in turn)."""
@@ -349,6 +374,7 @@ def task_files() -> dict[str, str]:
         "facts.jsonl": _jsonl(facts_docs()),
         "recall.jsonl": _jsonl(recall_docs()),
         "heldout.jsonl": _jsonl(perplexity_docs()),
+        "judged.jsonl": _jsonl(judged_docs()),
     }
 
 

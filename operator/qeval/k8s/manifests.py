@@ -52,7 +52,7 @@ DIGEST_LENGTH = 8
 LIGHT_RESOURCES = {"requests": {"cpu": "500m", "memory": "2Gi"}, "limits": {"memory": "8Gi"}}
 # The stages that download from the Hugging Face hub (models, tokenizers, datasets): their
 # pods get the resource's token Secret, if it names one. Aggregate and demo-model never do.
-DOWNLOADING_KINDS = frozenset({"quantize", "evaluate", "serve", "benchmark", "similarity"})
+DOWNLOADING_KINDS = frozenset({"quantize", "evaluate", "serve", "benchmark", "similarity", "judge"})
 OOM_EXIT_CODE = 137  # SIGKILL: what a container killed by the kernel's OOM killer exits with
 
 
@@ -269,17 +269,30 @@ def _env(
     return env + _device_env(stage, token) + endpoint_env(stage)
 
 
+def _endpoints(stage: Stage) -> list[Any]:
+    """The endpoints a stage talks to: an evaluation's; a judge stage's models' and judge's."""
+    inp = stage.input
+    if stage.kind == "evaluate":
+        return [inp.get("endpoint")]
+    if stage.kind == "judge":
+        models = [inp.get("baseline") or {}, *(inp.get("candidates") or [])]
+        judge = (inp.get("judged") or {}).get("judge") or {}
+        return [m.get("endpoint") for m in models] + [judge.get("endpoint")]
+    return []
+
+
 def endpoint_env(stage: Stage) -> list[dict[str, Any]]:
-    """An evaluation of an endpoint (a model behind an OpenAI-compatible API): its API key
-    from the Secret, by reference, in the variable the stage reads it from (``secret_env``);
-    the input holds the Secret's name and key only."""
-    endpoint = stage.input.get("endpoint") if stage.kind == "evaluate" else None
-    ref = endpoint.get("apiKeySecret") if isinstance(endpoint, dict) else None
-    if not ref:
-        return []
-    secret = SecretKeyRef.model_validate(ref)
-    key_ref = {"name": secret.name, "key": secret.key}
-    return [{"name": secret_env(secret), "valueFrom": {"secretKeyRef": key_ref}}]
+    """A stage that talks to endpoints (models behind an OpenAI-compatible API): each API
+    key from its Secret, by reference, in the variable the stage reads it from
+    (``secret_env``); the input holds the Secrets' names and keys only."""
+    env: dict[str, dict[str, Any]] = {}
+    for endpoint in _endpoints(stage):
+        ref = endpoint.get("apiKeySecret") if isinstance(endpoint, dict) else None
+        if ref:
+            secret = SecretKeyRef.model_validate(ref)
+            key_ref = {"name": secret.name, "key": secret.key}
+            env[secret_env(secret)] = {"secretKeyRef": key_ref}
+    return [{"name": name, "valueFrom": ref} for name, ref in env.items()]
 
 
 def _device_env(stage: Stage, token: SecretKeyRef | None) -> list[dict[str, Any]]:

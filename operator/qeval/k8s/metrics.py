@@ -34,6 +34,9 @@ RESULT_LABELS = ("namespace", "run", "model", "scheme", "task", "metric", "filte
 # label: it is baseline / candidate where lower is better, 1 = no loss either way.)
 SCORE_LABELS = (*RESULT_LABELS, "better")
 CANDIDATE_LABELS = ("namespace", "run", "model", "scheme")
+# A candidate on one judged evaluation (spec.judged[].name), and that evaluation's own cost.
+JUDGED_LABELS = ("namespace", "run", "model", "judged")
+JUDGE_LABELS = ("namespace", "run", "judged")
 MODEL_LABELS = ("namespace", "quantizedmodel", "scheme")
 PHASES = {
     "EvalRun": ("Pending", "WaitingForModels", "Running", "Succeeded", "Failed"),
@@ -179,6 +182,55 @@ class Metrics:
             ("namespace", "run", "model", "metric"),
             registry=r,
         )
+        self.judged_recovery = Gauge(
+            "qeval_judged_recovery_ratio",
+            "A candidate's judged recovery against the baseline on a judged evaluation "
+            "(pairwise: win rate / 0.5; single: mean score / the baseline's; 1 = no loss)",
+            JUDGED_LABELS,
+            registry=r,
+        )
+        self.judged_recovery_ci = {
+            end: Gauge(
+                f"qeval_judged_recovery_ratio_ci_{end}",
+                f"{what} end of qeval_judged_recovery_ratio's 95 % paired bootstrap interval",
+                JUDGED_LABELS,
+                registry=r,
+            )
+            for end, what in (("low", "Low"), ("high", "High"))
+        }
+        self.judged_win_rate = Gauge(
+            "qeval_judged_win_rate",
+            "Pairwise judged evaluation: the candidate's wins + ties / 2 against the baseline, "
+            "mean over prompts (0-1)",
+            JUDGED_LABELS,
+            registry=r,
+        )
+        self.judged_position_bias = Gauge(
+            "qeval_judged_position_bias",
+            "Pairwise judged evaluation with both orders: share of prompts whose verdict "
+            "changed when the two answers swapped places (0-1)",
+            JUDGED_LABELS,
+            registry=r,
+        )
+        self.judged_unparseable = Gauge(
+            "qeval_judged_unparseable",
+            "Judgements still unparseable after the judge was asked again",
+            JUDGED_LABELS,
+            registry=r,
+        )
+        self.judge_tokens = Gauge(
+            "qeval_judge_tokens",
+            "Tokens the judge read (kind=prompt) and wrote (kind=completion) on a judged "
+            "evaluation",
+            (*JUDGE_LABELS, "kind"),
+            registry=r,
+        )
+        self.judge_seconds = Gauge(
+            "qeval_judge_seconds",
+            "Wall time of a judged evaluation's judging",
+            JUDGE_LABELS,
+            registry=r,
+        )
         # Series each resource owns, so deleting the resource removes exactly those.
         self._series: dict[tuple[str, str, str], list[tuple[Gauge, tuple[str, ...]]]] = {}
 
@@ -243,6 +295,7 @@ class Metrics:
                 if value is not None:
                     series.append((self.mean_recovery_ci[end], candidate, value))
         series += self._serving(namespace, run, status)
+        series += self._judged(namespace, run, status)
         self._replace(("EvalRun", namespace, run), series)
 
     def _serving(
@@ -275,6 +328,31 @@ class Metrics:
             ):
                 if score is not None:
                     series.append((self.similarity, (namespace, run, sim.model, metric), score))
+        return series
+
+    def _judged(
+        self, namespace: str, run: str, status: EvalRunStatus
+    ) -> list[tuple[Gauge, tuple[str, ...], float]]:
+        """The judged evaluations' series of a run: per candidate its judged recovery,
+        win rate, position bias and unparseable judgements; per set what the judge cost."""
+        series: list[tuple[Gauge, tuple[str, ...], float]] = []
+        for j in status.judged:
+            judged = (namespace, run, j.name)
+            series.append((self.judge_tokens, (*judged, "prompt"), j.judge_prompt_tokens))
+            series.append((self.judge_tokens, (*judged, "completion"), j.judge_completion_tokens))
+            series.append((self.judge_seconds, judged, j.judge_seconds))
+            for s in j.scores:
+                labels = (namespace, run, s.model, j.name)
+                for gauge, value in (
+                    (self.judged_recovery, s.recovery),
+                    (self.judged_recovery_ci["low"], s.recovery_ci_low),
+                    (self.judged_recovery_ci["high"], s.recovery_ci_high),
+                    (self.judged_win_rate, s.win_rate),
+                    (self.judged_position_bias, s.position_bias),
+                ):
+                    if value is not None:
+                        series.append((gauge, labels, value))
+                series.append((self.judged_unparseable, labels, s.unparseable))
         return series
 
     def quantized_model(

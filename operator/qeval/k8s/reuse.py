@@ -20,7 +20,7 @@ from typing import Any
 from qeval import __version__
 from qeval.api.common import model_kind
 from qeval.k8s.manifests import digest
-from qeval.plan import EVALUATE_KIND, Stage
+from qeval.plan import EVALUATE_KIND, JUDGE_KIND, Stage
 from qeval.stages.envelope import StageResult
 
 LABEL_REUSE_KEY = "qeval.dev/reuse-key"
@@ -75,12 +75,37 @@ def named_identity(source: Mapping[str, Any], quantized: Mapping[str, Stage]) ->
     return None  # a path or a moving branch: only a digest of the weights names it
 
 
+def judge_identity(stage: Stage, quantized: Mapping[str, Stage]) -> list[Any] | None:
+    """What a judge stage computes, without its places: each model's name (its results
+    carry them) and identity, the judge's, the settings; None where a model or the judge
+    cannot be named (an endpoint, a path)."""
+    inp = stage.input
+    judged = dict(inp["judged"])
+    judge = dict(judged.pop("judge"))
+    models = []
+    for m in (inp["baseline"], *inp["candidates"]):
+        identity = None if m.get("endpoint") else named_identity(m.get("model", {}), quantized)
+        if identity is None:
+            return None
+        models.append([m["name"], identity])
+    if judge.get("endpoint") or (judge_id := named_identity(judge.get("model", {}), {})) is None:
+        return None
+    judge.pop("model", None)
+    judge.pop("concurrency", None)
+    settings = {k: inp.get(k) for k in ("backend", "serving", "seed")}
+    return [models, judge_id, judge, judged, settings]
+
+
 def reuse_keys(stages: list[Stage], salt: str) -> dict[str, str]:
-    """The reuse key of each evaluate stage whose model can be named (``salt``: the
-    evaluator image, which pins the harness and its libraries)."""
+    """The reuse key of each evaluate and judge stage whose models can be named (``salt``:
+    the evaluator image, which pins the harness and its libraries)."""
     quantized = {str(s.input["outputDir"]): s for s in stages if s.kind == "quantize"}
     keys = {}
     for s in stages:
+        if s.kind == JUDGE_KIND:
+            if (judged := judge_identity(s, quantized)) is not None:
+                keys[s.name] = digest([judged, salt], KEY_LENGTH)
+            continue
         if s.kind != EVALUATE_KIND or s.input.get("endpoint"):
             continue  # an endpoint is named by no spec: what answers there can change
         identity = named_identity(s.input.get("model", {}), quantized)
@@ -95,6 +120,8 @@ def reused_entries_of(stages: list[Stage], reused: Mapping[str, Reused]) -> list
     """``model/task`` for every task of an evaluation taken from another run (status.reused)."""
     out = []
     for s in stages:
-        if s.name in reused:
+        if s.name in reused and s.kind == JUDGE_KIND:
+            out.append(f"judged/{s.input['judged']['name']}")
+        elif s.name in reused:
             out += [f"{s.input['modelName']}/{t['name']}" for t in s.input.get("tasks", [])]
     return out

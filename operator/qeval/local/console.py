@@ -92,6 +92,22 @@ def summary_table(run: EvalRun, status: EvalRunStatus) -> Table:
     return table
 
 
+def judged_lines(status: EvalRunStatus) -> list[str]:
+    """One line per judged set and candidate: its judged recovery with the 95 % interval
+    and the verdict."""
+    lines = []
+    for j in status.judged:
+        for s in j.scores:
+            recovery = _pm(s.recovery, None, True)
+            if s.recovery_ci_low is not None and s.recovery_ci_high is not None:
+                recovery += f" [{100 * s.recovery_ci_low:.1f}, {100 * s.recovery_ci_high:.1f}]"
+            lines.append(
+                f"judged {j.name} ({j.kind}, judge {j.judge}): {s.model} recovery {recovery}, "
+                f"{s.verdict or '-'}"
+            )
+    return lines
+
+
 def print_summary(console: Console, run: EvalRun, status: EvalRunStatus, run_dir: Path) -> None:
     console.print()
     console.print(summary_table(run, status))
@@ -99,6 +115,8 @@ def print_summary(console: Console, run: EvalRun, status: EvalRunStatus, run_dir
         console.print(NO_CANDIDATES)
     for note in difference_notes(shown_differences(status)):
         console.print(escape(note))
+    for line in judged_lines(status):
+        console.print(escape(line))
     for f in status.failures:
         console.print(f"[red]{f.stage}[/red]: {f.reason}: {f.message}")
     total = len({(s.model, s.task) for s in status.scores if s.primary})

@@ -64,6 +64,15 @@ def localize_evalrun(run: EvalRun, base: Path) -> EvalRun:
         update["similarity"] = similarity.model_copy(
             update={"prompts_path": _absolute(similarity.prompts_path, base)}
         )
+    judged = []
+    for j in spec.judged:
+        if j.prompts_path and _is_path(j.prompts_path):
+            j = j.model_copy(update={"prompts_path": _absolute(j.prompts_path, base)})
+        if j.judge.model is not None:
+            judge = j.judge.model_copy(update={"model": _local_source(j.judge.model, base)})
+            j = j.model_copy(update={"judge": judge})
+        judged.append(j)
+    update["judged"] = judged
     new = spec.model_copy(update=update)
     return run.model_copy(update={"spec": new})
 
@@ -152,6 +161,11 @@ def problems(run: EvalRun, models: dict[str, QuantizedModel], local: bool = True
     prompts = spec.similarity.prompts_path if spec.similarity else None
     if prompts and _is_path(prompts) and not Path(prompts).is_file():
         yield f"{where}: spec.similarity.promptsPath: {prompts}: no such file"
+    for i, j in enumerate(spec.judged):
+        if j.prompts_path and _is_path(j.prompts_path) and not Path(j.prompts_path).is_file():
+            yield f"{where}: spec.judged[{i}].promptsPath: {j.prompts_path}: no such file"
+        if j.judge.model is not None and (problem := _model_problem(j.judge.model, local)):
+            yield f"{where}: spec.judged[{i}].judge.model.uri: {problem}"
     if local and spec.backend == Backend.VLLM_SERVER and shutil.which("vllm") is None:
         yield (
             f"{where}: spec.backend: vllm-server needs vLLM's `vllm` command (a GPU machine, "

@@ -23,6 +23,7 @@ def write_report(run: Run, out_dir: Path) -> list[Path]:
         "recovery": plots.recovery_chart(run, out_dir / "recovery.png"),
         "size": plots.size_chart(run, out_dir / "size.png"),
         "performance": plots.performance_chart(run, out_dir / "performance.png"),
+        "judged": plots.judged_chart(run, out_dir / "judged.png"),
     }
     for name, path in figures.items():
         if path is None:  # a figure from an earlier report that no longer applies

@@ -185,3 +185,66 @@ def performance_chart(run: Run, path: Path) -> Path | None:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def judged_chart(run: Run, path: Path) -> Path | None:
+    """Each candidate's judged recovery per judged set: a point with its 95 % interval as a
+    horizontal whisker, one row per set and candidate, the threshold as a dashed line."""
+    rows = [(j, s) for j in run.status.judged for s in j.scores if s.recovery is not None]
+    if not rows:
+        return None
+    # Each candidate in the colour it has in the recovery chart (the candidates' order).
+    models = list(
+        dict.fromkeys([*(c.name for c in run.status.candidates), *(s.model for _, s in rows)])
+    )
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig, ax = plt.subplots(figsize=(7.5, max(2.5, 0.45 * len(rows) + 1.5)))
+    ys = list(range(len(rows)))[::-1]  # the first set's first candidate on top
+    lows: list[float] = []
+    highs: list[float] = []
+    labelled: set[str] = set()
+    for y, (_, s) in zip(ys, rows, strict=True):
+        v = s.recovery or 0.0
+        lo = s.recovery_ci_low if s.recovery_ci_low is not None else v
+        hi = s.recovery_ci_high if s.recovery_ci_high is not None else v
+        color = colors[models.index(s.model) % len(colors)]
+        label = None if s.model in labelled else f"{s.model} ({run.scheme(s.model)})"
+        labelled.add(s.model)
+        ax.errorbar(
+            100 * v,
+            y,
+            xerr=[[100 * (v - lo)], [100 * (hi - v)]],
+            fmt="o",
+            color=color,
+            capsize=3,
+            label=label,
+        )
+        ax.annotate(
+            s.verdict or "",
+            (100 * hi, y),
+            textcoords="offset points",
+            xytext=(6, -3),
+            fontsize=8,
+        )
+        lows.append(lo)
+        highs.append(hi)
+    # A line between sets.
+    for i in range(1, len(rows)):
+        if rows[i][0] is not rows[i - 1][0]:
+            ax.axhline(ys[i] + 0.5, color="grey", linewidth=0.4, alpha=0.5)
+    ax.axvline(
+        100 * run.threshold,
+        color="black",
+        linestyle="--",
+        linewidth=1,
+        label=f"threshold {100 * run.threshold:.0f} %",
+    )
+    ax.axvline(100, color="grey", linewidth=0.6)
+    ax.set_yticks(ys, [f"{j.name} ({j.kind}): {s.model}" for j, s in rows], fontsize=8)
+    left, right = 100 * min([*lows, run.threshold]), 100 * max([*highs, 1.0])
+    ax.set_xlim(left - 5, right + 0.15 * (right - left) + 5)  # room for the verdicts
+    ax.set_xlabel("judged recovery (candidate / baseline), %")
+    ax.set_title(f"{run.name}: judged recovery (LLM judge vs baseline), 95 % intervals")
+    ax.grid(True, axis="x", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _save(fig, path)

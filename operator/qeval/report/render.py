@@ -7,6 +7,7 @@ import html
 from dataclasses import dataclass
 from pathlib import Path
 
+from qeval.api.evalrun_status import JudgedResult, JudgedScore
 from qeval.report.model import Run
 from qeval.report.plots import primary_tasks
 from qeval.report.recommend import pct, recommend
@@ -156,6 +157,123 @@ def similarity_table(run: Run) -> Table | None:
     return Table(headers, rows)
 
 
+def duration(seconds: float) -> str:
+    """``42.0 s``, ``3 min 12 s``, ``1 h 02 min``."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def _judged_row(j: JudgedResult, s: JudgedScore) -> list[str]:
+    name = s.model + (CACHED_MARK if s.cached else "")
+    if j.kind == "pairwise":
+        tally = (
+            "-"
+            if s.wins is None or s.ties is None or s.losses is None
+            else f"{s.wins} / {s.ties} / {s.losses}"
+        )
+        judged = [tally, _interval(s.win_rate, s.win_rate_ci_low, s.win_rate_ci_high)]
+    else:
+        judged = [
+            "-"
+            if s.score is None or s.baseline_score is None
+            else f"{s.score:.2f} / {s.baseline_score:.2f}"
+        ]
+    row = [name, str(s.prompts), *judged]
+    row.append(_interval(s.recovery, s.recovery_ci_low, s.recovery_ci_high))
+    if j.kind == "pairwise":
+        row.append(pct(s.position_bias))
+    return [*row, str(s.unparseable), str(s.unjudged), s.verdict or "-"]
+
+
+def judged_table(j: JudgedResult) -> Table:
+    """One judged set: per candidate the judge's tally (pairwise: wins / ties / losses
+    against the baseline and the win rate; single: the candidate's mean score against the
+    baseline's), the recovery with its 95 % interval, what went unparsed, the verdict."""
+    if j.kind == "pairwise":
+        judged = ["wins / ties / losses", "win rate [95 % CI]"]
+    else:
+        judged = ["score / baseline (1-10)"]
+    headers = ["model", "prompts", *judged, "recovery [95 % CI]"]
+    headers += ["position bias"] if j.kind == "pairwise" else []
+    headers += ["unparseable", "unjudged", "verdict"]
+    return Table(headers, [_judged_row(j, s) for s in j.scores])
+
+
+def judged_cost_table(judged: list[JudgedResult]) -> Table:
+    """Per judged set: what the judge read and wrote, and what answering took."""
+    rows = [
+        [
+            j.name,
+            f"{j.judge_requests:,}",
+            f"{j.judge_prompt_tokens:,} + {j.judge_completion_tokens:,}",
+            duration(j.judge_seconds),
+            f"{j.answer_tokens:,}",
+            duration(j.answer_seconds),
+            f"{j.reused_answers:,}",
+        ]
+        for j in judged
+    ]
+    headers = ["judged set", "judge requests", "judge tokens (prompt + completion)"]
+    headers += ["judge time", "answer tokens", "answer time", "answers reused"]
+    return Table(headers, rows)
+
+
+def judged_cost(judged: list[JudgedResult]) -> str:
+    """The judged evaluations' cost in one sentence (summed over the sets)."""
+    requests = sum(j.judge_requests for j in judged)
+    prompt = sum(j.judge_prompt_tokens for j in judged)
+    completion = sum(j.judge_completion_tokens for j in judged)
+    seconds = sum(j.judge_seconds for j in judged)
+    answers = sum(j.answer_tokens for j in judged)
+    answering = sum(j.answer_seconds for j in judged)
+    reused = sum(j.reused_answers for j in judged)
+    return (
+        f"Cost: {requests:,} judge requests (retries included) reading {prompt:,} prompt "
+        f"tokens and writing {completion:,} completion tokens in {duration(seconds)} of "
+        f"judging; the models wrote {answers:,} answer tokens in {duration(answering)}, "
+        f"and {reused:,} answers were reused from the similarity stage's generations."
+    )
+
+
+def judged_blocks(run: Run, figure: Path | None) -> list[Block]:
+    """The "Judged evaluations" section: what was judged, the figure, a table per set, and
+    what the judging cost."""
+    judged = run.status.judged
+    blocks: list[Block] = [
+        "An LLM judge rated each candidate's answers against the baseline's on the same "
+        "prompts. Pairwise: the judge picks the better of two answers; win rate = (wins + "
+        "ties / 2) / judgements, averaged over prompts; recovery = win rate / 50 % (100 %: "
+        "as good as the baseline). Single: the judge scores each answer 1-10; recovery = "
+        "the candidate's mean score / the baseline's. Intervals: paired bootstrap over "
+        f"prompts. Verdicts against the recovery threshold {pct(run.threshold)}: Pass when "
+        "the interval lies at or above it, Degraded when wholly below, else Inconclusive "
+        "(also when over a tenth of the prompts went unjudged)."
+    ]
+    if figure is not None:
+        blocks.append(Image(figure, "Judged recovery per set"))
+    for j in judged:
+        orders = (
+            "; both orders judged (position bias: the share of prompts whose verdict changed "
+            "when the two answers swapped places)"
+            if j.swapped
+            else ""
+        )
+        blocks.append(
+            f"{j.name}: {j.kind}, judge {j.judge}, {j.prompts} prompts of {j.prompt_set}{orders}."
+        )
+        blocks.append(judged_table(j))
+    blocks += [judged_cost_table(judged), judged_cost(judged)]
+    if any(s.cached for j in judged for s in j.scores):
+        note = f"{CACHED_MARK} judgements taken from the result cache: the judge was not asked."
+        blocks.append([note])
+    return blocks
+
+
 def outline(run: Run, figures: dict[str, Path | None]) -> tuple[str, list[Section]]:
     """The report's title and sections."""
     status = run.status
@@ -223,6 +341,8 @@ def outline(run: Run, figures: dict[str, Path | None]) -> tuple[str, list[Sectio
             "sentence embeddings)."
         )
         sections.append(Section("Similarity to the baseline", [similar, note]))
+    if status.judged:
+        sections.append(Section("Judged evaluations", judged_blocks(run, figures.get("judged"))))
     advice = (
         recommend(run)
         if compared

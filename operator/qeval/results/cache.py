@@ -14,6 +14,7 @@ On disk (``<root>`` is ``<workdir>/cache`` under ``qeval run``)::
     <root>/evaluate/<key[:2]>/<key>/entry.json     the task's slice of lm-eval's results
     <root>/evaluate/<key[:2]>/<key>/samples/*.jsonl its per-sample logs
     <root>/quantize/<key>.json                     a quantize result and its output digest
+    <root>/judge/<key[:2]>/<key>.json              a candidate's judgements on a judged set
     <root>/digests/<hash of path>.json             content digests, remembered per folder
 
 Content digests are remembered with each file's size, mtime, ctime and inode: a file
@@ -331,4 +332,19 @@ class ResultCache:
                 "outputDigest": output_digest,
                 "created": _now(),
             },
+        )
+
+    def get_judgements(self, key: str) -> dict[str, Any] | None:
+        """One candidate's judgements on a judged set, stored under ``key``, if whole."""
+        try:
+            entry = json.loads((self.root / "judge" / key[:2] / f"{key}.json").read_text())
+        except (OSError, ValueError):
+            return None
+        ok = isinstance(entry, dict) and entry.get("key") == key and "judgements" in entry
+        return entry if ok else None
+
+    def put_judgements(self, key: str, fields: Mapping[str, Any], entry: Mapping[str, Any]) -> None:
+        _write_json(
+            self.root / "judge" / key[:2] / f"{key}.json",
+            {"key": key, "fields": dict(fields), **entry, "created": _now()},
         )

@@ -18,6 +18,7 @@ from qeval.api.evalrun_status import (
     CandidateSummary,
     Difference,
     EvalRunStatus,
+    JudgedResult,
     Recovery,
     Score,
     StageFailure,
@@ -268,3 +269,33 @@ def primary_table(
         [r for r in status.recovery if score_key(r) in primary],
         [d for d in status.differences if score_key(d) in primary],
     )
+
+
+def join_judged(
+    status: EvalRunStatus, judged: Sequence[JudgedResult | None], threshold: float
+) -> None:
+    """Each judged set's verdicts against the threshold, joined into every candidate's:
+    Degraded where any set is, Pass only where the tasks and every set pass (a set that
+    did not run, ``None``, leaves its candidates no better than Inconclusive)."""
+    from qeval.results.judged import verdict
+
+    results = []
+    for result in judged:
+        if result is not None:
+            scores = [
+                s.model_copy(update={"verdict": verdict(s, threshold)}) for s in result.scores
+            ]
+            result = result.model_copy(update={"scores": scores})
+        results.append(result)
+    status.judged = [r for r in results if r is not None]
+    for summary in status.candidates:
+        verdicts = [
+            next((s.verdict for s in r.scores if s.model == summary.name), None) if r else None
+            for r in results
+        ]
+        if not verdicts:
+            continue
+        if "Degraded" in verdicts:
+            summary.verdict = "Degraded"
+        elif summary.verdict == "Pass" and any(v != "Pass" for v in verdicts):
+            summary.verdict = "Inconclusive"

@@ -273,3 +273,67 @@ def summarize_load(run: ScenarioRun) -> LoadSummary:
         requests_per_second=round(len(ok) / wall, 4),
         first_error=bad[0].error if bad else None,
     )
+
+
+@dataclass(frozen=True)
+class Chat:
+    """One chat completion's text and its token counts (the server's usage)."""
+
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    attempts: int = 1
+
+
+async def chat(
+    client: httpx.AsyncClient,
+    api: str,
+    model: str,
+    messages: Sequence[dict[str, str]],
+    max_tokens: int,
+    settings: ClientSettings,
+    temperature: float = 0.0,
+    headers: dict[str, str] | None = None,
+) -> Chat:
+    """``POST <api>/chat/completions`` (``api``: the base URL with its /v1), retried on
+    transient failures; raises RequestFailed when every attempt failed."""
+    body = {
+        "model": model,
+        "messages": list(messages),
+        "max_tokens": max_tokens,
+        "temperature": temperature,
+    }
+    url = f"{api.rstrip('/')}/chat/completions"
+    for attempt in range(settings.retries + 1):
+        try:
+            resp = await asyncio.wait_for(
+                client.post(url, json=body, headers=headers or {}), settings.timeout_seconds
+            )
+            if resp.status_code != 200:
+                detail = resp.text[:300].replace("\n", " ")
+                raise RequestFailed(
+                    f"HTTP {resp.status_code}: {detail}", resp.status_code in RETRY_STATUS
+                )
+            doc = resp.json()
+            text = doc["choices"][0]["message"]["content"]
+            if not isinstance(text, str):
+                raise RequestFailed("malformed response: the message has no text", False)
+            usage = doc.get("usage") or {}
+            return Chat(
+                text,
+                int(usage.get("prompt_tokens") or 0),
+                int(usage.get("completion_tokens") or 0),
+                attempt + 1,
+            )
+        except TimeoutError:
+            error = RequestFailed(f"timed out after {settings.timeout_seconds:g} s", True)
+        except httpx.TransportError as e:
+            error = RequestFailed(f"{type(e).__name__}: {e}", True)
+        except (ValueError, KeyError, IndexError, TypeError) as e:
+            error = RequestFailed(f"malformed response: {type(e).__name__}: {e}", False)
+        except RequestFailed as e:
+            error = e
+        if not error.retryable or attempt == settings.retries:
+            raise error
+        await asyncio.sleep(settings.backoff_seconds * 2**attempt)
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -48,6 +48,7 @@ KINDS = {
         StageKind("evaluate", "evaluate", "EvaluateInput"),
         StageKind("benchmark", "benchmark", "BenchmarkInput"),
         StageKind("similarity", "similarity", "SimilarityInput"),
+        StageKind("judge", "judge", "JudgeInput"),
         StageKind("aggregate", "aggregate", "AggregateInput"),
     )
 }

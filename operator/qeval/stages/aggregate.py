@@ -59,6 +59,9 @@ class AggregateInput(Document):
     similarity: str | None = Field(
         default=None, description="Path of the similarity stage's result document, if any."
     )
+    judged: list[str] = Field(
+        default_factory=list, description="Paths of the judge stages' result documents."
+    )
 
 
 @dataclass
@@ -165,6 +168,16 @@ def serving(inp: AggregateInput, status: EvalRunStatus) -> None:
         status.similarity = read_part(SimilarityResult, result).scores
 
 
+def judged(inp: AggregateInput, status: EvalRunStatus) -> None:
+    """The judged evaluations' outcomes, their verdicts joined into the candidates'."""
+    from qeval.results.summary import join_judged
+    from qeval.stages.judge import JudgeResult
+
+    results = [_result(path) for path in inp.judged]
+    found = [read_part(JudgeResult, r).judged if r is not None else None for r in results]
+    join_judged(status, found, inp.recovery_threshold)
+
+
 FULL_RESULTS = "results.json"  # in the run's results location
 # The aggregate's document, as its result ConfigMap holds it (indented), is kept to this:
 # 128 KiB of the ConfigMap limit (1 MiB) are left for the envelope, and the EvalRun (the
@@ -231,6 +244,7 @@ def run(inp: AggregateInput) -> EvalRunStatus:
     )
     status.results_location = inp.results_location
     serving(inp, status)
+    judged(inp, status)
     if inp.report_dir:
         from qeval.report import Run, write_report
 
