@@ -218,6 +218,23 @@ def test_a_vllm_server_study_runs_through_the_same_path(cluster: Cluster) -> Non
                 ],
             },
             "serving": {"readyTimeoutSeconds": 300, "numConcurrent": 4},
+            # A judged set whose judge qeval serves (the demo model, which cannot judge: its
+            # verdicts are unparseable, counted): a server of its own, removed when done.
+            "judged": [
+                {
+                    "name": "self",
+                    "limit": 3,
+                    "chatTemplate": False,
+                    "maxNewTokens": 4,
+                    "system": "Judge.",  # the demo model's context is 256 tokens
+                    "template": "Q {question} A {answer_a} B {answer_b}",
+                    "judge": {
+                        "model": {"uri": "demo://tiny-llama"},
+                        "maxNewTokens": 8,
+                        "retries": 1,
+                    },
+                }
+            ],
         },
     }
     # Its candidate is the demo's W4A16 QuantizedModel (unchanged if the demo made it).
@@ -242,11 +259,17 @@ def test_a_vllm_server_study_runs_through_the_same_path(cluster: Cluster) -> Non
     assert status["phase"] == "Succeeded"
     (candidate,) = status["candidates"]
     assert candidate["name"] == "w4a16" and candidate["meanRecovery"] > 0.9
+    # The judge stage reached every server, and the judge's own, by Service name.
+    (judged,) = status["judged"]
+    (score,) = judged["scores"]
+    assert judged["prompts"] == 3 and score["judgements"] + score["unparseable"] == 6
+    assert judged["judgeRequests"] >= 6 and candidate["verdict"] != "Pass"
     # The servers ran on the GPU node and were removed once their stages were done.
     records = cluster.cp.list("v1/configmaps", ML, {"qeval.dev/stage-kind": "serve"})
     assert {r["metadata"]["labels"]["qeval.dev/stage"] for r in records} == {
         "serve-fp32",
         "serve-w4a16",
+        "judge-server-self",
     }
     assert all(json.loads(r["data"]["result.json"])["status"] == "Succeeded" for r in records)
     assert not cluster.cp.list("apps/v1/deployments", ML)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from graphlib import TopologicalSorter
 from pathlib import PurePosixPath
 from typing import Any, Protocol
@@ -360,17 +360,20 @@ def judge_stages(
     if judge.model is not None:
         demo = (DEMO_STAGE,) if model_kind(judge.model.uri) == "demo" else ()
         if spec.backend == Backend.VLLM_SERVER:
+            # Started once the evaluations ended (however they ended), not with the run: a
+            # judge's GPUs (a 70B judge takes four) do not wait idle through them.
+            evaluations = tuple(f"evaluate-{name}" for name, *_ in targets)
             server = serve_stage(
                 run,
                 JUDGE_MODEL,
                 judge.model,
-                demo,
+                (*demo, *evaluations),
                 layout,
                 stage=f"judge-server-{judged.name}",
                 serving=judge.serving,
                 scheduling=judge.scheduling,
             )
-            out.append(server)
+            out.append(replace(server, always=True))
             judge_url = layout.endpoints.url(server.name)
             needs = (*needs, server.name)
         else:
