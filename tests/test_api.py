@@ -64,7 +64,7 @@ def er(**spec) -> dict:
 def test_examples_parse():
     objects = load_documents(EXAMPLES / "evalrun.yaml") + load_documents(EXAMPLES / "llama-3.1-8b")
     kinds = sorted(type(o).__name__ for o in objects)
-    assert kinds.count("EvalRun") == 3 and kinds.count("QuantizedModel") == 7
+    assert kinds.count("EvalRun") == 4 and kinds.count("QuantizedModel") == 7
 
 
 @pytest.mark.parametrize(

@@ -54,7 +54,7 @@ def test_judge_rules_in_cel_and_python_agree():
         if serving:
             wire["serving"], fields["serving"] = {}, Serving()
         if scheduling:
-            wire["scheduling"], fields["scheduling"] = {"gpus": 2}, Scheduling(gpus=2)
+            wire["gpus"], fields["gpus"] = 2, 2
         cases.append((wire, Judge.model_construct(**fields)))
     _agree(JUDGE_RULES, cases)
 
@@ -95,10 +95,10 @@ def test_spec_judged_rules_in_cel_and_python_agree():
         {"endpoint": ENDPOINT},
         {"model": {"uri": "org/judge"}},
         {"model": {"uri": "org/judge"}, "serving": {"tensorParallelSize": 2}},
-        {"model": {"uri": "org/judge"}, "scheduling": {"gpus": 1}},
+        {"model": {"uri": "org/judge"}, "gpus": 1},
         {
             "model": {"uri": "org/judge"},
-            "scheduling": {"gpus": 4},
+            "gpus": 4,
             "serving": {"tensorParallelSize": 4},
         },
     ]
@@ -136,9 +136,7 @@ def test_spec_judged_rules_in_cel_and_python_agree():
                     )
                     if "serving" in judge
                     else None,
-                    scheduling=Scheduling(gpus=judge["scheduling"]["gpus"])
-                    if "scheduling" in judge
-                    else None,
+                    gpus=judge.get("gpus"),
                 )
                 fields["judged"] = [Judged.model_construct(name=n, judge=j) for n in judged]
             cases.append((wire, EvalRunSpec.model_construct(**fields)))
@@ -205,7 +203,7 @@ def _refusal(judged: list[dict], **spec) -> str:
             "at least one candidate",
         ),
         (
-            [{"name": "a", "judge": {"model": {"uri": "org/judge"}, "scheduling": {"gpus": 8}}}],
+            [{"name": "a", "judge": {"model": {"uri": "org/judge"}, "gpus": 8}}],
             {"backend": "hf"},
             "vllm-server",
         ),

@@ -277,7 +277,7 @@ def test_with_vllm_server_the_judge_is_served_and_removed_like_any_server(tmp_pa
       maxNewTokens: 4
       template: "Q {question} A {answer_a} B {answer_b}"
       system: "Judge."  # the demo model's context is 256 tokens
-      judge: {model: {uri: demo://tiny-llama}, maxNewTokens: 8, retries: 1, scheduling: {gpus: 0}}
+      judge: {model: {uri: demo://tiny-llama}, maxNewTokens: 8, retries: 1, gpus: 0}
 """
     text = study("served", judged, backend="vllm-server", more="\n  scheduling: {gpus: 0}")
     text = text.replace("    - {quantizedModel: tiny-w2a16-rtn, name: w2a16}\n", "")

@@ -83,7 +83,7 @@ def test_an_endpoint_judge_on_hf_is_one_gpu_stage_after_every_model_is_ready():
 def test_with_vllm_server_the_judge_gets_a_server_of_its_own_and_the_stage_is_a_client():
     judge = {
         "model": {"uri": "meta-llama/Llama-3.1-70B-Instruct", "revision": "1605565"},
-        "scheduling": {"gpus": 4},
+        "gpus": 4,
         "serving": {"tensorParallelSize": 4},
     }
     r = run(

@@ -371,7 +371,9 @@ def judge_stages(
                 layout,
                 stage=f"judge-server-{judged.name}",
                 serving=judge.serving,
-                scheduling=judge.scheduling,
+                scheduling=spec.scheduling.model_copy(update={"gpus": judge.gpus})
+                if judge.gpus is not None
+                else None,
             )
             out.append(replace(server, always=True))
             judge_url = layout.endpoints.url(server.name)

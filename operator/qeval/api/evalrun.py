@@ -525,27 +525,27 @@ SPEC_RULES = (
     ),
     Rule(
         cel="!has(self.judged) || (has(self.backend) && self.backend == 'vllm-server') || "
-        "self.judged.all(j, !has(j.judge.scheduling))",
-        message="spec.judged[].judge.scheduling places the judge's own server: it needs backend "
+        "self.judged.all(j, !has(j.judge.gpus))",
+        message="spec.judged[].judge.gpus sizes the judge's own server: it needs backend "
         "vllm-server (with hf and vllm the judge runs inside the judge stage's pod, on "
         "spec.scheduling); remove it, or use vllm-server",
         check=lambda s: (
-            s.backend == Backend.VLLM_SERVER or all(j.judge.scheduling is None for j in s.judged)
+            s.backend == Backend.VLLM_SERVER or all(j.judge.gpus is None for j in s.judged)
         ),
         field="judged",
     ),
     Rule(
         cel="!has(self.judged) || self.judged.all(j, !has(j.judge.serving) || "
         "!has(j.judge.serving.tensorParallelSize) || j.judge.serving.tensorParallelSize <= "
-        "(has(j.judge.scheduling) ? (has(j.judge.scheduling.gpus) ? j.judge.scheduling.gpus "
-        ": 1) : (has(self.scheduling) && has(self.scheduling.gpus) ? self.scheduling.gpus "
-        ": 1)))",
+        "(has(j.judge.gpus) ? j.judge.gpus : (has(self.scheduling) && "
+        "has(self.scheduling.gpus) ? self.scheduling.gpus : 1)))",
         message="spec.judged[].judge.serving.tensorParallelSize is larger than the GPUs of "
-        "the judge's server (judge.scheduling.gpus, else spec.scheduling.gpus); raise gpus "
-        "or lower tensorParallelSize",
+        "the judge's server (judge.gpus, else spec.scheduling.gpus); raise gpus or lower "
+        "tensorParallelSize",
         check=lambda s: all(
             j.judge.serving is None
-            or j.judge.serving.tensor_parallel_size <= (j.judge.scheduling or s.scheduling).gpus
+            or j.judge.serving.tensor_parallel_size
+            <= (j.judge.gpus if j.judge.gpus is not None else s.scheduling.gpus)
             for j in s.judged
         ),
         field="judged",
@@ -853,10 +853,10 @@ JUDGE_RULES = (
         check=lambda j: (j.model is not None) != (j.endpoint is not None),
     ),
     Rule(
-        cel="!has(self.endpoint) || (!has(self.serving) && !has(self.scheduling))",
-        message="judge.serving and judge.scheduling configure the judge's server: they need "
+        cel="!has(self.endpoint) || (!has(self.serving) && !has(self.gpus))",
+        message="judge.serving and judge.gpus configure the judge's server: they need "
         "judge.model (an endpoint is served elsewhere); remove them",
-        check=lambda j: j.endpoint is None or (j.serving is None and j.scheduling is None),
+        check=lambda j: j.endpoint is None or (j.serving is None and j.gpus is None),
     ),
 )
 
@@ -868,7 +868,7 @@ class Judge(ApiModel):
     model: ModelSource | None = Field(
         default=None,
         description="A model qeval serves as judge (hub id, path, pvc:// volume): with "
-        "backend vllm-server a server of its own, on judge.scheduling; otherwise started "
+        "backend vllm-server a server of its own (judge.gpus); otherwise started "
         "inside the judge stage's pod.",
     )
     endpoint: Endpoint | None = Field(
@@ -880,10 +880,14 @@ class Judge(ApiModel):
         default=None,
         description="The judge's vLLM server (backend vllm-server or vllm); default: spec.serving.",
     )
-    scheduling: Scheduling | None = Field(
+    gpus: int | None = Field(
         default=None,
-        description="Resources and placement of the judge's server (backend vllm-server; a "
-        "large judge needs more GPUs than the candidates); default: spec.scheduling.",
+        ge=0,
+        le=64,
+        description="GPUs of the judge's server (backend vllm-server; a 70B judge needs more "
+        "than the candidates), placed and sized as spec.scheduling otherwise (its "
+        "tolerations, node selector, memory: vLLM streams the weights to the GPUs, so a "
+        "server's memory does not grow with the model); default: spec.scheduling.gpus.",
     )
     temperature: float = Field(
         default=0.0, ge=0, le=2, description="The judge's sampling temperature (0: greedy)."

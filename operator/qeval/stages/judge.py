@@ -444,9 +444,7 @@ def as_judgement(row: dict[str, Any]) -> jr.Judgement:
 # --- the result cache ------------------------------------------------------------------
 
 
-def _identity(
-    m: JudgedModel | None, source: ModelSource | None, endpoint: Endpoint | None, memo: Path
-) -> str | None:
+def _identity(source: ModelSource | None, endpoint: Endpoint | None, memo: Path) -> str | None:
     """What names a model's weights in a cache key; None where nothing does (an endpoint
     without cache: true)."""
     from qeval.results.cache import weights_identity
@@ -491,111 +489,131 @@ def cache_fields(
 # --- the stage -------------------------------------------------------------------------
 
 
+@dataclass
+class Cached:
+    """What the result cache holds of a judged set: each candidate's key (where its models
+    and judge can be named), and the rows of those found."""
+
+    keys: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    found: set[str] = field(default_factory=set)
+
+
+def look_up(inp: JudgeInput, prompts: Sequence[jr.JudgedPrompt], cache: Any) -> Cached:
+    """Each candidate's cache key, and its judgements where the cache has them."""
+    from qeval.results.cache import key_of
+
+    out = Cached()
+    memo = cache.digests
+    base_id = _identity(inp.baseline.model, inp.baseline.endpoint, memo)
+    judge = inp.judged.judge
+    try:
+        judge_id = _identity(judge.model, judge.endpoint, memo)
+    except StageError as e:
+        raise judge_failed(inp.judged, "GET /models, for its cache key", e) from None
+    for c in inp.candidates:
+        cand_id = _identity(c.model, c.endpoint, memo)
+        if base_id and judge_id and cand_id:
+            fields = cache_fields(inp, prompts, base_id, cand_id, judge_id)
+            out.keys[c.name] = (key_of(fields), fields)
+    for name, (key, _) in out.keys.items():
+        entry = cache.get_judgements(key) if inp.reuse_cached else None
+        if entry is not None:
+            out.rows += [r | {"model": name} for r in entry["judgements"]]
+            out.found.add(name)
+    return out
+
+
+def answer(
+    inp: JudgeInput, prompts: Sequence[jr.JudgedPrompt], models: Sequence[JudgedModel], cost: Cost
+) -> tuple[dict[str, Answers], int]:
+    """Every model's answers (name -> prompt id -> turns), one model at a time: the
+    similarity stage's where it generated the prompt the same way, else the model's
+    server's; and how many came from the similarity stage."""
+    known = (
+        similarity_answers(inp.similarity.generations, inp.baseline.name) if inp.similarity else {}
+    )
+    out: dict[str, Answers] = {}
+    reused = 0
+    for m in models:
+        mine = known.get(m.name, {})
+        have: Answers = {p.id: (mine[p.turns[0]],) for p in prompts if p.turns[0] in mine}
+        reused += len(have)
+        missing = [p for p in prompts if p.id not in have]
+        if missing:
+            log = Path(inp.output_dir) / f"server-{m.name}.log"
+            with reached(
+                m.name, m.model, m.endpoint, m.base_url, inp.backend, inp.serving, log
+            ) as api:
+                have |= answers_of(api, inp.judged, missing, cost)
+        out[m.name] = have
+    return out, reused
+
+
+def judge_all(
+    inp: JudgeInput,
+    prompts: Sequence[jr.JudgedPrompt],
+    todo: Sequence[JudgedModel],
+    answers: dict[str, Answers],
+    cost: Cost,
+) -> list[dict[str, Any]]:
+    """Every judgement the candidates in ``todo`` need, each candidate's rows its own
+    record (with single grading, the baseline's ratings copied into each)."""
+    judged, judge = inp.judged, inp.judged.judge
+    base = answers[inp.baseline.name]
+    todo_asks = baseline_asks(judged, prompts, base)
+    todo_asks += [a for c in todo for a in asks(judged, prompts, c.name, answers[c.name], base)]
+    log = Path(inp.output_dir) / "server-judge.log"
+    serving = judge.serving or inp.serving
+    with reached(
+        "judge", judge.model, judge.endpoint, inp.judge_url, inp.backend, serving, log
+    ) as api:
+        asked = judgements_of(api, judged, todo_asks, cost)
+    shared = [r for r in asked if r["model"] == ""]
+    return [r for r in asked if r["model"] != ""] + [
+        r | {"model": c.name} for c in todo for r in shared
+    ]
+
+
+def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
 def run(inp: JudgeInput) -> JudgeResult:
-    from qeval.results.cache import ResultCache, key_of
+    from qeval.results.cache import ResultCache
 
     judged, out_dir = inp.judged, Path(inp.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     prompts = load_prompts(judged)
-
     cache = ResultCache(Path(inp.cache_dir)) if inp.cache_dir else None
-    keys: dict[str, tuple[str, dict[str, Any]]] = {}
-    rows: list[dict[str, Any]] = []
-    cached: set[str] = set()
-    if cache is not None:
-        memo = cache.digests
-        base_id = _identity(inp.baseline, inp.baseline.model, inp.baseline.endpoint, memo)
-        try:
-            judge_id = _identity(None, judged.judge.model, judged.judge.endpoint, memo)
-        except StageError as e:
-            raise judge_failed(judged, "GET /models, for its cache key", e) from None
-        for c in inp.candidates:
-            cand_id = _identity(c, c.model, c.endpoint, memo)
-            if base_id and judge_id and cand_id:
-                fields = cache_fields(inp, prompts, base_id, cand_id, judge_id)
-                keys[c.name] = (key_of(fields), fields)
-        for name, (key, _) in keys.items():
-            entry = cache.get_judgements(key) if inp.reuse_cached else None
-            if entry is not None:
-                rows += [r | {"model": name} for r in entry["judgements"]]
-                cached.add(name)
-    todo = [c for c in inp.candidates if c.name not in cached]
+    cached = look_up(inp, prompts, cache) if cache is not None else Cached()
+    todo = [c for c in inp.candidates if c.name not in cached.found]
 
-    answers: dict[str, Answers] = {}
-    answering, reused = Cost(), 0
+    answering, judging, reused, fresh = Cost(), Cost(), 0, []
     if todo:
-        from_similarity = (
-            similarity_answers(inp.similarity.generations, inp.baseline.name)
-            if inp.similarity
-            else {}
+        answers, reused = answer(inp, prompts, [inp.baseline, *todo], answering)
+        write_jsonl(
+            out_dir / "answers.jsonl",
+            [
+                {"model": m, "prompt": p.id, "turns": list(p.turns), "answers": list(a[p.id])}
+                for m, a in answers.items()
+                for p in prompts
+            ],
         )
-        for m in (inp.baseline, *todo):
-            known = from_similarity.get(m.name, {})
-            have: Answers = {p.id: (known[p.turns[0]],) for p in prompts if p.turns[0] in known}
-            reused += len(have)
-            missing = [p for p in prompts if p.id not in have]
-            if missing:
-                with reached(
-                    m.name,
-                    m.model,
-                    m.endpoint,
-                    m.base_url,
-                    inp.backend,
-                    inp.serving,
-                    out_dir / f"server-{m.name}.log",
-                ) as api:
-                    have |= answers_of(api, judged, missing, answering)
-            answers[m.name] = have
-        with (out_dir / "answers.jsonl").open("w") as f:
-            for m in (inp.baseline, *todo):
-                for p in prompts:
-                    f.write(
-                        json.dumps(
-                            {
-                                "model": m.name,
-                                "prompt": p.id,
-                                "turns": list(p.turns),
-                                "answers": list(answers[m.name][p.id]),
-                            }
-                        )
-                        + "\n"
-                    )
+        fresh = judge_all(inp, prompts, todo, answers, judging)
+        for c in todo:
+            if cache is not None and c.name in cached.keys:
+                key, fields = cached.keys[c.name]
+                mine = [r for r in fresh if r["model"] == c.name]
+                cache.put_judgements(key, fields, {"judgements": mine})
 
-    judging = Cost()
-    if todo:
-        base = answers[inp.baseline.name]
-        todo_asks = baseline_asks(judged, prompts, base)
-        todo_asks += [a for c in todo for a in asks(judged, prompts, c.name, answers[c.name], base)]
-        j = judged.judge
-        with reached(
-            "judge",
-            j.model,
-            j.endpoint,
-            inp.judge_url,
-            inp.backend,
-            j.serving or inp.serving,
-            out_dir / "server-judge.log",
-        ) as api:
-            asked = judgements_of(api, judged, todo_asks, judging)
-        # Each candidate's rows are its own record: with single grading, the baseline's too.
-        shared = [r for r in asked if r["model"] == ""]
-        fresh = [r for r in asked if r["model"] != ""] + [
-            r | {"model": c.name} for c in todo for r in shared
-        ]
-        rows += fresh
-        if cache is not None:
-            for c in todo:
-                if c.name in keys:
-                    key, fields = keys[c.name]
-                    mine = [r for r in fresh if r["model"] == c.name]
-                    cache.put_judgements(key, fields, {"judgements": mine})
-
+    rows = cached.rows + fresh
     path = out_dir / "judgements.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_jsonl(path, rows)
     judgements = [as_judgement(r) for r in rows]
     scores = [
         jr.outcome(c.name, judged.kind, judgements, len(prompts), inp.seed).model_copy(
-            update={"cached": c.name in cached}
+            update={"cached": c.name in cached.found}
         )
         for c in inp.candidates
     ]
