@@ -12,6 +12,7 @@ from qeval.report.model import Run
 from qeval.report.plots import primary_tasks
 from qeval.report.recommend import pct, recommend
 from qeval.report.text import column_metric, difference, difference_notes, shown_differences
+from qeval.results.judged import MIN_PROMPTS_TO_PASS, UNJUDGED_TOLERANCE
 
 CACHED_MARK = "†"
 SIGNIFICANT_MARK = "*"
@@ -252,7 +253,8 @@ def judged_blocks(run: Run, figure: Path | None) -> list[Block]:
         "the candidate's mean score / the baseline's. Intervals: paired bootstrap over "
         f"prompts. Verdicts against the recovery threshold {pct(run.threshold)}: Pass when "
         "the interval lies at or above it, Degraded when wholly below, else Inconclusive "
-        "(also when over a tenth of the prompts went unjudged)."
+        f"(also when over {pct(UNJUDGED_TOLERANCE)} of the prompts went unjudged or fewer "
+        f"than {MIN_PROMPTS_TO_PASS} were judged)."
     ]
     if figure is not None:
         blocks.append(Image(figure, "Judged recovery per set"))

@@ -188,6 +188,16 @@ def load_prompts(judged: Judged) -> list[jr.JudgedPrompt]:
 # --- talking to models -----------------------------------------------------------------
 
 
+@dataclass
+class Cost:
+    """What the requests to a model took: how many, their tokens, their wall time."""
+
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+
+
 @dataclass(frozen=True)
 class Api:
     """Where a model answers: its base URL with /v1, the name requests carry, headers."""
@@ -195,6 +205,32 @@ class Api:
     url: str
     model: str
     headers: dict[str, str] = field(default_factory=dict)
+
+    async def chat(
+        self,
+        client: Any,
+        messages: Sequence[dict[str, str]],
+        max_tokens: int,
+        temperature: float,
+        cost: Cost,
+    ) -> Any:
+        """One chat completion (transient failures retried), counted in ``cost``."""
+        from qeval.serving.client import ClientSettings, chat
+
+        c = await chat(
+            client,
+            self.url,
+            self.model,
+            messages,
+            max_tokens,
+            ClientSettings(),
+            temperature,
+            self.headers,
+        )
+        cost.requests += 1
+        cost.prompt_tokens += c.prompt_tokens
+        cost.completion_tokens += c.completion_tokens
+        return c
 
 
 def _v1(base_url: str) -> str:
@@ -239,21 +275,13 @@ def reached(
             yield Api(_v1(server.base_url), server.model)
 
 
-@dataclass
-class Cost:
-    requests: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    seconds: float = 0.0
-
-
 Answers = dict[str, tuple[str, ...]]  # prompt id -> the model's answer to each turn
 
 
 async def _answer(
     api: Api, judged: Judged, prompts: Sequence[jr.JudgedPrompt], cost: Cost
 ) -> Answers:
-    from qeval.serving.client import ClientSettings, RequestFailed, chat, complete, new_client
+    from qeval.serving.client import ClientSettings, RequestFailed, complete, new_client
 
     settings = ClientSettings()
     gate = asyncio.Semaphore(8)
@@ -282,23 +310,11 @@ async def _answer(
                 for turn in p.turns:
                     messages.append({"role": "user", "content": turn})
                     try:
-                        c = await chat(
-                            client,
-                            api.url,
-                            api.model,
-                            messages,
-                            judged.max_new_tokens,
-                            settings,
-                            0.0,
-                            api.headers,
-                        )
+                        c = await api.chat(client, messages, judged.max_new_tokens, 0.0, cost)
                     except RequestFailed as e:
                         raise StageError(
                             ANSWERS_FAILED, f"{api.model}: prompt {p.id}: {e}"
                         ) from None
-                    cost.requests += 1
-                    cost.prompt_tokens += c.prompt_tokens
-                    cost.completion_tokens += c.completion_tokens
                     messages.append({"role": "assistant", "content": c.text})
                     out.append(c.text)
                 return p.id, tuple(out)
@@ -367,7 +383,7 @@ def baseline_asks(judged: Judged, prompts: Sequence[jr.JudgedPrompt], base: Answ
 
 
 async def _judge(api: Api, judged: Judged, todo: Sequence[Ask], cost: Cost) -> list[dict[str, Any]]:
-    from qeval.serving.client import ClientSettings, RequestFailed, chat, new_client
+    from qeval.serving.client import ClientSettings, RequestFailed, new_client
 
     settings = ClientSettings()
     j = judged.judge
@@ -381,21 +397,9 @@ async def _judge(api: Api, judged: Judged, todo: Sequence[Ask], cost: Cost) -> l
                 while verdict is None and attempts <= j.retries:
                     attempts += 1
                     try:
-                        c = await chat(
-                            client,
-                            api.url,
-                            api.model,
-                            messages,
-                            j.max_new_tokens,
-                            settings,
-                            j.temperature,
-                            api.headers,
-                        )
+                        c = await api.chat(client, messages, j.max_new_tokens, j.temperature, cost)
                     except RequestFailed as e:
                         raise judge_failed(judged, f"prompt {a.prompt.id}", e) from None
-                    cost.requests += 1
-                    cost.prompt_tokens += c.prompt_tokens
-                    cost.completion_tokens += c.completion_tokens
                     text = c.text
                     verdict = jr.parse(judged.kind, text)
             return {
