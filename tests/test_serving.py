@@ -41,7 +41,7 @@ from tests.test_api import cel
 
 def test_default_scenarios_are_the_studies_set():
     perf = Performance()
-    assert [(s.name, s.kind, concurrency_of(s)) for s in perf.scenarios] == [
+    assert [(s.name, s.kind, concurrency_of(s)) for s in perf.runs()] == [
         ("synchronous", "synchronous", 1),
         ("concurrent-4", "concurrent", 4),
         ("concurrent-16", "concurrent", 16),
@@ -66,8 +66,8 @@ def test_scenario_rules_in_cel_and_python_agree():
     twice = [{"name": "a", "kind": "synchronous"}, {"name": "a", "kind": "throughput"}]
     wire = {"scenarios": twice}
     obj = Performance.model_construct(scenarios=[Scenario.model_validate(s) for s in twice])
-    for rule in PERFORMANCE_RULES:
-        assert cel(rule.cel, wire) is False and rule.check(obj) is False
+    names = PERFORMANCE_RULES[0]  # (the preset rule: tests/test_loads.py)
+    assert cel(names.cel, wire) is False and names.check(obj) is False
     with pytest.raises(ValueError, match="same name"):
         Performance.model_validate(wire)
 
@@ -167,7 +167,8 @@ def test_plan_adds_a_benchmark_per_model_and_one_similarity_stage():
     assert by["benchmark-fp32"].needs == ("demo-model",)
     assert by["benchmark-w4a16"].needs == ("quantize-tiny-llama-w4a16",)
     assert by["benchmark-w4a16"].input["model"] == {"uri": "/w/models/tiny-llama-w4a16"}
-    assert by["benchmark-w4a16"].input["performance"]["scenarios"][0]["name"] == "synchronous"
+    performance = Performance.model_validate(by["benchmark-w4a16"].input["performance"])
+    assert performance.runs()[0].name == "synchronous"
     sim = by["similarity"]
     assert set(sim.needs) == {"demo-model"} | {s.name for s in stages if s.kind == "quantize"}
     assert sim.input["baseline"]["name"] == "fp32" and len(sim.input["candidates"]) == 4
@@ -573,9 +574,12 @@ def test_benchmark_stage_against_a_running_server(tmp_path, demo_path):
     assert doc.status == StageStatus.SUCCEEDED, doc.message
     assert doc.result is not None
     (p,) = doc.result["points"]
-    assert p["scenario"] == "synchronous" and p["requests"] == 2 and p["backend"] == "hf"
+    # 2 requests, repeated 3 times (the default) on the warm server
+    assert p["scenario"] == "synchronous" and p["requests"] == 6 and p["backend"] == "hf"
+    assert len(p["repetitions"]) == 3 and p["requestsPerSecondCiLow"] <= p["requestsPerSecond"]
     rows = (tmp_path / "out" / "requests.jsonl").read_text().splitlines()
-    assert len(rows) == 2 and json.loads(rows[0])["ok"] is True
+    assert len(rows) == 6 and json.loads(rows[0])["ok"] is True
+    assert [json.loads(r)["repeat"] for r in rows] == [0, 0, 1, 1, 2, 2]
 
 
 def test_a_server_that_cannot_start_fails_the_stage(tmp_path):

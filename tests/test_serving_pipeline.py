@@ -76,12 +76,17 @@ def test_performance_per_model_and_scenario_labelled_hf(serving_run):
             assert 0 < q["p50"] <= q["p90"] <= q["p99"], (key, q)
         assert p["ttftSeconds"]["p50"] < p["e2eSeconds"]["p50"]
         assert p["outputTokensPerSecond"] > 0 and p["requestsPerSecond"] > 0
-        assert p["latencySeconds"] == p["e2eSeconds"]["p50"]
-    assert points[("fp32", "throughput")]["requests"] == 8
+        # repeated 3 times (the default): the median latency is the repetitions' mean,
+        # the percentiles are over every request of them
+        reps = p["repetitions"]
+        assert len(reps) == 3
+        assert p["latencySeconds"] == pytest.approx(sum(r["latencySeconds"] for r in reps) / 3)
+        assert p["latencySecondsCiLow"] <= p["latencySeconds"] <= p["latencySecondsCiHigh"]
+    assert points[("fp32", "throughput")]["requests"] == 3 * 8
     speedups = {(s["model"], s["scenario"]) for s in status["speedups"]}
     assert speedups == {("w4a16", "synchronous"), ("w4a16", "throughput")}
     requests = (run_dir / "stages" / "benchmark-fp32" / "requests.jsonl").read_text()
-    assert len(requests.splitlines()) == 12
+    assert len(requests.splitlines()) == 3 * 12
     assert (
         "transformers, not vLLM"
         in (run_dir / "stages" / "benchmark-fp32" / "server.log").read_text()

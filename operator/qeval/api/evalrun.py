@@ -583,11 +583,17 @@ BATCH_SIZE_RULE = Rule(
 
 
 class ScenarioKind(StrEnum):
-    """How requests are sent: one at a time, a fixed number in flight, or all at once."""
+    """How requests are sent: one at a time, a fixed number in flight, all at once (closed
+    loops), or at a request rate, evenly spaced or as Poisson arrivals (open loops)."""
 
     SYNCHRONOUS = "synchronous"
     CONCURRENT = "concurrent"
     THROUGHPUT = "throughput"
+    RATE = "rate"
+    POISSON = "poisson"
+
+
+OPEN_LOOP = (ScenarioKind.RATE, ScenarioKind.POISSON)
 
 
 SCENARIO_RULES = (
@@ -596,6 +602,12 @@ SCENARIO_RULES = (
         message="a concurrent scenario needs concurrency (requests in flight); synchronous "
         "(1) and throughput (every request at once) take none",
         check=lambda s: (s.kind == ScenarioKind.CONCURRENT) == (s.concurrency is not None),
+    ),
+    Rule(
+        cel="(self.kind == 'rate' || self.kind == 'poisson') == has(self.rate)",
+        message="a rate or poisson scenario needs rate (requests per second, e.g. 2.5); the "
+        "other kinds take none",
+        check=lambda s: (s.kind in OPEN_LOOP) == (s.rate is not None),
     ),
 )
 
@@ -612,10 +624,15 @@ class Scenario(ApiModel):
     )
     kind: ScenarioKind = Field(
         description="synchronous (one request at a time), concurrent (concurrency requests in "
-        "flight) or throughput (every request sent at once)."
+        "flight), throughput (every request sent at once), rate (rate requests per second, "
+        "evenly spaced, whatever is in flight) or poisson (Poisson arrivals at rate: "
+        "exponential gaps, seeded)."
     )
     concurrency: int | None = Field(
         default=None, ge=1, le=4096, description="Requests in flight; concurrent only."
+    )
+    rate: float | None = Field(
+        default=None, gt=0, le=10000, description="Requests per second; rate and poisson only."
     )
     requests: int = Field(default=32, ge=1, le=100000, description="Requests measured.")
     prompt_tokens: int = Field(default=256, ge=1, le=131072, description="Prompt length.")
@@ -631,6 +648,34 @@ class Scenario(ApiModel):
         return self
 
 
+# The Red Hat model cards' prefill/decode scenarios (prompt, output tokens), each measured
+# single-stream and at maximum throughput.
+MODEL_CARD_SHAPES = (
+    (256, 1024),
+    (768, 128),
+    (1024, 1024),
+    (1024, 128),
+    (256, 128),
+    (512, 256),
+    (4096, 512),
+)
+
+
+def model_card_scenarios() -> list[Scenario]:
+    """The model cards' seven scenarios, each single-stream (its latency) and all at once
+    (its maximum throughput)."""
+    out = []
+    for p, o in MODEL_CARD_SHAPES:
+        shape = {"prompt_tokens": p, "output_tokens": o}
+        out.append(
+            Scenario(name=f"card-{p}-{o}-sync", kind=ScenarioKind.SYNCHRONOUS, requests=8, **shape)
+        )
+        out.append(
+            Scenario(name=f"card-{p}-{o}-max", kind=ScenarioKind.THROUGHPUT, requests=128, **shape)
+        )
+    return out
+
+
 def default_scenarios() -> list[Scenario]:
     """The seed studies' set: synchronous, concurrency 4 and 16, maximum throughput."""
     return [
@@ -641,11 +686,21 @@ def default_scenarios() -> list[Scenario]:
     ]
 
 
+PRESETS = {"seed-study": default_scenarios, "model-cards": model_card_scenarios}
+
 PERFORMANCE_RULES = (
     Rule(
-        cel="self.scenarios.all(s, self.scenarios.exists_one(t, t.name == s.name))",
+        cel="!has(self.scenarios) || "
+        "self.scenarios.all(s, self.scenarios.exists_one(t, t.name == s.name))",
         message="two scenarios have the same name; give each a distinct name",
-        check=lambda p: len({s.name for s in p.scenarios}) == len(p.scenarios),
+        check=lambda p: (
+            p.scenarios is None or len({s.name for s in p.scenarios}) == len(p.scenarios)
+        ),
+    ),
+    Rule(
+        cel="!has(self.preset) || !has(self.scenarios)",
+        message="spec.performance.preset names a set of scenarios: give it or scenarios, not both",
+        check=lambda p: p.preset is None or p.scenarios is None,
     ),
 )
 
@@ -654,11 +709,26 @@ class Performance(ApiModel):
     """Serving benchmark: each model behind an OpenAI-compatible server (vLLM, or
     transformers with backend hf), measured by qeval's streaming client."""
 
-    scenarios: list[Scenario] = Field(
-        default_factory=default_scenarios,
+    scenarios: list[Scenario] | None = Field(
+        default=None,
         min_length=1,
         max_length=16,
-        description="Load scenarios; default: synchronous, concurrent at 4 and 16, throughput.",
+        description="Load scenarios; default: synchronous, concurrent at 4 and 16, throughput "
+        "(the seed-study preset).",
+    )
+    preset: Literal["seed-study", "model-cards"] | None = Field(
+        default=None,
+        description="A named set of scenarios instead of scenarios: seed-study (the default "
+        "set) or model-cards (the Red Hat model cards' seven prompt/output shapes, 256/1024, "
+        "768/128, 1024/1024, 1024/128, 256/128, 512/256 and 4096/512 tokens, each "
+        "single-stream and at maximum throughput).",
+    )
+    repeats: int = Field(
+        default=3,
+        ge=1,
+        le=10,
+        description="Each scenario is run this many times on the warm server; figures are "
+        "means with a 95 % interval over the repetitions, and every speedup has one.",
     )
     request_timeout_seconds: float = Field(
         default=600, gt=0, le=86400, description="Per request: give up after this long."
@@ -676,6 +746,12 @@ class Performance(ApiModel):
     def _rules(self) -> Performance:
         enforce(self, PERFORMANCE_RULES)
         return self
+
+    def runs(self) -> list[Scenario]:
+        """The scenarios to run: the preset's, or scenarios (default: the seed study's)."""
+        if self.scenarios is not None:
+            return self.scenarios
+        return PRESETS[self.preset or "seed-study"]()
 
 
 class Similarity(ApiModel):

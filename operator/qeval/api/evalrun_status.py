@@ -128,8 +128,18 @@ class Percentiles(ApiModel):
     p99: float = Field(description="99th percentile.")
 
 
+class Repetition(ApiModel):
+    """One run of a scenario: the figures its interval is computed over."""
+
+    requests_per_second: float = Field(description="Completed requests / wall time.")
+    output_tokens_per_second: float = Field(description="Output tokens / wall time.")
+    latency_seconds: float = Field(description="Median end-to-end latency.")
+
+
 class PerformancePoint(ApiModel):
-    """One model under one load scenario, as the streaming client measured it."""
+    """One model under one load scenario, as the streaming client measured it: with
+    repeats, the throughputs and the median latency are means over the repetitions (with a
+    95 % t-interval), the percentiles over every request of them."""
 
     model: str = Field(description="Baseline or candidate name.")
     scenario: str = Field(description="Scenario name.")
@@ -144,6 +154,32 @@ class PerformancePoint(ApiModel):
         default=None, description="Inter-token latency (the first token excluded)."
     )
     e2e_seconds: Percentiles = Field(alias="e2eSeconds", description="End-to-end request latency.")
+    rate: float | None = Field(
+        default=None, description="Requests per second asked (rate, poisson)."
+    )
+    repetitions: list[Repetition] = Field(
+        default_factory=list, description="Each repetition's figures (spec.performance.repeats)."
+    )
+    requests_per_second_ci_low: float | None = Field(default=None, description="95 % interval.")
+    requests_per_second_ci_high: float | None = Field(default=None, description="Its high end.")
+    output_tokens_per_second_ci_low: float | None = Field(
+        default=None, description="95 % interval."
+    )
+    output_tokens_per_second_ci_high: float | None = Field(
+        default=None, description="Its high end."
+    )
+    latency_seconds_ci_low: float | None = Field(default=None, description="95 % interval.")
+    latency_seconds_ci_high: float | None = Field(default=None, description="Its high end.")
+    send_lag_seconds: Percentiles | None = Field(
+        default=None,
+        description="Rate and poisson: how late the client sent requests against their "
+        "schedule (its own limit, not the server's).",
+    )
+    client_limited: bool = Field(
+        default=False,
+        description="The client could not keep the schedule (p90 send lag over 50 ms): the "
+        "figures are the client's limit, not the server's.",
+    )
 
 
 class Speedup(ApiModel):
@@ -155,6 +191,16 @@ class Speedup(ApiModel):
     request_throughput: float = Field(description="Candidate / baseline requests per second.")
     latency: float = Field(description="Baseline / candidate median end-to-end latency.")
     ttft: float | None = Field(default=None, description="Baseline / candidate median TTFT.")
+    output_throughput_ci_low: float | None = Field(
+        default=None,
+        description="95 % interval over the repetitions (Welch, on the log ratio); one that "
+        "holds 1 is no measurable difference.",
+    )
+    output_throughput_ci_high: float | None = Field(default=None, description="Its high end.")
+    request_throughput_ci_low: float | None = Field(default=None, description="95 % interval.")
+    request_throughput_ci_high: float | None = Field(default=None, description="Its high end.")
+    latency_ci_low: float | None = Field(default=None, description="95 % interval.")
+    latency_ci_high: float | None = Field(default=None, description="Its high end.")
 
 
 class SimilarityScore(ApiModel):

@@ -7,12 +7,13 @@ import html
 from dataclasses import dataclass
 from pathlib import Path
 
-from qeval.api.evalrun_status import JudgedResult, JudgedScore
+from qeval.api.evalrun_status import JudgedResult, JudgedScore, PerformancePoint, Speedup
 from qeval.report.model import Run
 from qeval.report.plots import primary_tasks
 from qeval.report.recommend import pct, recommend
 from qeval.report.text import column_metric, difference, difference_notes, shown_differences
 from qeval.results.judged import MIN_PROMPTS_TO_PASS, UNJUDGED_TOLERANCE
+from qeval.results.performance import measurable
 
 CACHED_MARK = "†"
 SIGNIFICANT_MARK = "*"
@@ -112,6 +113,25 @@ def _ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{1000 * seconds:.3g}"
 
 
+def speedup_text(sp: Speedup | None) -> str:
+    """A candidate's output-throughput speedup, with its interval over repetitions; one
+    whose interval holds 1 is no measurable difference."""
+    if sp is None:
+        return ""
+    low, high = sp.output_throughput_ci_low, sp.output_throughput_ci_high
+    if low is None or high is None:
+        return f"{sp.output_throughput:.2f}x"
+    text = f"{sp.output_throughput:.2f}x [{low:.2f}, {high:.2f}]"
+    return text + (" (no measurable difference)" if not measurable(low, high) else "")
+
+
+def _throughput(p: PerformancePoint) -> str:
+    low, high = p.output_tokens_per_second_ci_low, p.output_tokens_per_second_ci_high
+    if low is None or high is None:
+        return f"{p.output_tokens_per_second:.4g}"
+    return f"{p.output_tokens_per_second:.4g} [{low:.4g}, {high:.4g}]"
+
+
 def serving_table(run: Run) -> Table | None:
     """Per model and scenario, as qeval benchmark measured it (milliseconds)."""
     points = run.status.performance
@@ -129,9 +149,9 @@ def serving_table(run: Run) -> Table | None:
                 f"{_ms(p.ttft_seconds.p50)} / {_ms(p.ttft_seconds.p99)}",
                 _ms(p.itl_seconds.p50) if p.itl_seconds else "-",
                 f"{_ms(p.e2e_seconds.p50)} / {_ms(p.e2e_seconds.p99)}",
-                f"{p.output_tokens_per_second:.4g}",
+                _throughput(p) + (" (client-limited)" if p.client_limited else ""),
                 f"{p.requests_per_second:.3g}",
-                f"{sp.output_throughput:.2f}x" if sp else "",
+                speedup_text(sp),
             ]
         )
     headers = ["model", "scenario", "backend", "TTFT p50 / p99 ms", "ITL p50 ms"]

@@ -47,6 +47,7 @@ class RequestResult:
     text: str = ""
     attempts: int = 0
     error: str | None = None
+    lag: float | None = None  # open loops: how late it was sent against its schedule
 
 
 class RequestFailed(Exception):
@@ -193,6 +194,45 @@ async def run_load(
 
         t0 = time.perf_counter()
         results = await asyncio.gather(*(one(p) for p in prompts))
+        return ScenarioRun(list(results), time.perf_counter() - t0)
+
+
+def arrival_offsets(kind: str, rate: float, n: int, seed: int) -> np.ndarray:
+    """When each of ``n`` requests is sent, in seconds from the first: evenly spaced at
+    ``rate`` per second (``rate``), or Poisson arrivals at ``rate`` (``poisson``: gaps drawn
+    from an exponential distribution of mean 1 / rate, seeded)."""
+    if kind == ScenarioKind.RATE:
+        return np.arange(n, dtype=float) / rate
+    gaps = np.random.default_rng(seed).exponential(1.0 / rate, max(n - 1, 0))
+    return np.concatenate([[0.0], np.cumsum(gaps)])
+
+
+async def run_arrivals(
+    base_url: str,
+    model: str,
+    prompts: Sequence[str | list[int]],
+    max_tokens: int,
+    offsets: Sequence[float],
+    settings: ClientSettings,
+) -> ScenarioRun:
+    """Send each prompt at its offset, whatever is still in flight (an open loop: a server
+    slower than the rate queues them); each result records how late it was sent."""
+    connections = max(1, min(len(prompts), 1024))
+    async with new_client(settings, connections) as client:
+        t0 = time.perf_counter()
+
+        async def one(prompt: str | list[int], at: float) -> RequestResult:
+            delay = t0 + at - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            lag = max(0.0, time.perf_counter() - t0 - at)
+            result = await complete(client, base_url, model, prompt, max_tokens, settings)
+            result.lag = lag
+            return result
+
+        results = await asyncio.gather(
+            *(one(p, at) for p, at in zip(prompts, offsets, strict=True))
+        )
         return ScenarioRun(list(results), time.perf_counter() - t0)
 
 

@@ -24,8 +24,8 @@ import numpy as np
 from pydantic import Field
 
 from qeval.api.common import ApiModel, ModelSource
-from qeval.api.evalrun import Backend, Performance, Scenario, Serving
-from qeval.api.evalrun_status import PerformancePoint
+from qeval.api.evalrun import OPEN_LOOP, Backend, Performance, Scenario, Serving
+from qeval.api.evalrun_status import PerformancePoint, Repetition
 from qeval.stages.envelope import Document, StageError
 
 SYLLABLES = ("ka", "lo", "mi", "ne", "ru", "so", "ta", "vi", "ze", "po", "da", "fe", "gu", "hi")
@@ -111,6 +111,32 @@ def endpoint(inp: BenchmarkInput, path: Path, out_dir: Path) -> Iterator[tuple[s
         yield server.base_url, server.model, server.backend
 
 
+# An open loop whose p90 send lag is over this was not sent as scheduled: the client, not
+# the server, set the pace (benchmarks/client_limits.py measures where that starts).
+CLIENT_LAG_LIMIT = 0.05
+
+
+async def _load(
+    base_url: str,
+    served_name: str,
+    scenario: Scenario,
+    prompts: list[str],
+    settings: Any,
+    seed: int,
+) -> Any:
+    from qeval.serving.client import arrival_offsets, concurrency_of, run_arrivals, run_load
+
+    if scenario.kind in OPEN_LOOP:
+        assert scenario.rate is not None
+        offsets = arrival_offsets(scenario.kind, scenario.rate, len(prompts), seed)
+        return await run_arrivals(
+            base_url, served_name, prompts, scenario.output_tokens, list(offsets), settings
+        )
+    return await run_load(
+        base_url, served_name, prompts, scenario.output_tokens, concurrency_of(scenario), settings
+    )
+
+
 def measure(
     base_url: str,
     served_name: str,
@@ -121,13 +147,13 @@ def measure(
     seed: int,
     requests_log: Path | None = None,
 ) -> list[PerformancePoint]:
-    """Run the warm-up and every scenario against a healthy server."""
-    from qeval.serving.client import ClientSettings, concurrency_of, run_load
+    """Run the warm-up and every scenario ``repeats`` times against a healthy server."""
+    from qeval.serving.client import ClientSettings, run_load
 
     settings = ClientSettings(
         timeout_seconds=performance.request_timeout_seconds, retries=performance.retries
     )
-    scenarios = performance.scenarios
+    scenarios = performance.runs()
     if performance.warmup_requests:
         s = scenarios[0]
         warm = synthetic_prompts(tokenizer, performance.warmup_requests, s.prompt_tokens, seed - 1)
@@ -136,54 +162,85 @@ def measure(
     log = requests_log.open("w") if requests_log else None
     try:
         for i, scenario in enumerate(scenarios):
-            prompts = synthetic_prompts(
-                tokenizer, scenario.requests, scenario.prompt_tokens, seed + i
-            )
-            run = asyncio.run(
-                run_load(
-                    base_url,
-                    served_name,
-                    prompts,
-                    scenario.output_tokens,
-                    concurrency_of(scenario),
-                    settings,
+            runs = []
+            for rep in range(performance.repeats):
+                # the same prompts and arrivals in every model's repetition r: paired runs
+                rep_seed = seed + 1000 * i + rep
+                prompts = synthetic_prompts(
+                    tokenizer, scenario.requests, scenario.prompt_tokens, rep_seed
                 )
-            )
-            if log is not None:
-                for r in run.results:
-                    row = {"scenario": scenario.name, "ok": r.ok, "ttft": r.ttft, "e2e": r.e2e}
-                    row |= {"outputTokens": r.output_tokens, "attempts": r.attempts}
-                    log.write(json.dumps(row | ({"error": r.error} if r.error else {})) + "\n")
-            points.append(point(model_name, scenario, backend, run))
+                run = asyncio.run(
+                    _load(base_url, served_name, scenario, prompts, settings, rep_seed)
+                )
+                if log is not None:
+                    for r in run.results:
+                        row = {"scenario": scenario.name, "repeat": rep, "ok": r.ok}
+                        row |= {"ttft": r.ttft, "e2e": r.e2e, "lag": r.lag}
+                        row |= {"outputTokens": r.output_tokens, "attempts": r.attempts}
+                        log.write(json.dumps(row | ({"error": r.error} if r.error else {})) + "\n")
+                if failed := [r for r in run.results if not r.ok]:  # holes would mislead
+                    where = f" (repetition {rep + 1} of {performance.repeats})" if rep else ""
+                    raise StageError(
+                        "RequestsFailed",
+                        f"scenario {scenario.name}{where}: {len(failed)} of {len(run.results)} "
+                        f"requests failed after retries (first: {failed[0].error})",
+                    )
+                runs.append(run)
+            points.append(point(model_name, scenario, backend, runs))
     finally:
         if log is not None:
             log.close()
     return points
 
 
-def point(model_name: str, scenario: Scenario, backend: str, run: Any) -> PerformancePoint:
-    """A scenario's figures; StageError(RequestsFailed) when a request failed for good."""
-    from qeval.serving.client import summarize_load
+def point(model_name: str, scenario: Scenario, backend: str, runs: list[Any]) -> PerformancePoint:
+    """A scenario's figures over its repetitions (every request of which succeeded)."""
+    from qeval.results.performance import mean_interval
+    from qeval.serving.client import ScenarioRun, percentiles, summarize_load
 
-    s = summarize_load(run)
-    if s.failed_requests or s.ttft is None or s.e2e is None:
-        raise StageError(
-            "RequestsFailed",
-            f"scenario {scenario.name}: {s.failed_requests} of {len(run.results)} requests "
-            f"failed after retries (first: {s.first_error})",
+    each = [summarize_load(r) for r in runs]
+    pooled = summarize_load(ScenarioRun([x for r in runs for x in r.results], 1.0))
+    if any(s.e2e is None for s in each) or pooled.ttft is None or pooled.e2e is None:
+        raise StageError("RequestsFailed", f"scenario {scenario.name}: no request completed")
+    reps = [
+        Repetition(
+            requests_per_second=s.requests_per_second,
+            output_tokens_per_second=s.output_tokens_per_second,
+            latency_seconds=s.e2e.p50 if s.e2e else 0.0,
         )
+        for s in each
+    ]
+    rps = mean_interval([r.requests_per_second for r in reps])
+    otps = mean_interval([r.output_tokens_per_second for r in reps])
+    lat = mean_interval([r.latency_seconds for r in reps])
+    lags = [x.lag for r in runs for x in r.results if x.lag is not None]
+    lag = percentiles(lags) if lags else None
+
+    def r6(x: float | None) -> float | None:
+        return None if x is None else round(x, 6)
+
     return PerformancePoint(
         model=model_name,
         scenario=scenario.name,
         backend=backend,
-        requests=s.requests,
-        failed_requests=s.failed_requests,
-        latency_seconds=s.e2e.p50,
-        output_tokens_per_second=s.output_tokens_per_second,
-        requests_per_second=s.requests_per_second,
-        ttft_seconds=s.ttft,
-        itl_seconds=s.itl,
-        e2e_seconds=s.e2e,
+        requests=pooled.requests,
+        failed_requests=0,
+        latency_seconds=round(lat[0], 6),
+        output_tokens_per_second=round(otps[0], 3),
+        requests_per_second=round(rps[0], 4),
+        ttft_seconds=pooled.ttft,
+        itl_seconds=pooled.itl,
+        e2e_seconds=pooled.e2e,
+        rate=scenario.rate,
+        repetitions=reps if len(reps) > 1 else [],
+        requests_per_second_ci_low=r6(rps[1]),
+        requests_per_second_ci_high=r6(rps[2]),
+        output_tokens_per_second_ci_low=r6(otps[1]),
+        output_tokens_per_second_ci_high=r6(otps[2]),
+        latency_seconds_ci_low=r6(lat[1]),
+        latency_seconds_ci_high=r6(lat[2]),
+        send_lag_seconds=lag,
+        client_limited=lag is not None and lag.p90 > CLIENT_LAG_LIMIT,
     )
 
 
