@@ -196,3 +196,58 @@ def test_the_report_gives_each_speedup_its_interval_and_says_when_there_is_no_di
     assert speedup_text(same).endswith("(no measurable difference)")
     once = speedups([_point("b", [100]), _point("c", [150])], "b")[0]
     assert speedup_text(once) == "1.50x" and speedup_text(None) == ""
+
+
+# --- SLOs and goodput --------------------------------------------------------------------------
+
+
+def test_tpot_is_inference_perfs_and_a_request_meets_an_slo_on_every_target():
+    from qeval.serving.client import RequestResult
+
+    r = RequestResult(True, ttft=0.2, itl=[0.1, 0.1, 0.1], e2e=0.5, output_tokens=4)
+    assert r.tpot == pytest.approx(0.1)  # (0.5 - 0.2) / (4 - 1)
+    assert RequestResult(True, ttft=0.2, e2e=0.2, output_tokens=1).tpot is None
+    assert r.meets(0.25, 0.12, None) and r.meets(None, None, 0.5)
+    assert not r.meets(0.1, None, None) and not r.meets(None, 0.05, None)
+    assert not RequestResult(False, error="HTTP 500").meets(None, None, None)
+
+
+def test_each_scenario_reports_its_slo_attainment_and_goodput():
+    from qeval.api.evalrun import Slo
+
+    small = {"prompt_tokens": 4, "output_tokens": 2}
+    sync = Scenario(name="sync", kind=ScenarioKind.SYNCHRONOUS, requests=4, **small)
+
+    def run(slo: Slo) -> PerformancePoint:
+        perf = Performance(scenarios=[sync], repeats=2, warmup_requests=0, slo=slo)
+        with Stub(delay=0.05) as stub:  # every request takes 50 ms or a little more
+            (p,) = measure(stub.url, "m", "hf", "fp32", perf, None, 5)
+        return p
+
+    easy, hard = run(Slo(e2e_seconds=5.0)), run(Slo(ttft_seconds=0.01))
+    assert easy.slo_attainment == 1.0 and hard.slo_attainment == 0.0
+    assert easy.goodput_requests_per_second == pytest.approx(easy.requests_per_second, rel=0.05)
+    assert hard.goodput_requests_per_second == 0.0
+    assert easy.tpot_seconds is not None and easy.tpot_seconds.p50 >= 0
+    with pytest.raises(ValueError, match="at least one target"):
+        Slo()
+    from qeval.api.evalrun import SLO_RULES
+
+    (rule,) = SLO_RULES
+    for fields in ({}, {"ttft_seconds": 1.0}, {"tpot_seconds": 0.1}, {"e2e_seconds": 9.0}):
+        wire = {k.replace("_s", "S"): v for k, v in fields.items()}
+        assert cel(rule.cel, wire) == rule.check(Slo.model_construct(**fields)), wire
+
+
+def test_the_report_shows_slo_attainment_and_goodput_where_an_slo_was_set():
+    from qeval.api.evalrun_status import EvalRunStatus
+    from qeval.report.model import Run
+    from qeval.report.render import serving_table
+
+    p = _point("b", [100, 102, 98]).model_copy(
+        update={"slo_attainment": 0.875, "goodput_requests_per_second": 0.9}
+    )
+    table = serving_table(Run(name="r", baseline="b", baseline_scheme=None, threshold=0.95,
+                              status=EvalRunStatus(performance=[p])))  # fmt: skip
+    assert table is not None and table.headers[-2:] == ["SLO met", "goodput req/s"]
+    assert table.rows[0][-2:] == ["87.5 %", "0.9"]

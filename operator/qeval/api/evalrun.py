@@ -688,6 +688,42 @@ def default_scenarios() -> list[Scenario]:
 
 PRESETS = {"seed-study": default_scenarios, "model-cards": model_card_scenarios}
 
+SLO_RULES = (
+    Rule(
+        cel="has(self.ttftSeconds) || has(self.tpotSeconds) || has(self.e2eSeconds)",
+        message="spec.performance.slo names at least one target: ttftSeconds, tpotSeconds or "
+        "e2eSeconds",
+        check=lambda s: any(x is not None for x in (s.ttft_seconds, s.tpot_seconds, s.e2e_seconds)),
+    ),
+)
+
+
+class Slo(ApiModel):
+    """A per-request service-level objective, as vllm bench serve --goodput and
+    inference-perf take it: a request is good when it meets every target set."""
+
+    ttft_seconds: float | None = Field(
+        default=None, gt=0, le=3600, description="Time to first token at most this."
+    )
+    tpot_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        le=60,
+        description="Time per output token at most this: (e2e - TTFT) / (output tokens - 1), "
+        "inference-perf's definition.",
+    )
+    e2e_seconds: float | None = Field(
+        default=None, gt=0, le=86400, description="End-to-end latency at most this."
+    )
+
+    model_config = ApiModel.model_config | {"json_schema_extra": cel_rules(*SLO_RULES)}
+
+    @model_validator(mode="after")
+    def _rules(self) -> Slo:
+        enforce(self, SLO_RULES)
+        return self
+
+
 PERFORMANCE_RULES = (
     Rule(
         cel="!has(self.scenarios) || "
@@ -722,6 +758,11 @@ class Performance(ApiModel):
         "set) or model-cards (the Red Hat model cards' seven prompt/output shapes, 256/1024, "
         "768/128, 1024/1024, 1024/128, 256/128, 512/256 and 4096/512 tokens, each "
         "single-stream and at maximum throughput).",
+    )
+    slo: Slo | None = Field(
+        default=None,
+        description="Per-request targets: each scenario's share of requests meeting all of "
+        "them and its goodput (good requests per second).",
     )
     repeats: int = Field(
         default=3,

@@ -170,6 +170,19 @@ class PerformancePoint(ApiModel):
     )
     latency_seconds_ci_low: float | None = Field(default=None, description="95 % interval.")
     latency_seconds_ci_high: float | None = Field(default=None, description="Its high end.")
+    tpot_seconds: Percentiles | None = Field(
+        default=None,
+        description="Time per output token: (e2e - TTFT) / (output tokens - 1) per request "
+        "(inference-perf's TPOT; ITL, itlSeconds, is every gap between tokens).",
+    )
+    slo_attainment: float | None = Field(
+        default=None, description="With spec.performance.slo: the share of requests meeting it."
+    )
+    goodput_requests_per_second: float | None = Field(
+        default=None,
+        description="With spec.performance.slo: requests meeting it per second (mean over the "
+        "repetitions).",
+    )
     send_lag_seconds: Percentiles | None = Field(
         default=None,
         description="Rate and poisson: how late the client sent requests against their "

@@ -156,6 +156,10 @@ def serving_table(run: Run) -> Table | None:
         )
     headers = ["model", "scenario", "backend", "TTFT p50 / p99 ms", "ITL p50 ms"]
     headers += ["e2e p50 / p99 ms", "output tok/s", "req/s", "speedup"]
+    if any(p.slo_attainment is not None for p in points):  # spec.performance.slo
+        headers += ["SLO met", "goodput req/s"]
+        for row, p in zip(rows, points, strict=True):
+            row += [pct(p.slo_attainment), f"{p.goodput_requests_per_second:.3g}"]
     return Table(headers, rows)
 
 

@@ -49,6 +49,21 @@ class RequestResult:
     error: str | None = None
     lag: float | None = None  # open loops: how late it was sent against its schedule
 
+    @property
+    def tpot(self) -> float | None:
+        """Time per output token after the first: (e2e - TTFT) / (output tokens - 1), as
+        inference-perf defines it (None with one token or none)."""
+        if self.ttft is None or self.e2e is None or self.output_tokens < 2:
+            return None
+        return (self.e2e - self.ttft) / (self.output_tokens - 1)
+
+    def meets(self, ttft: float | None, tpot: float | None, e2e: float | None) -> bool:
+        """Whether the request met every target given (a failed one meets none)."""
+        if not self.ok:
+            return False
+        checks = ((ttft, self.ttft), (tpot, self.tpot), (e2e, self.e2e))
+        return all(target is None or (v is not None and v <= target) for target, v in checks)
+
 
 class RequestFailed(Exception):
     def __init__(self, message: str, retryable: bool):

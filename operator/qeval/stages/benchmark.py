@@ -24,7 +24,7 @@ import numpy as np
 from pydantic import Field
 
 from qeval.api.common import ApiModel, ModelSource
-from qeval.api.evalrun import OPEN_LOOP, Backend, Performance, Scenario, Serving
+from qeval.api.evalrun import OPEN_LOOP, Backend, Performance, Scenario, Serving, Slo
 from qeval.api.evalrun_status import PerformancePoint, Repetition
 from qeval.stages.envelope import Document, StageError
 
@@ -186,14 +186,16 @@ def measure(
                         f"requests failed after retries (first: {failed[0].error})",
                     )
                 runs.append(run)
-            points.append(point(model_name, scenario, backend, runs))
+            points.append(point(model_name, scenario, backend, runs, performance.slo))
     finally:
         if log is not None:
             log.close()
     return points
 
 
-def point(model_name: str, scenario: Scenario, backend: str, runs: list[Any]) -> PerformancePoint:
+def point(
+    model_name: str, scenario: Scenario, backend: str, runs: list[Any], slo: Slo | None = None
+) -> PerformancePoint:
     """A scenario's figures over its repetitions (every request of which succeeded)."""
     from qeval.results.performance import mean_interval
     from qeval.serving.client import ScenarioRun, percentiles, summarize_load
@@ -215,6 +217,17 @@ def point(model_name: str, scenario: Scenario, backend: str, runs: list[Any]) ->
     lat = mean_interval([r.latency_seconds for r in reps])
     lags = [x.lag for r in runs for x in r.results if x.lag is not None]
     lag = percentiles(lags) if lags else None
+    every = [x for r in runs for x in r.results]
+    tpots = [t for x in every if (t := x.tpot) is not None]
+    attainment = goodput = None
+    if slo is not None:
+        targets = (slo.ttft_seconds, slo.tpot_seconds, slo.e2e_seconds)
+        good = [sum(x.meets(*targets) for x in r.results) for r in runs]
+        attainment = round(sum(good) / len(every), 6)
+        goodput = round(
+            sum(g / max(r.wall_seconds, 1e-9) for g, r in zip(good, runs, strict=True)) / len(runs),
+            4,
+        )
 
     def r6(x: float | None) -> float | None:
         return None if x is None else round(x, 6)
@@ -239,6 +252,9 @@ def point(model_name: str, scenario: Scenario, backend: str, runs: list[Any]) ->
         output_tokens_per_second_ci_high=r6(otps[2]),
         latency_seconds_ci_low=r6(lat[1]),
         latency_seconds_ci_high=r6(lat[2]),
+        tpot_seconds=percentiles(tpots) if tpots else None,
+        slo_attainment=attainment,
+        goodput_requests_per_second=goodput,
         send_lag_seconds=lag,
         client_limited=lag is not None and lag.p90 > CLIENT_LAG_LIMIT,
     )
