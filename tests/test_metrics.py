@@ -37,6 +37,7 @@ def status() -> EvalRunStatus:
             ttft_seconds=Percentiles(p50=0.05, p90=0.08, p99=0.1),
             itl_seconds=None,
             e2e_seconds=Percentiles(p50=0.5, p90=0.7, p99=0.9),
+            goodput_requests_per_second=1.5 if model == "int4" else None,
         )
 
     return EvalRunStatus(
@@ -69,6 +70,8 @@ def status() -> EvalRunStatus:
                 output_throughput=2.4,
                 request_throughput=2.4,
                 latency=2.0,
+                output_throughput_ci_low=2.2,
+                output_throughput_ci_high=2.6,
             )
         ],
         similarity=[
@@ -113,6 +116,10 @@ def test_a_finished_run_exports_scores_recovery_speed_and_similarity() -> None:
     assert value("qeval_benchmark_itl_seconds", {**bench, "quantile": "0.5"}) is None
     assert value("qeval_benchmark_output_tokens_per_second", bench) == 240.0
     assert value("qeval_benchmark_speedup_ratio", bench) == 2.4
+    assert value("qeval_benchmark_speedup_ratio_ci_low", bench) == 2.2
+    assert value("qeval_benchmark_speedup_ratio_ci_high", bench) == 2.6
+    assert value("qeval_benchmark_goodput_requests_per_second", bench) == 1.5
+    assert value("qeval_benchmark_goodput_requests_per_second", {**bench, "model": "bf16"}) is None
     assert value("qeval_similarity_ratio", {**RUN, "model": "int4", "metric": "rougeL"}) == 0.85
     assert value("qeval_similarity_ratio", {**RUN, "model": "int4", "metric": "sts"}) is None
 

@@ -713,7 +713,11 @@ class Slo(ApiModel):
         "inference-perf's definition.",
     )
     e2e_seconds: float | None = Field(
-        default=None, gt=0, le=86400, description="End-to-end latency at most this."
+        default=None,
+        gt=0,
+        le=86400,
+        alias="e2eSeconds",
+        description="End-to-end latency at most this.",
     )
 
     model_config = ApiModel.model_config | {"json_schema_extra": cel_rules(*SLO_RULES)}

@@ -176,6 +176,22 @@ class Metrics:
             bench,
             registry=r,
         )
+        self.speedup_ci = {
+            end: Gauge(
+                f"qeval_benchmark_speedup_ratio_ci_{end}",
+                f"The {end} end of the speedup's 95 % interval over the scenario's repetitions "
+                "(an interval holding 1: no measurable difference)",
+                bench,
+                registry=r,
+            )
+            for end in ("low", "high")
+        }
+        self.goodput = Gauge(
+            "qeval_benchmark_goodput_requests_per_second",
+            "Requests meeting spec.performance.slo per second, under a load scenario",
+            bench,
+            registry=r,
+        )
         self.similarity = Gauge(
             "qeval_similarity_ratio",
             "How close a candidate's text stays to the baseline's (rouge1, rougeL, bertscore, sts)",
@@ -315,10 +331,17 @@ class Metrics:
                         series.append((self.benchmark_latency[name], (*key, q), value))
             series.append((self.benchmark_output_tps, key, p.output_tokens_per_second))
             series.append((self.benchmark_rps, key, p.requests_per_second))
+            if p.goodput_requests_per_second is not None:
+                series.append((self.goodput, key, p.goodput_requests_per_second))
         for sp in status.speedups:
-            series.append(
-                (self.speedup, (namespace, run, sp.model, sp.scenario), sp.output_throughput)
-            )
+            key = (namespace, run, sp.model, sp.scenario)
+            series.append((self.speedup, key, sp.output_throughput))
+            for end, value in (
+                ("low", sp.output_throughput_ci_low),
+                ("high", sp.output_throughput_ci_high),
+            ):
+                if value is not None:
+                    series.append((self.speedup_ci[end], key, value))
         for sim in status.similarity:
             for metric, score in (
                 ("rouge1", sim.rouge1),
