@@ -336,12 +336,12 @@ class Metrics:
         for sp in status.speedups:
             key = (namespace, run, sp.model, sp.scenario)
             series.append((self.speedup, key, sp.output_throughput))
-            for end, value in (
+            for end, bound in (
                 ("low", sp.output_throughput_ci_low),
                 ("high", sp.output_throughput_ci_high),
             ):
-                if value is not None:
-                    series.append((self.speedup_ci[end], key, value))
+                if bound is not None:
+                    series.append((self.speedup_ci[end], key, bound))
         for sim in status.similarity:
             for metric, score in (
                 ("rouge1", sim.rouge1),
